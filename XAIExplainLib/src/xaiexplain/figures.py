@@ -26,7 +26,8 @@ def contact_sheet(rows: list[np.ndarray], row_titles: list[str], path, masks: li
     plt = _pyplot()
     level, width = window
     columns = min(max_columns, max(len(r) for r in rows))
-    figure, axes = plt.subplots(len(rows), columns, figsize=(1.3 * columns, 1.45 * len(rows) + 0.4),
+    tile = 1.5  # inches
+    figure, axes = plt.subplots(len(rows), columns, figsize=(tile * columns, (tile + 0.3) * len(rows) + 0.5),
                                 squeeze=False)
     for r, stack in enumerate(rows):
         chosen = np.unique(np.linspace(0, len(stack) - 1, min(columns, len(stack))).round().astype(int))
@@ -39,10 +40,13 @@ def contact_sheet(rows: list[np.ndarray], row_titles: list[str], path, masks: li
                         interpolation="nearest")
             if masks is not None and masks[r][chosen[c]].any():
                 axis.contour(masks[r][chosen[c]], levels=[0.5], colors="#ffb000", linewidths=0.6)
-        axes[r, 0].set_title(row_titles[r], fontsize=7, loc="left")
+        # the row title may be wider than a tile: let it run across the row
+        axes[r, 0].text(0.0, 1.04, row_titles[r], transform=axes[r, 0].transAxes, fontsize=8, ha="left",
+                        va="bottom", clip_on=False)
     if title:
-        figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
+        figure.suptitle(title, fontsize=10)
+    top = 1.0 - 0.5 / ((tile + 0.3) * len(rows) + 0.5)
+    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=top, wspace=0.04, hspace=0.22)
     path = Path(path)
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=110)

@@ -109,7 +109,8 @@ def _title(site: NoduleSite, stack: PatchStack) -> str:
     text = f"{site.name}  z {stack.centers_lps[0, 2]:.1f}..{stack.centers_lps[-1, 2]:.1f} mm"
     if site.lidc is not None:
         n = site.lidc
-        text += f"  {n.label or 'excluded'} (malignancy {n.ratings['malignancy']:g}, {n.n_readers} readers)"
+        readers = f"{n.n_readers} reader" + ("s" if n.n_readers > 1 else "")
+        text += f"  {n.label or 'not labelled'} (median malignancy {n.ratings['malignancy']:g}, {readers})"
     return text
 
 

@@ -152,6 +152,9 @@ def _dicom_headers(folder: Path) -> list:
             raise SeriesError(f"{path} in {folder} cannot be read as DICOM ({type(error).__name__})") from None
         if "SOPClassUID" in header and str(header.SOPClassUID) == "1.2.840.10008.1.3.10":
             continue  # DICOMDIR
+        if "SeriesInstanceUID" not in header:  # pydicom reads a file cut short as far as it goes
+            raise SeriesError(f"{path} in {folder} cannot be read whole: it is damaged or cut short "
+                              "(it has no SeriesInstanceUID)")
         headers.append((path, header))
     return headers
 
