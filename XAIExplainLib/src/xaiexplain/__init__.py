@@ -1,6 +1,17 @@
 """XAIExplain: explanations of medical image classifiers on LIDC-IDRI CT.
 
-Importing this package needs no Slicer, no Qt and no GPU; pylidc is imported only when the LIDC
-annotations are first used (``xaiexplain.lidc``).
+Importing this package needs no Slicer, no Qt and no GPU; pylidc and torch are imported only when first
+used. The Python API: ``load_bundle``, ``explain``, ``explain_series`` (and ``available_methods``).
 """
 __version__ = "0.1.0"
+
+_API = {"load_bundle": "bundles", "explain": "explanation", "explain_series": "explanation",
+        "available_methods": "explanation"}
+
+
+def __getattr__(name):
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+    raise AttributeError(f"module 'xaiexplain' has no attribute {name!r}")

@@ -83,6 +83,29 @@ def build_parser() -> argparse.ArgumentParser:
                          help="with --point: slices within this distance of the point (default 5 mm)")
     patches.add_argument("--out", required=True, type=Path, help="output folder")
 
+    explain = commands.add_parser(
+        "explain", help="relevance maps of a classifier's decision for every nodule of a CT series",
+        description="For every nodule, every slice through it: the classifier's malignancy probability and "
+                    "each method's relevance map (> 0 malignant evidence, < 0 benign evidence), put back into "
+                    "the series' exact geometry. Writes relevance_<method>.nrrd (float32), "
+                    "labels_<method>.nrrd (uint8: 1 malignant evidence, 2 benign evidence), nodules.json and "
+                    "a PNG panel per nodule. In file names ':' becomes '_' (iterative_lrp).",
+        epilog="methods: saliency, guided-backprop, integrated-gradients, grad-cam, guided-grad-cam, deep-shap, "
+               "lrp, deep-taylor, and iterative:<any of them>\n"
+               "examples:\n  xaiexplain explain --series phantom/LIDC-IDRI-0078 --lidc --method lrp "
+               "--method iterative:lrp --out explained/\n"
+               "  xaiexplain explain --series scan/ --point -60.5,-20,-120 --method grad-cam --model my_bundle/ "
+               "--out explained/",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_series_arguments(explain)
+    explain.add_argument("--method", action="append", required=True, metavar="METHOD",
+                         help="an explanation method (repeatable)")
+    explain.add_argument("--model", default=None, help="model bundle folder or shipped name (default demo-classifier)")
+    explain.add_argument("--grad-cam-layer", default=None, help="block1 .. block4 (default block3)")
+    explain.add_argument("--half-height-mm", type=float, default=5.0,
+                         help="with --point: slices within this distance of the point (default 5 mm)")
+    explain.add_argument("--out", required=True, type=Path, help="output folder")
+
     demo = commands.add_parser("demo", help="the embedded default: phantom series of LIDC-IDRI-0078 and its patches")
     demo.add_argument("--scan", default="LIDC-IDRI-0078", help="LIDC patient id (default LIDC-IDRI-0078)")
     demo.add_argument("--seed", type=int, default=0)
@@ -212,7 +235,22 @@ def run_demo(args, command_line: str) -> int:
     return 0
 
 
-COMMANDS = {"nodules": run_nodules, "phantom": run_phantom, "patches": run_patches, "demo": run_demo}
+def run_explain(args, command_line: str) -> int:
+    from .explanation_files import write_series_explanation
+
+    written = write_series_explanation(args.series, args.out, methods=args.method, model=args.model,
+                                       series_uid=args.series_uid, use_lidc=args.lidc, points=args.point,
+                                       half_height_mm=args.half_height_mm, grad_cam_layer=args.grad_cam_layer,
+                                       command=command_line)
+    for row in written["nodules"]:
+        print(f"{row['name']}: p(malignant) {row['probability']:.3f} -> {row['decision']} "
+              f"(threshold {row['threshold']:.3f})")
+    print(f"wrote {args.out}")
+    return 0
+
+
+COMMANDS = {"nodules": run_nodules, "phantom": run_phantom, "patches": run_patches, "explain": run_explain,
+            "demo": run_demo}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -89,16 +89,27 @@ def nodule_patches(geometry: ScanGeometry, nodule: lidc.LidcNodule, scan_nodules
     return result
 
 
+def labelled_scans(patient_ids: list[str] | None = None) -> dict[tuple[str, str], list[lidc.LidcNodule]]:
+    """(patient id, series UID) -> all nodules of each scan that has a labelled nodule."""
+    by_series = defaultdict(list)
+    for nodule in lidc.nodule_table():
+        if patient_ids is None or nodule.patient_id in patient_ids:
+            by_series[(nodule.patient_id, nodule.series_instance_uid)].append(nodule)
+    return {key: nodules for key, nodules in by_series.items() if any(n.label for n in nodules)}
+
+
+def held_out_patients(seed: int = 0, split: str = "test") -> list[str]:
+    """The patients of one split of the full patch set made with ``seed``."""
+    split_of = split_patients([patient for patient, _ in labelled_scans()], seed)
+    return sorted(patient for patient, s in split_of.items() if s == split)
+
+
 def render_patch_set(out_dir, seed: int = 0, patient_ids: list[str] | None = None, progress: bool = True,
                      command: str | None = None) -> dict:
     """Render the patch set into ``out_dir`` (replaced whole, atomically) and return its summary."""
     started = time.time()
-    table = lidc.nodule_table(progress=progress)
-    by_series = defaultdict(list)
-    for nodule in table:
-        if patient_ids is None or nodule.patient_id in patient_ids:
-            by_series[(nodule.patient_id, nodule.series_instance_uid)].append(nodule)
-    labelled_series = {key: nodules for key, nodules in by_series.items() if any(n.label for n in nodules)}
+    lidc.nodule_table(progress=progress)  # build the cache with a progress bar on the first run
+    labelled_series = labelled_scans(patient_ids)
     if not labelled_series:
         raise lidc.LidcError("none of the requested scans has a nodule with a benign or malignant label")
     split_of = split_patients([patient for patient, _ in labelled_series], seed)

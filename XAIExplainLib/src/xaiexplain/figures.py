@@ -52,3 +52,46 @@ def contact_sheet(rows: list[np.ndarray], row_titles: list[str], path, masks: li
         figure.savefig(temporary, format="png", dpi=110)
     plt.close(figure)
     return path
+
+
+def explanation_panel(patches_hu: np.ndarray, maps: dict[str, np.ndarray], path, row_titles: list[str],
+                      title: str | None = None, window=LUNG_WINDOW) -> Path:
+    """Rows: slices; columns: the original patch and each method's map over it, in a diverging colour map
+    centred at zero (red: malignant evidence, blue: benign evidence), each method on its own symmetric
+    scale: the 99th percentile of its |relevance|, so a few extreme pixels do not wash out the rest."""
+    plt = _pyplot()
+    level, width = window
+    columns = 1 + len(maps)
+    tile = 1.6
+    figure, axes = plt.subplots(len(patches_hu), columns, figsize=(tile * columns, tile * len(patches_hu) + 0.6),
+                                squeeze=False)
+    for c, (method, values) in enumerate([("original", None), *maps.items()]):
+        scale = display_scale(values) if values is not None else 1.0
+        for r in range(len(patches_hu)):
+            axis = axes[r, c]
+            axis.set_xticks([])
+            axis.set_yticks([])
+            axis.imshow(patches_hu[r], cmap="gray", vmin=level - width / 2, vmax=level + width / 2)
+            if values is not None:
+                relative = np.clip(values[r] / scale, -1, 1)
+                colours = plt.get_cmap("RdBu_r")((relative + 1) / 2)
+                colours[..., 3] = np.clip(np.abs(relative) * 1.2, 0, 0.85)
+                axis.imshow(colours)
+            if r == 0:
+                axis.set_title(method, fontsize=8)
+            if c == 0:
+                axis.set_ylabel(row_titles[r], fontsize=7)
+    if title:
+        figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
+    plt.close(figure)
+    return path
+
+
+def display_scale(values: np.ndarray, percentile: float = 99.0) -> float:
+    """A robust symmetric colour scale for a relevance map: a percentile of its non-zero |values|."""
+    magnitude = np.abs(values[values != 0])
+    return float(np.percentile(magnitude, percentile)) if magnitude.size else 1.0

@@ -29,6 +29,7 @@ def atomic_path(path):
     temporary.unlink()
     try:
         yield temporary
+        _give_default_permissions(temporary)
         if path.is_dir() and temporary.is_dir():
             shutil.rmtree(path)
         os.replace(temporary, path)
@@ -37,3 +38,12 @@ def atomic_path(path):
             shutil.rmtree(temporary, ignore_errors=True)
         elif temporary.exists():
             temporary.unlink()
+
+
+def _give_default_permissions(path: Path) -> None:
+    """Files made through temporary files (mkstemp, some writers) are private; give them the user's default."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if item.is_file():
+            os.chmod(item, 0o666 & ~umask)

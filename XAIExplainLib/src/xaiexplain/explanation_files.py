@@ -1,0 +1,46 @@
+"""The files ``xaiexplain explain`` writes for a series: relevance and label NRRDs in the series'
+geometry, ``nodules.json`` and a PNG panel per nodule. Each file appears whole or not at all."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from . import __version__
+from .bundles import load_bundle
+from .explanation import explain_series, method_file_name
+from .figures import explanation_panel
+from .files import atomic_path, write_json_atomic
+from .series import read_series
+
+
+def write_series_explanation(series_folder, out, methods, model=None, series_uid=None, use_lidc=False, points=None,
+                             half_height_mm=5.0, grad_cam_layer=None, command: str = "") -> dict:
+    bundle = load_bundle(model) if model else load_bundle()
+    ct = read_series(series_folder, series_uid)
+    options = {"layer": grad_cam_layer} if grad_cam_layer else {}
+    result = explain_series(ct, "lidc" if use_lidc else points, bundle, methods, half_height_mm=half_height_mm,
+                            **options)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for method in methods:
+        for kind, images in (("relevance", result.relevance), ("labels", result.labels)):
+            path = out / f"{kind}_{method_file_name(method)}.nrrd"
+            with atomic_path(path) as temporary:
+                sitk.WriteImage(images[method], str(temporary), useCompression=True)
+    for n, (site, stack) in enumerate(zip(result.sites, result.stacks)):
+        titles = [f"z {z:.1f}  p {p:.2f}" for z, p in zip(stack.centers_lps[:, 2],
+                                                          result.nodules[n]["slice_probabilities"])]
+        row = result.nodules[n]
+        explanation_panel(stack.patches, {m: result.maps[m][n] for m in methods}, out / f"panel_{site.name}.png",
+                          titles, title=f"{ct.patient_id} {site.name}: p(malignant) {row['probability']:.2f} "
+                                        f"({row['decision']}, threshold {row['threshold']:.2f})")
+    summary = {"series_folder": str(series_folder), "patient_id": ct.patient_id,
+               "series_instance_uid": ct.series_instance_uid, "model": str(bundle.path),
+               "methods": list(methods), "command": command, "library_version": __version__,
+               "files": {m: {"relevance": f"relevance_{method_file_name(m)}.nrrd",
+                             "labels": f"labels_{method_file_name(m)}.nrrd"} for m in methods},
+               "label_values": {"malignant evidence": 1, "benign evidence": 2},
+               "nodules": result.nodules}
+    write_json_atomic(out / "nodules.json", summary)
+    return summary
