@@ -159,12 +159,17 @@ def render_patch_set(out_dir, seed: int = 0, patient_ids: list[str] | None = Non
         "counts": counts,
         "seconds": round(time.time() - started, 1),
     }
+    write_patch_set(out_dir, {name: np.concatenate(parts) for name, parts in arrays.items()}, rows, summary)
+    return summary
+
+
+def write_patch_set(out_dir, arrays: dict[str, np.ndarray], nodules: list[dict], summary: dict) -> None:
+    """Write a patch set folder (replaced whole, atomically) in the format ``load_patch_set`` reads."""
     with atomic_path(out_dir) as temporary:
         temporary.mkdir()
-        np.savez_compressed(temporary / "patches.npz", **{name: np.concatenate(parts) for name, parts in arrays.items()})
-        write_json_atomic(temporary / "nodules.json", rows)
+        np.savez_compressed(temporary / "patches.npz", **arrays)
+        write_json_atomic(temporary / "nodules.json", nodules)
         write_json_atomic(temporary / "dataset.json", summary)
-    return summary
 
 
 def load_patch_set(folder) -> tuple[dict[str, np.ndarray], list[dict], dict]:

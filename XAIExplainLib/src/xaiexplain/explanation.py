@@ -134,7 +134,9 @@ def explain_series(image, points, bundle=None, methods=("saliency",), progress=N
         labels[method] = label_image
         for n, row in enumerate(nodules):
             nodule_maps = per_nodule[n]
-            peak = np.unravel_index(np.argmax(np.abs(nodule_maps)), nodule_maps.shape)
+            # the peak of the evidence for the decision: most malignant or most benign relevance
+            evidence = nodule_maps if row["decision"] == "malignant" else -nodule_maps
+            peak = np.unravel_index(np.argmax(evidence), nodule_maps.shape)
             stack = stacks[n]
             middle = (stack.size - 1) / 2
             peak_lps = stack.centers_lps[peak[0]] + (np.array([peak[2], peak[1], middle]) - middle) * \
