@@ -8,6 +8,7 @@ modules they have rules for, and rules one method attaches never leak into anoth
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -149,8 +150,11 @@ def attribute(method: str, x: torch.Tensor, context: AttributionContext, batch_s
     if method not in METHODS:
         raise XAIExplainError(f"unknown attribution method {method!r}; choose one of {', '.join(METHODS)}")
     parts = []
-    for n in range(0, len(x), batch_size):
-        batch = x[n:n + batch_size].detach().clone().requires_grad_(True)
-        parts.append(METHODS[method](batch, context).detach()[:, 0].float().cpu().numpy())
+    with warnings.catch_warnings():
+        # captum announces, every call, that it sets and removes hooks; nothing for a user to act on
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"captum\.")
+        for n in range(0, len(x), batch_size):
+            batch = x[n:n + batch_size].detach().clone().requires_grad_(True)
+            parts.append(METHODS[method](batch, context).detach()[:, 0].float().cpu().numpy())
     maps = np.concatenate(parts) if parts else np.zeros((0,) + tuple(x.shape[-2:]), np.float32)
     return np.nan_to_num(maps.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)

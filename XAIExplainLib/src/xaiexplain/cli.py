@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="with --point: slices within this distance of the point (default 5 mm)")
     explain.add_argument("--out", required=True, type=Path, help="output folder")
 
-    demo = commands.add_parser("demo", help="the embedded default: phantom series of LIDC-IDRI-0078 and its patches")
+    demo = commands.add_parser("demo", help="the embedded default: phantom series of LIDC-IDRI-0078, its nodule "
+                                            "patches and every method's explanation with the demo classifier")
     demo.add_argument("--scan", default="LIDC-IDRI-0078", help="LIDC patient id (default LIDC-IDRI-0078)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default out/demo)")
@@ -221,8 +222,13 @@ def run_patches(args, command_line: str) -> int:
     return 0
 
 
+DEMO_METHODS = ("saliency", "guided-backprop", "integrated-gradients", "grad-cam", "guided-grad-cam", "deep-shap",
+                "lrp", "deep-taylor", "iterative:grad-cam")
+
+
 def run_demo(args, command_line: str) -> int:
     from . import lidc
+    from .explanation_files import write_series_explanation
     from .patch_stacks import write_patch_stacks
     from .phantom_series import write_phantom_series
 
@@ -231,7 +237,12 @@ def run_demo(args, command_line: str) -> int:
     print(f"phantom series: {written.series_folder} ({written.slices} slices, {written.nodules} nodules)")
     summary = write_patch_stacks(written.series_folder, args.out / "patches", use_lidc=True)
     print(f"nodule patches: {args.out / 'patches'} ({len(summary['stacks'])} nodules)")
-    print(f"look at: {args.out / 'patches' / 'contact_sheet.png'}")
+    explained = write_series_explanation(written.series_folder, args.out / "explanations", DEMO_METHODS,
+                                         use_lidc=True, command=command_line)
+    for row in explained["nodules"]:
+        print(f"  {row['name']}: p(malignant) {row['probability']:.2f} -> {row['decision']}")
+    print(f"look at: {args.out / 'patches' / 'contact_sheet.png'} and {args.out / 'explanations'}/panel_*.png; "
+          f"relevance_*.nrrd and labels_*.nrrd open over the series in 3D Slicer")
     return 0
 
 

@@ -8,7 +8,7 @@ import SimpleITK as sitk
 
 from . import __version__
 from .bundles import load_bundle
-from .explanation import explain_series, method_file_name
+from .explanation import check_method, explain_series, method_file_name
 from .figures import explanation_panel
 from .files import atomic_path, write_json_atomic
 from .series import read_series
@@ -16,6 +16,8 @@ from .series import read_series
 
 def write_series_explanation(series_folder, out, methods, model=None, series_uid=None, use_lidc=False, points=None,
                              half_height_mm=5.0, grad_cam_layer=None, command: str = "") -> dict:
+    for method in methods:  # before any reading: a typo costs nothing
+        check_method(method)
     bundle = load_bundle(model) if model else load_bundle()
     ct = read_series(series_folder, series_uid)
     options = {"layer": grad_cam_layer} if grad_cam_layer else {}
