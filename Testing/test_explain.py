@@ -68,16 +68,20 @@ def randomized(bundle, seed=0):
 
 def test_model_randomization_sanity_check(bundle, held_out, maps):
     """Adebayo et al. 2018: maps of a weight-randomized network must differ from the trained one's.
-    Median Spearman rank correlation of |maps|; saliency and Grad-CAM are known to pass."""
+    Median Spearman rank correlation of |maps| over 40 held-out patches, averaged over three random
+    networks. Saliency, guided backprop (with every layer randomized) and Grad-CAM pass; integrated
+    gradients does not (about 0.69: its maps keep the input's structure), as the literature reports."""
     images = held_out["images"][:40]
-    random_bundle = randomized(bundle)
     correlation = {}
     for method in ("saliency", "guided-backprop", "integrated-gradients", "grad-cam"):
-        random_maps = xaiexplain.explain(random_bundle, images, method)
-        correlation[method] = np.median([stats.spearmanr(np.abs(a).ravel(), np.abs(b).ravel())[0]
-                                         for a, b in zip(maps[method][:40], random_maps)])
-    assert correlation["saliency"] < 0.5, correlation
-    assert correlation["grad-cam"] < 0.5, correlation
+        per_network = []
+        for seed in range(3):
+            random_maps = xaiexplain.explain(randomized(bundle, seed), images, method)
+            per_network.append(np.median([stats.spearmanr(np.abs(a).ravel(), np.abs(b).ravel())[0]
+                                          for a, b in zip(maps[method][:40], random_maps)]))
+        correlation[method] = float(np.mean(per_network))
+    for method in ("saliency", "guided-backprop", "grad-cam"):
+        assert correlation[method] < 0.5, correlation
 
 
 def test_unknown_method_and_bad_input_are_clear_errors(bundle):
