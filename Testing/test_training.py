@@ -9,31 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from xaiexplain.bundles import load_bundle, save_bundle
-from xaiexplain.dataset import SPLITS, load_patch_set, render_patch_set, write_patch_set
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.models import NoduleClassifier
-
-PATIENTS = ["LIDC-IDRI-0078", "LIDC-IDRI-0001", "LIDC-IDRI-0003", "LIDC-IDRI-0005", "LIDC-IDRI-0010",
-            "LIDC-IDRI-0011", "LIDC-IDRI-0012", "LIDC-IDRI-0013", "LIDC-IDRI-0014", "LIDC-IDRI-0016"]
-
-
-@pytest.fixture(scope="module")
-def tiny_patch_set(tmp_path_factory):
-    """A few patients' patches, split by nodule so each split holds both labels."""
-    root = tmp_path_factory.mktemp("tiny")
-    render_patch_set(root / "rendered", seed=0, patient_ids=PATIENTS, progress=False)
-    arrays, nodules, summary = load_patch_set(root / "rendered")
-    for label in ("benign", "malignant"):
-        of_label = [n for n, row in enumerate(nodules) if row["label"] == label]
-        assert len(of_label) >= 3, label
-        for position, n in enumerate(of_label):
-            split = SPLITS[min(position, 2)] if position < 3 else "train"
-            nodules[n]["split"] = split
-            rows = slice(nodules[n]["first_patch"], nodules[n]["first_patch"] + nodules[n]["patch_count"])
-            arrays["split"][rows] = SPLITS.index(split)
-    write_patch_set(root / "tiny", arrays, nodules, summary)
-    return root / "tiny"
-
 
 def train(*args):
     command = [sys.executable, "-m", "xaiexplain_train.cli", "classifier", "--device", "cpu", "--bootstrap", "20",

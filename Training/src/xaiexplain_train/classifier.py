@@ -9,7 +9,6 @@ torchrun train with DistributedDataParallel (gloo on CPU, nccl on GPU); rank 0 v
 from __future__ import annotations
 
 import csv
-import json
 import os
 import platform
 import sys
@@ -31,7 +30,8 @@ from xaiexplain.errors import XAIExplainError
 from xaiexplain.files import atomic_path, write_json_atomic
 from xaiexplain.models import CLASS_NAMES, NoduleClassifier
 
-from .devices import describe, select_device
+from . import checkpoints
+from .devices import describe, start_run
 
 HU_WINDOW = (-1000.0, 400.0)
 
@@ -84,54 +84,8 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return (out * gain[:, None, None, None] + offset[:, None, None, None]).clamp(0, 1)
 
 
-def _distributed(device: torch.device) -> tuple[int, int]:
-    """(rank, world size): under torchrun, join the process group (nccl on GPUs, gloo on CPUs)."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
-
-
 def _checkpoint_dir(settings: ClassifierSettings) -> Path:
     return settings.checkpoint_dir or settings.out.with_name(settings.out.name + ".checkpoint")
-
-
-def _save_checkpoint(folder: Path, model, optimiser, epoch: int, best: dict, history: list) -> None:
-    """Weights, optimiser state and the best weights so far as safetensors; the rest as JSON."""
-    from safetensors.torch import save_file
-
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tensors.update({f"best.{k}": v.contiguous() for k, v in best["state"].items()})
-    state = optimiser.state_dict()
-    for index, values in state["state"].items():
-        for name, value in values.items():
-            tensors[f"optimiser.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    with atomic_path(folder) as temporary:
-        temporary.mkdir(parents=True)
-        save_file(tensors, str(temporary / "checkpoint.safetensors"))
-        write_json_atomic(temporary / "checkpoint.json", {
-            "epoch": epoch, "best_epoch": best["epoch"], "best_auc": best["auc"], "history": history,
-            "param_groups": state["param_groups"]})
-
-
-def _load_checkpoint(folder: Path, model, optimiser) -> tuple[int, dict, list]:
-    from safetensors.torch import load_file
-
-    try:
-        tensors = load_file(str(folder / "checkpoint.safetensors"))
-        info = json.loads((folder / "checkpoint.json").read_text())
-    except (OSError, ValueError) as error:
-        raise XAIExplainError(f"the checkpoint in {folder} cannot be read ({error})") from None
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-    optimiser_state = {}
-    for key, value in tensors.items():
-        if key.startswith("optimiser."):
-            _, index, name = key.split(".", 2)
-            optimiser_state.setdefault(int(index), {})[name] = value
-    optimiser.load_state_dict({"state": optimiser_state, "param_groups": info["param_groups"]})
-    best = {"epoch": info["best_epoch"], "auc": info["best_auc"],
-            "state": {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}}
-    return info["epoch"], best, info["history"]
 
 
 @torch.no_grad()
@@ -146,11 +100,7 @@ def _probabilities(model, x: torch.Tensor, device, batch_size: int = 512) -> np.
 
 def train_classifier(settings: ClassifierSettings, progress: bool = True) -> dict | None:
     """Train and write the bundle; returns its config on rank 0 (None on other ranks)."""
-    device = select_device(settings.device)
-    rank, world = _distributed(device)
-    torch.manual_seed(settings.seed)
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True)
+    device, rank, world = start_run(settings.device, settings.seed)
     arrays, nodules, summary = load_patch_set(settings.data)
     split = arrays["split"]
     train_index = np.flatnonzero(split == SPLITS.index("train"))
@@ -177,10 +127,12 @@ def train_classifier(settings: ClassifierSettings, progress: bool = True) -> dic
     start_epoch, history = 0, []
     best = {"epoch": -1, "auc": -1.0, "state": {}}
     if settings.resume:
-        if not (checkpoint / "checkpoint.json").exists():
+        if not checkpoints.exists(checkpoint):
             raise XAIExplainError(f"--resume: no checkpoint in {checkpoint}")
-        start_epoch, best, history = _load_checkpoint(checkpoint, model, optimiser)
-        start_epoch += 1
+        states, info = checkpoints.load_checkpoint(checkpoint, ["model", "best"], {"optimiser": optimiser})
+        model.load_state_dict(states["model"])
+        best = {"epoch": info["best_epoch"], "auc": info["best_auc"], "state": states["best"]}
+        start_epoch, history = info["epoch"] + 1, info["history"]
 
     started = time.time()
     epochs = range(start_epoch, settings.epochs)
@@ -218,7 +170,9 @@ def train_classifier(settings: ClassifierSettings, progress: bool = True) -> dic
             if auc > best["auc"]:
                 best = {"epoch": epoch + 1, "auc": auc,
                         "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-            _save_checkpoint(checkpoint, model, optimiser, epoch, best, history)
+            checkpoints.save_checkpoint(checkpoint, {"model": model.state_dict(), "best": best["state"]},
+                                        {"optimiser": optimiser}, {"epoch": epoch, "best_epoch": best["epoch"],
+                                                                   "best_auc": best["auc"], "history": history})
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", val_auc=f"{auc:.3f}")

@@ -91,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "labels_<method>.nrrd (uint8: 1 malignant evidence, 2 benign evidence), nodules.json and "
                     "a PNG panel per nodule. In file names ':' becomes '_' (iterative_lrp).",
         epilog="methods: saliency, guided-backprop, integrated-gradients, grad-cam, guided-grad-cam, deep-shap, "
-               "lrp, deep-taylor, and iterative:<any of them>\n"
+               "lrp, deep-taylor, cycle-am, and iterative:<any of them>; with cycle-am also "
+               "counterfactual_malignant.nrrd and counterfactual_benign.nrrd (the series with G+(x) / G-(x) in the "
+               "nodules' patches)\n"
                "examples:\n  xaiexplain explain --series phantom/LIDC-IDRI-0078 --lidc --method lrp "
                "--method iterative:lrp --out explained/\n"
                "  xaiexplain explain --series scan/ --point -60.5,-20,-120 --method grad-cam --model my_bundle/ "
@@ -102,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="an explanation method (repeatable)")
     explain.add_argument("--model", default=None, help="model bundle folder or shipped name (default demo-classifier)")
     explain.add_argument("--grad-cam-layer", default=None, help="block1 .. block4 (default block3)")
+    explain.add_argument("--cycle-am", default=None, dest="cycle_am",
+                         help="cycle-am bundle folder or shipped name (default demo-cycle-am)")
     explain.add_argument("--half-height-mm", type=float, default=5.0,
                          help="with --point: slices within this distance of the point (default 5 mm)")
     explain.add_argument("--out", required=True, type=Path, help="output folder")
@@ -252,7 +256,7 @@ def run_explain(args, command_line: str) -> int:
     written = write_series_explanation(args.series, args.out, methods=args.method, model=args.model,
                                        series_uid=args.series_uid, use_lidc=args.lidc, points=args.point,
                                        half_height_mm=args.half_height_mm, grad_cam_layer=args.grad_cam_layer,
-                                       command=command_line)
+                                       cycle_am=args.cycle_am, command=command_line)
     for row in written["nodules"]:
         print(f"{row['name']}: p(malignant) {row['probability']:.3f} -> {row['decision']} "
               f"(threshold {row['threshold']:.3f})")

@@ -17,6 +17,8 @@ from torch.nn import functional
 
 PAPER_WIDTHS = (48, 96, 192, 384)
 CONVOLUTIONS_PER_STAGE = 3
+# Inputs are clamped this far inside [0, 1] before their logit is taken.
+LOGIT_EPSILON = 1e-4
 # SSIM's stabilising constants (paper: c1 = .01, c2 = .03) and a Gaussian window (sigma 1.5) that fits
 # 64 x 64 images at three scales (64, 32, 16 pixels).
 SSIM_K = (0.01, 0.03)
@@ -56,8 +58,12 @@ class Encoder(nn.Module):
 
 
 class Generator(nn.Module):
-    """U-Net of depth 3 (stages 0-3), nearest-neighbour upsampling, skip connections, a sigmoid output
-    so that generated images stay in the classifier's input range."""
+    """U-Net of depth 3 (stages 0-3), nearest-neighbour upsampling, skip connections.
+
+    The U-Net's output is added to the input in logit space and squashed back: G(x) = sigmoid(logit(x) +
+    U(x)). With the last convolution starting at zero every generator starts as the identity, which the
+    similarity and cycle losses want anyway, and generated images stay in the classifier's input range.
+    (The paper does not say how its generators end.)"""
 
     def __init__(self, widths=PAPER_WIDTHS, in_channels: int = 1):
         super().__init__()
@@ -65,13 +71,15 @@ class Generator(nn.Module):
         self.decoder = nn.ModuleList(
             _stage(widths[n + 1] + widths[n], widths[n], 1) for n in reversed(range(len(widths) - 1)))
         self.output = nn.Conv2d(widths[0], in_channels, 1)
+        nn.init.zeros_(self.output.weight)
+        nn.init.zeros_(self.output.bias)
 
     def forward(self, x):
         skips = self.encoder(x)
         y = skips[-1]
         for stage, skip in zip(self.decoder, reversed(skips[:-1])):
             y = stage(torch.cat([functional.interpolate(y, scale_factor=2, mode="nearest"), skip], dim=1))
-        return torch.sigmoid(self.output(y))
+        return torch.sigmoid(torch.logit(x.clamp(LOGIT_EPSILON, 1 - LOGIT_EPSILON)) + self.output(y))
 
 
 class PairDiscriminator(nn.Module):
@@ -110,6 +118,12 @@ def dssim(x, y) -> torch.Tensor:
     Paper 1's eq. 1 prints the 2 inside the SSIM fraction, which would make DSSIM(x, x) = 1/2; the usual
     (1 - SSIM) / 2 is meant."""
     return (1 - ssim(x.float(), y.float(), data_range=1.0, win_size=SSIM_WINDOW, win_sigma=SSIM_SIGMA, K=SSIM_K)) / 2
+
+
+def ssim_per_image(x, y) -> torch.Tensor:
+    """SSIM of each pair of images in [0, 1] (N,), with the losses' window and constants."""
+    return ssim(x.float(), y.float(), data_range=1.0, win_size=SSIM_WINDOW, win_sigma=SSIM_SIGMA, K=SSIM_K,
+                size_average=False)
 
 
 def ms_ssim_three_scales(x, y) -> torch.Tensor:

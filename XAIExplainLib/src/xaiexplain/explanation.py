@@ -1,8 +1,9 @@
 """Explaining a classifier's decisions: on patches (``explain``) and on a whole series
 (``explain_series``), with the method names of DESIGN.md, the same in Python, CLI and Slicer.
 
-Methods: the attribution methods of ``xaiexplain.attribution`` and ``iterative:<method>`` for any of
-them (iterative augmentation of visual evidence, ``xaiexplain.iterative``).
+Methods: the attribution methods of ``xaiexplain.attribution``, ``cycle-am`` (cycle-consistent
+activation maximization, R = G+(x) - G-(x) in HU, ``xaiexplain.cycle_am``), and ``iterative:<method>`` for
+any of them (iterative augmentation of visual evidence, ``xaiexplain.iterative``).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 from skimage.filters import threshold_otsu
 
 from . import attribution, iterative
@@ -20,11 +22,17 @@ from .patches import DEFAULT_HALF_HEIGHT_MM, PatchStack, backproject, extract_st
 from .series import CTSeries
 
 ITERATIVE_PREFIX = "iterative:"
+CYCLE_AM = "cycle-am"
+DEFAULT_CYCLE_AM = "demo-cycle-am"
 EVIDENCE_LABELS = {"malignant evidence": 1, "benign evidence": 2}
 
 
+def base_methods() -> list[str]:
+    return list(attribution.METHODS) + [CYCLE_AM]
+
+
 def available_methods() -> list[str]:
-    return list(attribution.METHODS) + [ITERATIVE_PREFIX + m for m in attribution.METHODS]
+    return base_methods() + [ITERATIVE_PREFIX + m for m in base_methods()]
 
 
 def check_method(method: str) -> None:
@@ -43,14 +51,52 @@ def _context(bundle: Bundle, options: dict) -> attribution.AttributionContext:
                                           options)
 
 
-def explain(bundle, patches_hu: np.ndarray, method: str, return_details: bool = False, **options):
+@dataclass
+class Counterfactuals:
+    """G+(x) and G-(x) of cycle-consistent activation maximization, in HU, with the classifier's
+    malignancy probabilities."""
+
+    malignant: np.ndarray  # G+(x), (N, H, W) HU
+    benign: np.ndarray  # G-(x)
+    malignant_probability: np.ndarray  # p(G+(x)), (N,)
+    benign_probability: np.ndarray  # p(G-(x))
+
+
+def counterfactuals(bundle: Bundle, patches_hu: np.ndarray, generators=None) -> Counterfactuals:
+    """G+(x) and G-(x) for HU patches; ``generators`` a cycle-am bundle (default the shipped one)."""
+    generators = load_bundle(generators or DEFAULT_CYCLE_AM)
+    if generators.config.get("kind") != "cycle-am":
+        raise XAIExplainError(f"{generators.path} is not a cycle-am bundle (its kind is "
+                              f"{generators.config.get('kind')!r})")
+    x = bundle.to_tensor(patches_hu)
+    with torch.no_grad():
+        plus = torch.cat([generators.model.plus(x[n:n + 256]) for n in range(0, len(x), 256)])
+        minus = torch.cat([generators.model.minus(x[n:n + 256]) for n in range(0, len(x), 256)])
+    return Counterfactuals(malignant=bundle.to_hu(plus), benign=bundle.to_hu(minus),
+                           malignant_probability=bundle.probability(plus),
+                           benign_probability=bundle.probability(minus))
+
+
+def _maps(method: str, bundle: Bundle, patches_hu: np.ndarray, context, generators):
+    """Relevance of a base method, and the counterfactuals for cycle-am (else None)."""
+    if method == CYCLE_AM:
+        pair = counterfactuals(bundle, patches_hu, generators)
+        return (pair.malignant - pair.benign).astype(np.float32), pair
+    return attribution.attribute(method, bundle.to_tensor(patches_hu), context), None
+
+
+def explain(bundle, patches_hu: np.ndarray, method: str, return_details: bool = False, cycle_am=None, **options):
     """Relevance maps (N, H, W) float32 for HU patches (N, H, W): > 0 speaks for malignant.
 
-    ``bundle`` is a Bundle or a name / folder for ``load_bundle``. For ``iterative:<method>`` with
-    ``return_details`` the ``IterativeResult`` (every pass) comes too. ``options`` go to the method
-    (``layer`` for Grad-CAM, ``steps`` / ``internal_batch_size`` for integrated gradients)."""
+    ``bundle`` is a classifier Bundle or a name / folder for ``load_bundle``. With ``return_details`` the
+    details come too: the ``IterativeResult`` (every pass) for ``iterative:<method>``, the
+    ``Counterfactuals`` for ``cycle-am`` (``cycle_am``: its bundle, default the shipped one).
+    ``options`` go to the method (``layer`` for Grad-CAM, ``steps`` / ``internal_batch_size`` for
+    integrated gradients)."""
     check_method(method)
     bundle = load_bundle(bundle)
+    if bundle.config.get("kind", "classifier") != "classifier":
+        raise XAIExplainError(f"{bundle.path} is a {bundle.config.get('kind')} bundle, not a classifier")
     patches_hu = np.asarray(patches_hu, np.float32)
     if patches_hu.ndim != 3:
         raise XAIExplainError(f"patches must be (N, H, W), not of shape {patches_hu.shape}")
@@ -58,12 +104,12 @@ def explain(bundle, patches_hu: np.ndarray, method: str, return_details: bool = 
         raise XAIExplainError("the patches hold NaN or infinite values")
     context = _context(bundle, options)
     if not method.startswith(ITERATIVE_PREFIX):
-        maps = attribution.attribute(method, bundle.to_tensor(patches_hu), context)
-        return (maps, None) if return_details else maps
+        maps, details = _maps(method, bundle, patches_hu, context, cycle_am)
+        return (maps, details) if return_details else maps
     base = method[len(ITERATIVE_PREFIX):]
     result = iterative.augment_evidence(
-        patches_hu, lambda images: attribution.attribute(base, bundle.to_tensor(images), context),
-        bundle.predict, bundle.threshold)
+        patches_hu, lambda images: _maps(base, bundle, images, context, cycle_am)[0], bundle.predict,
+        bundle.threshold)
     return (result.augmented, result) if return_details else result.augmented
 
 
@@ -77,6 +123,8 @@ class SeriesExplanation:
     sites: list[NoduleSite]
     stacks: list[PatchStack]
     maps: dict[str, list[np.ndarray]] = field(default_factory=dict)  # per method, per nodule (slices, H, W)
+    # for cycle-am: the series with each nodule's patches replaced by G+(x) ("malignant") and G-(x) ("benign")
+    counterfactuals: dict[str, sitk.Image] = field(default_factory=dict)
 
 
 def evidence_labels(relevance: np.ndarray) -> np.ndarray:
@@ -92,7 +140,7 @@ def evidence_labels(relevance: np.ndarray) -> np.ndarray:
 
 
 def explain_series(image, points, bundle=None, methods=("saliency",), progress=None,
-                   half_height_mm: float = DEFAULT_HALF_HEIGHT_MM, **options) -> SeriesExplanation:
+                   half_height_mm: float = DEFAULT_HALF_HEIGHT_MM, cycle_am=None, **options) -> SeriesExplanation:
     """Explain every nodule of a series: ``image`` a CTSeries or a SimpleITK image (HU, LPS), ``points``
     a list of LPS points or ``"lidc"`` (the annotated nodules, for a CTSeries of an LIDC scan)."""
     for method in methods:
@@ -122,9 +170,9 @@ def explain_series(image, points, bundle=None, methods=("saliency",), progress=N
             row["lidc"] = {k: v for k, v in site.lidc.to_json().items() if k not in ("annotation_ids",)}
         nodules.append(row)
 
-    relevance, labels, per_method_maps = {}, {}, {}
+    relevance, labels, per_method_maps, series_counterfactuals = {}, {}, {}, {}
     for method in methods:
-        maps, details = explain(bundle, all_patches, method, return_details=True, **options)
+        maps, details = explain(bundle, all_patches, method, return_details=True, cycle_am=cycle_am, **options)
         per_nodule = [maps[bounds[n]:bounds[n + 1]] for n in range(len(sites))]
         per_method_maps[method] = per_nodule
         volume = backproject(stacks, per_nodule, sitk_image)
@@ -142,12 +190,30 @@ def explain_series(image, points, bundle=None, methods=("saliency",), progress=N
             peak_lps = stack.centers_lps[peak[0]] + (np.array([peak[2], peak[1], middle]) - middle) * \
                 np.array([stack.pixel_mm, stack.pixel_mm, 0.0])
             entry = {"peak_lps": peak_lps.tolist(), "peak_relevance": float(nodule_maps[peak])}
-            if details is not None:
-                iterations = details.iterations[bounds[n]:bounds[n + 1]]
-                entry.update({"iterations": iterations.tolist(),
-                              "final_probabilities": details.final_probability[bounds[n]:bounds[n + 1]].tolist()})
+            rows = slice(bounds[n], bounds[n + 1])
+            if isinstance(details, iterative.IterativeResult):
+                entry.update({"iterations": details.iterations[rows].tolist(),
+                              "final_probabilities": details.final_probability[rows].tolist()})
+            elif isinstance(details, Counterfactuals):
+                entry.update({"counterfactual_malignant_probability": float(details.malignant_probability[rows].mean()),
+                              "counterfactual_benign_probability": float(details.benign_probability[rows].mean()),
+                              "counterfactual_malignant_slice_probabilities": details.malignant_probability[rows].tolist(),
+                              "counterfactual_benign_slice_probabilities": details.benign_probability[rows].tolist()})
             row["methods"][method] = entry
+        if isinstance(details, Counterfactuals):
+            series_counterfactuals = {
+                name: _replace_patches(sitk_image, stacks, [images[bounds[n]:bounds[n + 1]] for n in range(len(sites))])
+                for name, images in (("malignant", details.malignant), ("benign", details.benign))}
         if progress is not None:
             progress(method)
     return SeriesExplanation(relevance=relevance, labels=labels, nodules=nodules, sites=sites, stacks=stacks,
-                             maps=per_method_maps)
+                             maps=per_method_maps, counterfactuals=series_counterfactuals)
+
+
+def _replace_patches(image: sitk.Image, stacks: list[PatchStack], values: list[np.ndarray]) -> sitk.Image:
+    """The image with the voxels the patches cover replaced by the patches' values (float32)."""
+    patched = sitk.GetArrayFromImage(backproject(stacks, values, image, background=np.nan))
+    original = sitk.GetArrayFromImage(image).astype(np.float32)
+    result = sitk.GetImageFromArray(np.where(np.isnan(patched), original, patched).astype(np.float32))
+    result.CopyInformation(image)
+    return result

@@ -15,14 +15,14 @@ from .series import read_series
 
 
 def write_series_explanation(series_folder, out, methods, model=None, series_uid=None, use_lidc=False, points=None,
-                             half_height_mm=5.0, grad_cam_layer=None, command: str = "") -> dict:
+                             half_height_mm=5.0, grad_cam_layer=None, cycle_am=None, command: str = "") -> dict:
     for method in methods:  # before any reading: a typo costs nothing
         check_method(method)
     bundle = load_bundle(model) if model else load_bundle()
     ct = read_series(series_folder, series_uid)
     options = {"layer": grad_cam_layer} if grad_cam_layer else {}
     result = explain_series(ct, "lidc" if use_lidc else points, bundle, methods, half_height_mm=half_height_mm,
-                            **options)
+                            cycle_am=cycle_am, **options)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for method in methods:
@@ -30,6 +30,12 @@ def write_series_explanation(series_folder, out, methods, model=None, series_uid
             path = out / f"{kind}_{method_file_name(method)}.nrrd"
             with atomic_path(path) as temporary:
                 sitk.WriteImage(images[method], str(temporary), useCompression=True)
+    files = {m: {"relevance": f"relevance_{method_file_name(m)}.nrrd", "labels": f"labels_{method_file_name(m)}.nrrd"}
+             for m in methods}
+    for name, image in result.counterfactuals.items():
+        files[f"counterfactual_{name}"] = f"counterfactual_{name}.nrrd"
+        with atomic_path(out / files[f"counterfactual_{name}"]) as temporary:
+            sitk.WriteImage(image, str(temporary), useCompression=True)
     for n, (site, stack) in enumerate(zip(result.sites, result.stacks)):
         titles = [f"z {z:.1f}  p {p:.2f}" for z, p in zip(stack.centers_lps[:, 2],
                                                           result.nodules[n]["slice_probabilities"])]
@@ -40,8 +46,7 @@ def write_series_explanation(series_folder, out, methods, model=None, series_uid
     summary = {"series_folder": str(series_folder), "patient_id": ct.patient_id,
                "series_instance_uid": ct.series_instance_uid, "model": str(bundle.path),
                "methods": list(methods), "command": command, "library_version": __version__,
-               "files": {m: {"relevance": f"relevance_{method_file_name(m)}.nrrd",
-                             "labels": f"labels_{method_file_name(m)}.nrrd"} for m in methods},
+               "files": files,
                "label_values": {"malignant evidence": 1, "benign evidence": 2},
                "nodules": result.nodules}
     write_json_atomic(out / "nodules.json", summary)

@@ -19,6 +19,15 @@ def _pyplot():
     return plt
 
 
+def _save(figure, path, dpi: int) -> Path:
+    """Write the figure as PNG, whole or not at all, and close it."""
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=dpi)
+    _pyplot().close(figure)
+    return path
+
+
 def contact_sheet(rows: list[np.ndarray], row_titles: list[str], path, masks: list[np.ndarray] | None = None,
                   window=LUNG_WINDOW, max_columns: int = 12, title: str | None = None) -> Path:
     """One row per patch stack (N, H, W) in HU, at most ``max_columns`` slices each (evenly chosen),
@@ -47,11 +56,7 @@ def contact_sheet(rows: list[np.ndarray], row_titles: list[str], path, masks: li
         figure.suptitle(title, fontsize=10)
     top = 1.0 - 0.5 / ((tile + 0.3) * len(rows) + 0.5)
     figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=top, wspace=0.04, hspace=0.22)
-    path = Path(path)
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=110)
-    plt.close(figure)
-    return path
+    return _save(figure, path, dpi=110)
 
 
 def explanation_panel(patches_hu: np.ndarray, maps: dict[str, np.ndarray], path, row_titles: list[str],
@@ -84,14 +89,50 @@ def explanation_panel(patches_hu: np.ndarray, maps: dict[str, np.ndarray], path,
     if title:
         figure.suptitle(title, fontsize=9)
     figure.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=100)
-    plt.close(figure)
-    return path
+    return _save(figure, path, dpi=100)
 
 
 def display_scale(values: np.ndarray, percentile: float = 99.0) -> float:
     """A robust symmetric colour scale for a relevance map: a percentile of its non-zero |values|."""
     magnitude = np.abs(values[values != 0])
     return float(np.percentile(magnitude, percentile)) if magnitude.size else 1.0
+
+
+def line_plot(series: dict[str, tuple[list, list]], path, x_label: str, y_label: str, title: str) -> Path:
+    """One line per named (x, y) series."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for name, (x, y) in series.items():
+        axis.plot(x, y, label=name)
+    axis.set_xlabel(x_label)
+    axis.set_ylabel(y_label)
+    axis.set_title(title, fontsize=10)
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    return _save(figure, path, dpi=100)
+
+
+def counterfactual_grid(images, plus, minus, probabilities, path, title: str) -> Path:
+    """Rows: images; columns x, G+(x), G-(x) (network inputs in [0, 1], shown at the lung window of the
+    HU window -1000..400) and R = G+(x) - G-(x); each image column titled with p(malignant)."""
+    plt = _pyplot()
+    rows = len(images)
+    figure, axes = plt.subplots(rows, 4, figsize=(6.4, 1.6 * rows + 0.5), squeeze=False)
+    relevance = plus - minus
+    scale = float(np.abs(relevance).max()) or 1.0
+    for r in range(rows):
+        for c, (name, array) in enumerate((("x", images), ("G+(x)", plus), ("G-(x)", minus), ("R", relevance))):
+            axis = axes[r, c]
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if name == "R":
+                axis.imshow(array[r], cmap="RdBu_r", vmin=-scale, vmax=scale)
+            else:
+                axis.imshow(array[r], cmap="gray", vmin=0.0, vmax=0.8)
+                axis.set_xlabel(f"p {probabilities[c][r]:.2f}", fontsize=7)
+            if r == 0:
+                axis.set_title(name, fontsize=8)
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    return _save(figure, path, dpi=90)

@@ -38,7 +38,23 @@ class NoduleClassifier(nn.Module):
         return {f"block{n + 1}": relu for n, relu in enumerate(relus)}
 
 
-ARCHITECTURES = {"NoduleClassifier": NoduleClassifier}
+class CycleAMGenerators(nn.Module):
+    """The two generators of cycle-consistent activation maximization: ``plus`` towards malignant,
+    ``minus`` towards benign (``xaiexplain.cycle_am``)."""
+
+    def __init__(self, widths=(48, 96, 192, 384), in_channels: int = 1):
+        super().__init__()
+        from .cycle_am import Generator
+
+        self.plus = Generator(widths, in_channels)
+        self.minus = Generator(widths, in_channels)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(G+(x), G-(x))."""
+        return self.plus(x), self.minus(x)
+
+
+ARCHITECTURES = {"NoduleClassifier": NoduleClassifier, "CycleAMGenerators": CycleAMGenerators}
 
 
 def build(architecture: str, arguments: dict) -> nn.Module:

@@ -1,0 +1,50 @@
+"""Domain-transfer evaluation of a cycle-am bundle (paper 1, 4.1) on one split of a patch set."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xaiexplain import cycle_am
+from xaiexplain.bundles import load_bundle
+from xaiexplain.dataset import SPLITS, load_patch_set
+from xaiexplain.errors import XAIExplainError
+from xaiexplain.explanation import counterfactuals
+from xaiexplain.files import atomic_path, write_json_atomic
+from xaiexplain.metrics import domain_transfer, domain_transfer_table
+
+
+def evaluate_cycle_am(classifier, generators, data, out, split: str = "test", record: bool = False,
+                      command: str = "") -> dict:
+    if split not in SPLITS:
+        raise XAIExplainError(f"--split {split} is not one of {', '.join(SPLITS)}")
+    classifier = load_bundle(classifier)
+    generator_bundle = load_bundle(generators)
+    arrays, _, summary = load_patch_set(data)
+    chosen = np.flatnonzero(arrays["split"] == SPLITS.index(split))
+    if len(chosen) < 2:
+        raise XAIExplainError(f"the {split} split of {data} has fewer than two patches")
+    images = arrays["images"][chosen].astype(np.float32)
+    pair = counterfactuals(classifier, images, generator_bundle)
+    x = classifier.to_tensor(images)
+    with torch.no_grad():
+        ssim_plus = cycle_am.ssim_per_image(x, classifier.to_tensor(pair.malignant)).numpy()
+        ssim_minus = cycle_am.ssim_per_image(x, classifier.to_tensor(pair.benign)).numpy()
+    result = domain_transfer(classifier.probability(x), pair.malignant_probability, pair.benign_probability,
+                             ssim_plus, ssim_minus, classifier.threshold)
+    result.update({"split": split, "data": str(data), "data_seed": summary.get("seed"), "command": command,
+                   "classifier": str(classifier.path), "cycle_am": str(generator_bundle.path)})
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "evaluation.json", result)
+    table = domain_transfer_table(result)
+    with atomic_path(out / "evaluation.md") as temporary:
+        temporary.write_text(f"# Domain transfer of {generator_bundle.path.name} on the {split} split\n\n{table}")
+    if record:
+        config_file = generator_bundle.path / "config.json"
+        config = json.loads(config_file.read_text())
+        config["evaluation"] = result
+        write_json_atomic(config_file, config)
+    return result
