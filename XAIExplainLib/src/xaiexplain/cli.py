@@ -226,8 +226,8 @@ def run_patches(args, command_line: str) -> int:
     return 0
 
 
-DEMO_METHODS = ("saliency", "guided-backprop", "integrated-gradients", "grad-cam", "guided-grad-cam", "deep-shap",
-                "lrp", "deep-taylor", "iterative:grad-cam")
+DEMO_METHODS = ("cycle-am", "saliency", "guided-backprop", "integrated-gradients", "grad-cam", "guided-grad-cam",
+                "deep-shap", "lrp", "deep-taylor", "iterative:grad-cam")
 
 
 def run_demo(args, command_line: str) -> int:
