@@ -31,7 +31,7 @@ def explained(tmp_path_factory):
 
 
 def test_outputs_have_exactly_the_series_geometry(explained):
-    for key, (written, out) in explained.items():
+    for written, out in explained.values():
         image = series.read_series(written.series_folder).image
         for method in METHODS:
             name = method.replace(":", "_")
@@ -63,7 +63,7 @@ def test_relevance_peaks_lie_on_the_nodules(explained):
     """The peak of the evidence for the decision, per nodule, within the ground-truth mask dilated by 2
     voxels: for most nodules with the methods that localise (see the issue notes for the fractions)."""
     hits = {method: [] for method in METHODS}
-    for key, (written, out) in explained.items():
+    for written, out in explained.values():
         image = series.read_series(written.series_folder).image
         truth = sitk.GetArrayFromImage(sitk.ReadImage(str(written.truth_folder / "nodules.nrrd")))
         summary = json.loads((out / "nodules.json").read_text())

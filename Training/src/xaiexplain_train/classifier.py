@@ -9,7 +9,6 @@ torchrun train with DistributedDataParallel (gloo on CPU, nccl on GPU); rank 0 v
 from __future__ import annotations
 
 import csv
-import os
 import platform
 import sys
 import time
@@ -27,7 +26,7 @@ from xaiexplain import metrics
 from xaiexplain.bundles import save_bundle
 from xaiexplain.dataset import SPLITS, load_patch_set
 from xaiexplain.errors import XAIExplainError
-from xaiexplain.files import atomic_path, write_json_atomic
+from xaiexplain.files import atomic_path
 from xaiexplain.models import CLASS_NAMES, NoduleClassifier
 
 from . import checkpoints

@@ -7,7 +7,6 @@ seeded by (seed, step, rank), so a resumed run continues exactly as the uninterr
 from __future__ import annotations
 
 import csv
-import os
 import platform
 import sys
 import time

