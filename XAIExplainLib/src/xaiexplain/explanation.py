@@ -131,7 +131,7 @@ def evidence_labels(relevance: np.ndarray) -> np.ndarray:
     """uint8 label map: 1 malignant evidence (relevance at or above Otsu's threshold of the positive
     values), 2 benign evidence (likewise for the negative values), 0 elsewhere."""
     labels = np.zeros(relevance.shape, np.uint8)
-    for value, sign in ((1, 1.0), (2, -1.0)):
+    for value, sign in ((EVIDENCE_LABELS["malignant evidence"], 1.0), (EVIDENCE_LABELS["benign evidence"], -1.0)):
         side = sign * relevance
         positive = side[side > 0]
         if positive.size > 1 and np.ptp(positive) > 0:

@@ -8,7 +8,7 @@ import SimpleITK as sitk
 
 from . import __version__
 from .bundles import load_bundle
-from .explanation import check_method, explain_series, method_file_name
+from .explanation import EVIDENCE_LABELS, check_method, explain_series, method_file_name
 from .figures import explanation_panel
 from .files import atomic_path, write_json_atomic
 from .series import read_series
@@ -47,7 +47,7 @@ def write_series_explanation(series_folder, out, methods, model=None, series_uid
                "series_instance_uid": ct.series_instance_uid, "model": str(bundle.path),
                "methods": list(methods), "command": command, "library_version": __version__,
                "files": files,
-               "label_values": {"malignant evidence": 1, "benign evidence": 2},
+               "label_values": EVIDENCE_LABELS,
                "nodules": result.nodules}
     write_json_atomic(out / "nodules.json", summary)
     return summary
