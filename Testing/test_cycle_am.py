@@ -45,7 +45,7 @@ def test_discriminator_labels_invert_for_the_generators():
     straight = discriminator(real, fake, generator=torch.Generator().manual_seed(seed))
     inverted = discriminator(real, fake, generator=torch.Generator().manual_seed(seed), fake_is_real=True)
     # with two classes, inverting every label turns log p into log (1 - p): different unless p = 1/2
-    assert float(straight) != pytest.approx(float(inverted))
+    assert straight.item() != pytest.approx(inverted.item())
 
 
 def test_a_few_steps_raise_the_activation_of_the_generators_class():
