@@ -68,5 +68,5 @@ def test_a_few_steps_raise_the_activation_of_the_generators_class():
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-        losses.append(float(am))
+        losses.append(am.item())
     assert losses[-1] < 0.5 * losses[0], losses
