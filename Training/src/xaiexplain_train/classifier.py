@@ -158,7 +158,7 @@ def train_classifier(settings: ClassifierSettings, progress: bool = True) -> dic
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
-            total += float(loss) * len(batch)
+            total += loss.item() * len(batch)
             seen += len(batch)
         if rank == 0:
             validation_p = _probabilities(model, x[validation_index], device)
