@@ -182,3 +182,13 @@ def test_unknown_scan_and_bad_point_syntax(tmp_path):
     assert_one_line_error(xaiexplain("phantom", "--scans", "LIDC-IDRI-9999", "--out", tmp_path), "LIDC-IDRI-9999")
     result = xaiexplain("patches", "--series", tmp_path, "--point", "1,2", "--out", tmp_path)
     assert result.returncode == 2 and "X,Y,Z" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_phantom_count_renders_the_first_scans(tmp_path):
+    result = xaiexplain("phantom", "--count", 1, "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    first = lidc.all_scans()[0]
+    series_folder = tmp_path / first.patient_id / first.study_instance_uid / first.series_instance_uid
+    assert len(list(series_folder.glob("*.dcm"))) == len(first.slice_zvals)
+    assert (tmp_path / "ground_truth" / first.patient_id / first.series_instance_uid / "truth.json").exists()
+    assert_one_line_error(xaiexplain("phantom", "--count", 0, "--out", tmp_path), "--count")
