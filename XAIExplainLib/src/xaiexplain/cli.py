@@ -26,7 +26,7 @@ examples:
 """
 
 
-def _point(text: str) -> tuple[float, float, float]:
+def parse_point(text: str) -> tuple[float, float, float]:
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
@@ -124,7 +124,7 @@ def _add_series_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--lidc", action="store_true",
                        help="the nodules the LIDC radiologists annotated in this series (found by SeriesInstanceUID)")
-    where.add_argument("--point", type=_point, action="append", metavar="X,Y,Z",
+    where.add_argument("--point", type=parse_point, action="append", metavar="X,Y,Z",
                        help="a nodule location in LPS millimetres (repeatable)")
 
 

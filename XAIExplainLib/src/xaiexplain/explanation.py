@@ -142,7 +142,8 @@ def evidence_labels(relevance: np.ndarray) -> np.ndarray:
 def explain_series(image, points, bundle=None, methods=("saliency",), progress=None,
                    half_height_mm: float = DEFAULT_HALF_HEIGHT_MM, cycle_am=None, **options) -> SeriesExplanation:
     """Explain every nodule of a series: ``image`` a CTSeries or a SimpleITK image (HU, LPS), ``points``
-    a list of LPS points or ``"lidc"`` (the annotated nodules, for a CTSeries of an LIDC scan)."""
+    a list of LPS points, ``"lidc"`` (the annotated nodules, for a CTSeries of an LIDC scan) or a list of
+    ``NoduleSite``."""
     for method in methods:
         check_method(method)
     bundle = load_bundle(bundle) if bundle is not None else load_bundle()
@@ -151,6 +152,8 @@ def explain_series(image, points, bundle=None, methods=("saliency",), progress=N
         if points != "lidc" or not isinstance(image, CTSeries):
             raise XAIExplainError("points must be LPS points, or 'lidc' with a CTSeries read from an LIDC scan")
         sites = lidc_sites(image)
+    elif len(points) and all(isinstance(p, NoduleSite) for p in points):
+        sites = list(points)
     else:
         sites = point_sites(sitk_image, points, half_height_mm)
     if not sites:

@@ -114,14 +114,20 @@ def _title(site: NoduleSite, stack: PatchStack) -> str:
     return text
 
 
-def _consensus_outlines(ct: series.CTSeries, sites: list[NoduleSite], stacks: list[PatchStack]) -> list[np.ndarray]:
-    """Each LIDC nodule's consensus mask on its own patch grid (nearest neighbour)."""
+def consensus_label_image(ct: series.CTSeries, sites: list[NoduleSite]) -> sitk.Image:
+    """The radiologists' consensus masks of LIDC sites (from ``lidc_sites(ct, with_masks=True)``) as one
+    uint16 label image on the scan's grid in the series' world: nodule_index + 1 inside each nodule."""
     geometry = lidc.scan_geometry(sites[0].lidc.series_instance_uid,
                                   origin_xy=ct.image.TransformIndexToPhysicalPoint((0, 0, 0))[:2])
     labels = np.zeros(geometry.shape, np.uint16)
     for site in sites:
         site.lidc.consensus.paste_into(labels, site.lidc.nodule_index + 1)
-    label_image = geometry.to_image(labels)
+    return geometry.to_image(labels)
+
+
+def _consensus_outlines(ct: series.CTSeries, sites: list[NoduleSite], stacks: list[PatchStack]) -> list[np.ndarray]:
+    """Each LIDC nodule's consensus mask on its own patch grid (nearest neighbour)."""
+    label_image = consensus_label_image(ct, sites)
     return [np.stack([extract_patch(label_image, center, stack.size, stack.field_of_view_mm,
                                     sitk.sitkNearestNeighbor, 0.0) for center in stack.centers_lps])
             == site.lidc.nodule_index + 1

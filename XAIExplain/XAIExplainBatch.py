@@ -1,0 +1,75 @@
+"""Explain CT series without a GUI and save each as a Slicer scene with NRRD overlays.
+
+Under 3D Slicer:
+    Slicer --no-main-window --python-script XAIExplainBatch.py --series DIR [DIR ...] --out OUT [options]
+Under plain Python with the xaiexplain library and slicer-core installed:
+    python XAIExplainBatch.py --series DIR [DIR ...] --out OUT [options]
+
+For each series folder it writes OUT/<patient>_<series UID tail>/ holding scene.mrml (open it in Slicer:
+the relevance overlay, evidence outlines, counterfactuals and results table are set up), the NRRD,
+.seg.nrrd, TSV and JSON files it references, and nodules.json. Exit status 0 when every series worked;
+otherwise 1, with one line per failed series on stderr (2 for a bad command line).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+
+def parse_arguments(argv, parse_point):
+    parser = argparse.ArgumentParser(
+        prog="XAIExplainBatch.py", description=__doc__.split("\n\n")[0],
+        epilog="Points are LPS millimetres, as in the xaiexplain command line and DICOM; without --point the "
+               "LIDC annotations of each series are used (found by its SeriesInstanceUID).")
+    parser.add_argument("--series", nargs="+", required=True, type=Path, metavar="DIR",
+                        help="folders each holding one DICOM series")
+    parser.add_argument("--out", required=True, type=Path, help="output folder (one subfolder per series)")
+    parser.add_argument("--method", action="append", dest="methods", metavar="NAME",
+                        help="explanation method, repeatable (default grad-cam); e.g. cycle-am, iterative:lrp")
+    parser.add_argument("--point", action="append", type=parse_point, dest="points", metavar="X,Y,Z",
+                        help="a nodule location in LPS mm, repeatable; applies to every series")
+    parser.add_argument("--model", help="classifier bundle folder or shipped name (default demo-classifier)")
+    parser.add_argument("--cycle-am", dest="cycle_am", help="cycle-am bundle (default demo-cycle-am)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    return parser.parse_args(argv)
+
+
+def run(argv) -> int:
+    try:
+        import xaiexplain.slicer as xs
+        from xaiexplain.cli import parse_point
+        from xaiexplain.errors import XAIExplainError
+    except ImportError as error:
+        print(f"the xaiexplain library is not installed here ({error}): open the XAIExplain module once in "
+              "Slicer, or pip install XAIExplainLib", file=sys.stderr)
+        return 1
+    arguments = parse_arguments(argv, parse_point)
+    methods = arguments.methods or ["grad-cam"]
+    failures = []
+    for folder in arguments.series:
+        try:
+            scene_file = xs.explain_series_folder(folder, arguments.out, methods, arguments.points,
+                                                  arguments.model, arguments.cycle_am, arguments.device)
+            print(f"{folder}: {scene_file}")
+        except (XAIExplainError, OSError) as error:
+            failures.append(f"{folder}: {error}")
+    for line in failures:
+        print(line, file=sys.stderr)
+    return 1 if failures else 0
+
+
+def main():
+    status = run(sys.argv[1:])
+    try:
+        import slicer
+
+        in_slicer_application = hasattr(slicer, "app")
+    except ImportError:
+        in_slicer_application = False
+    if in_slicer_application:
+        slicer.util.exit(status)
+    else:
+        sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()
