@@ -245,27 +245,10 @@ def run_patches(args, command_line: str) -> int:
     return 0
 
 
-DEMO_METHODS = ("cycle-am", "saliency", "guided-backprop", "integrated-gradients", "grad-cam", "guided-grad-cam",
-                "deep-shap", "lrp", "deep-taylor", "iterative:grad-cam")
-
-
 def run_demo(args, command_line: str) -> int:
-    from . import lidc
-    from .explanation_files import write_series_explanation
-    from .patch_stacks import write_patch_stacks
-    from .phantom_series import write_phantom_series
+    from .demo import run_demo as demo
 
-    series_root = args.out / "series"
-    written = write_phantom_series(lidc.find_scan_by_key(args.scan), series_root, seed=args.seed)
-    print(f"phantom series: {written.series_folder} ({written.slices} slices, {written.nodules} nodules)")
-    summary = write_patch_stacks(written.series_folder, args.out / "patches", use_lidc=True)
-    print(f"nodule patches: {args.out / 'patches'} ({len(summary['stacks'])} nodules)")
-    explained = write_series_explanation(written.series_folder, args.out / "explanations", DEMO_METHODS,
-                                         use_lidc=True, command=command_line)
-    for row in explained["nodules"]:
-        print(f"  {row['name']}: p(malignant) {row['probability']:.2f} -> {row['decision']}")
-    print(f"look at: {args.out / 'patches' / 'contact_sheet.png'} and {args.out / 'explanations'}/panel_*.png; "
-          f"relevance_*.nrrd and labels_*.nrrd open over the series in 3D Slicer")
+    demo(args.out, scan=args.scan, seed=args.seed, command=command_line)
     return 0
 
 
@@ -287,7 +270,7 @@ def run_benchmark(args, command_line: str) -> int:
 def run_explain(args, command_line: str) -> int:
     from .explanation_files import write_series_explanation
 
-    written = write_series_explanation(args.series, args.out, methods=args.method, model=args.model,
+    written, _ = write_series_explanation(args.series, args.out, methods=args.method, model=args.model,
                                        series_uid=args.series_uid, use_lidc=args.lidc, points=args.point,
                                        half_height_mm=args.half_height_mm, grad_cam_layer=args.grad_cam_layer,
                                        cycle_am=args.cycle_am, command=command_line)

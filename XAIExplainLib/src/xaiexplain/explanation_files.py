@@ -15,14 +15,17 @@ from .series import read_series
 
 
 def write_series_explanation(series_folder, out, methods, model=None, series_uid=None, use_lidc=False, points=None,
-                             half_height_mm=5.0, grad_cam_layer=None, cycle_am=None, command: str = "") -> dict:
+                             half_height_mm=5.0, grad_cam_layer=None, cycle_am=None, command: str = "",
+                             progress=None):
+    """Explain a series and write its files into ``out``; returns (the nodules.json summary, the
+    SeriesExplanation). ``progress(method)`` is called as each method finishes."""
     for method in methods:  # before any reading: a typo costs nothing
         check_method(method)
     bundle = load_bundle(model) if model else load_bundle()
     ct = read_series(series_folder, series_uid)
     options = {"layer": grad_cam_layer} if grad_cam_layer else {}
     result = explain_series(ct, "lidc" if use_lidc else points, bundle, methods, half_height_mm=half_height_mm,
-                            cycle_am=cycle_am, **options)
+                            cycle_am=cycle_am, progress=progress, **options)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for method in methods:
@@ -50,4 +53,4 @@ def write_series_explanation(series_folder, out, methods, model=None, series_uid
                "label_values": EVIDENCE_LABELS,
                "nodules": result.nodules}
     write_json_atomic(out / "nodules.json", summary)
-    return summary
+    return summary, result
