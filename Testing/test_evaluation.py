@@ -92,3 +92,13 @@ def test_froc_of_a_known_candidate_list():
     assert curve.sensitivity_at(0) == pytest.approx(1 / 3)
     assert curve.sensitivity_at(0.5) == pytest.approx(1 / 3)
     assert curve.sensitivity_at(10) == 1.0
+
+
+def test_froc_detection_area_overlapping_a_lesion_counts():
+    lesions = [np.zeros((10, 10), int)]
+    lesions[0][5, 5] = 1
+    candidates = [[(5, 7, 0.9), (0, 0, 0.5)]]  # two pixels from the lesion, then far away
+    assert ev.froc(candidates, lesions).sensitivity.max() == 0.0
+    curve = ev.froc(candidates, lesions, detection_radius_px=2)
+    np.testing.assert_allclose(curve.sensitivity, [0, 1, 1])
+    np.testing.assert_allclose(curve.false_positives_per_image, [0, 0, 1])

@@ -138,26 +138,35 @@ class FrocCurve:
         return float(reached.max()) if reached.size else 0.0
 
 
-def froc(candidates: list[list[tuple[int, int, float]]], lesions: list[np.ndarray]) -> FrocCurve:
-    """FROC over images: ``candidates[i]`` (row, column, score) of image i, ``lesions[i]`` its label map
-    (0 background, 1..L lesions). A candidate inside a lesion not yet hit is a true positive; one inside an
-    already hit lesion counts as neither; one outside every lesion is a false positive. The curve sweeps the
-    score threshold from high to low."""
-    events = []  # (score, image, lesion label or 0)
+def froc(candidates: list[list[tuple[int, int, float]]], lesions: list[np.ndarray],
+         detection_radius_px: float = 0.0) -> FrocCurve:
+    """FROC over images (paper 2): ``candidates[i]`` (row, column, score) of image i, ``lesions[i]`` its
+    label map (0 background, 1..L lesions). A candidate's detection area is the disc of the radius around
+    it: overlapping a lesion not yet hit, it is a true positive (for every such lesion); overlapping only
+    lesions already hit, neither; overlapping none, a false positive. The curve sweeps the score
+    threshold from high to low."""
+    offsets = [(dr, dc) for dr in range(-int(detection_radius_px), int(detection_radius_px) + 1)
+               for dc in range(-int(detection_radius_px), int(detection_radius_px) + 1)
+               if dr * dr + dc * dc <= detection_radius_px ** 2]
+    events = []  # (score, image, lesion labels the detection area overlaps)
     total_lesions = 0
     for image, (image_candidates, labels) in enumerate(zip(candidates, lesions)):
         total_lesions += len(np.setdiff1d(np.unique(labels), [0]))
-        events += [(score, image, int(labels[r, c])) for r, c, score in image_candidates]
+        height, width = labels.shape
+        for r, c, score in image_candidates:
+            touched = {int(labels[r + dr, c + dc]) for dr, dc in offsets
+                       if 0 <= r + dr < height and 0 <= c + dc < width} - {0}
+            events.append((score, image, touched))
     events.sort(key=lambda event: -event[0])
     hit = set()
     true_positives = false_positives = 0
     fps, sensitivity = [0.0], [0.0]
-    for _, image, label in events:
-        if label == 0:
+    for _, image, touched in events:
+        if not touched:
             false_positives += 1
-        elif (image, label) not in hit:
-            hit.add((image, label))
-            true_positives += 1
+        new = {(image, label) for label in touched} - hit
+        hit |= new
+        true_positives += len(new)
         fps.append(false_positives / max(len(candidates), 1))
         sensitivity.append(true_positives / max(total_lesions, 1))
     return FrocCurve(np.array(fps), np.array(sensitivity))
