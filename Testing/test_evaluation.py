@@ -47,17 +47,33 @@ def test_a_perfect_ranking_has_the_best_deletion_and_insertion():
     def confidence(images):
         return images[:, mask].mean(axis=1)
 
-    perfect = ev.deletion_insertion(image, (mask * 1.0)[None], confidence, steps=32, blur_sigma_px=50)
-    reversed_ = ev.deletion_insertion(image, (~mask * 1.0)[None], confidence, steps=32, blur_sigma_px=50)
-    random = ev.deletion_insertion(image, np.random.default_rng(1).random((1, 32, 32)), confidence, steps=32,
-                                   blur_sigma_px=50)
+    dark = np.zeros_like(image)
+
+    def curves(evidence):
+        return ev.deletion_insertion(image, evidence[None], confidence, steps=32, reference=dark)
+
+    perfect, reversed_ = curves(mask * 1.0), curves(~mask * 1.0)
+    random, no_evidence = curves(np.random.default_rng(1).random((32, 32))), curves(np.zeros((32, 32)))
     assert perfect.deletion_auc[0] < random.deletion_auc[0] < reversed_.deletion_auc[0]
     assert perfect.insertion_auc[0] > random.insertion_auc[0] > reversed_.insertion_auc[0]
-    # the disc is the first 8 % of pixels (81 of 1024): by then deletion has reached the blurred image
-    blurred = perfect.deletion[0, -1]
-    assert blurred < 0.2 and perfect.insertion[0, 0] == pytest.approx(blurred)
+    # a map without evidence removes pixels in random order, not row by row
+    assert no_evidence.deletion_auc[0] == pytest.approx(random.deletion_auc[0], abs=0.05)
+    # the disc is the first 8 % of pixels (81 of 1024): by then deletion has reached the dark reference
+    removed = perfect.deletion[0, -1]
+    assert removed == 0 and perfect.insertion[0, 0] == pytest.approx(removed)
     assert perfect.deletion[0, 0] == pytest.approx(1.0) and perfect.insertion[0, -1] == pytest.approx(1.0)
-    assert perfect.deletion_auc[0] < blurred + 0.1 and perfect.insertion_auc[0] > 0.9
+    assert perfect.deletion_auc[0] < removed + 0.1 and perfect.insertion_auc[0] > 0.9
+
+
+def test_lung_reference_is_the_median_lung_value_of_each_image():
+    image = np.full((2, 8, 8), 40.0, np.float32)
+    image[0, :4] = -900.0
+    image[0, 4, :2] = -700.0
+    reference = ev.lung_reference(image)
+    assert reference.shape == image.shape
+    np.testing.assert_array_equal(reference[0], -900.0)
+    np.testing.assert_array_equal(reference[1], ev.LUNG_HU)
+    assert image[0, 0, 0] == -900.0  # the input is left as it was
 
 
 def test_rank_correlation_of_equal_unrelated_and_sign_flipped_maps():

@@ -9,7 +9,7 @@ benign one. Localization and faithfulness are measured on it.
 - ``relevance_rank_accuracy``: of the K pixels with the most evidence, K the mask's size, the share inside
   the mask (Arras et al. 2022);
 - ``deletion_insertion``: RISE's deletion and insertion curves (Petsiuk et al. 2018): the probability of
-  the decided class as the pixels with the most evidence are replaced by a blurred copy (deletion: lower
+  the decided class as the pixels with the most evidence are replaced by lung parenchyma (deletion: lower
   area is better) or restored onto it (insertion: higher is better);
 - ``rank_correlation``: Spearman correlation of |map| between two maps, for the model-parameter
   randomization test (Adebayo et al. 2018): low means the map depends on what the model learned;
@@ -75,17 +75,35 @@ class DeletionInsertion:
         return trapezoid(self.insertion, self.fractions, axis=1)
 
 
+# Below this a CT pixel is lung (or air); above it, soft tissue.
+LUNG_BELOW_HU = -500.0
+LUNG_HU = -850.0
+
+
+def lung_reference(images: np.ndarray) -> np.ndarray:
+    """Per image, the image with every pixel set to its lung parenchyma: the median of its pixels below
+    -500 HU (-850 HU when it has none). Removing a pixel in CT means turning it into the lung around the
+    nodule; a blurred copy, RISE's choice for photographs, is no neutral reference here, since a blurred
+    nodule looks like a poorly defined one, which is malignant."""
+    images = np.asarray(images, np.float32)
+    lung = [np.median(image[image < LUNG_BELOW_HU]) if (image < LUNG_BELOW_HU).any() else LUNG_HU for image in images]
+    return np.broadcast_to(np.asarray(lung, np.float32)[:, None, None], images.shape).copy()
+
+
 def deletion_insertion(images: np.ndarray, evidence: np.ndarray, class_probability, steps: int = 16,
-                       blur_sigma_px: float = 4.0) -> DeletionInsertion:
+                       reference: np.ndarray | None = None, seed: int = 0) -> DeletionInsertion:
     """RISE deletion and insertion for images (N, H, W) and their evidence maps (N, H, W).
 
-    ``class_probability(images) -> (N,)`` is the probability of each image's decided class. The
-    replacement is a Gaussian-blurred copy of the image (a neutral background for CT, unlike zeros,
-    which are water). Pixels go in order of evidence, most first; all images of a step in one batch."""
+    ``class_probability(images) -> (N,)`` is the probability of each image's decided class. Deletion
+    replaces pixels of ``images`` with those of ``reference`` (default: ``lung_reference``), most evidence
+    first; insertion restores them onto the reference. Pixels of equal evidence (the zeros of a sparse
+    map) go in random order, so a map without evidence scores like a random one rather than like a
+    raster scan. All images of a step are classified in one batch."""
     images = np.asarray(images, np.float32)
     n, h, w = images.shape
-    blurred = np.stack([ndimage.gaussian_filter(image, blur_sigma_px) for image in images]).astype(np.float32)
-    order = np.argsort(-evidence.reshape(n, -1), axis=1, kind="stable")
+    reference = lung_reference(images) if reference is None else np.asarray(reference, np.float32)
+    tie_breaker = np.random.default_rng(seed).random((n, h * w))
+    order = np.lexsort((tie_breaker, -np.asarray(evidence, float).reshape(n, -1)), axis=-1)
     rank = np.empty_like(order)
     np.put_along_axis(rank, order, np.arange(h * w)[None, :].repeat(n, 0), axis=1)
     rank = rank.reshape(n, h, w)
@@ -93,8 +111,8 @@ def deletion_insertion(images: np.ndarray, evidence: np.ndarray, class_probabili
     deletion, insertion = [], []
     for fraction in fractions:
         changed = rank < int(round(fraction * h * w))
-        deletion.append(np.where(changed, blurred, images))
-        insertion.append(np.where(changed, images, blurred))
+        deletion.append(np.where(changed, reference, images))
+        insertion.append(np.where(changed, images, reference))
     probabilities = np.asarray(class_probability(np.concatenate(deletion + insertion)), float)
     probabilities = probabilities.reshape(2, len(fractions), n)
     return DeletionInsertion(fractions=fractions, deletion=probabilities[0].T, insertion=probabilities[1].T)
