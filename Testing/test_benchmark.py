@@ -19,6 +19,8 @@ def test_quick_benchmark_measures_every_method(tmp_path):
         if entry["patches_with_evidence"]:
             for key in ("pointing_game", "mass_accuracy", "rank_accuracy"):
                 assert 0.0 <= nodule[key] <= 1.0, (method, key)
+        if summary["decided_malignant"]:
+            assert entry["faithfulness_patches"] == summary["decided_malignant"], method
             assert 0.0 <= entry["deletion_auc"] <= 1.0 and 0.0 <= entry["insertion_auc"] <= 1.0, method
         assert entry["seconds_per_patch"] > 0 and entry["ratio_to_forward_backward"] > 0, method
     # the sanity check separates methods: saliency depends on the learned parameters, while cycle-am's
@@ -27,6 +29,8 @@ def test_quick_benchmark_measures_every_method(tmp_path):
     assert summary["methods"]["cycle-am"]["randomization_spearman"] > 0.99
     flips = summary["methods"]["cycle-am"]["counterfactuals"]["flip_rate"]
     assert 0.0 <= flips["both"] <= 1.0
+    series = summary["whole_series"]
+    assert series["nodules"] == 4 and 0 < series["repeat_seconds"] and "a whole phantom series" in result.stdout
     table = (out / "benchmark.md").read_text()
     assert all(f"| {method} |" in table for method in all_methods())
     for plot in ("deletion_curves.png", "insertion_curves.png", "localization.png"):

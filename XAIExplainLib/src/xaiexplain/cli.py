@@ -253,7 +253,7 @@ def run_demo(args, command_line: str) -> int:
 
 
 def run_benchmark(args, command_line: str) -> int:
-    from .benchmark import markdown_table, run_benchmark as measure
+    from .benchmark import markdown_report, run_benchmark as measure
     from .explanation import check_method
 
     for method in args.method or []:
@@ -262,7 +262,7 @@ def run_benchmark(args, command_line: str) -> int:
         raise XAIExplainError("--nodules must be at least 1")
     summary = measure(args.out, quick=args.quick, methods=args.method, model=args.model, cycle_am=args.cycle_am,
                       nodules=args.nodules, seed=args.seed, command=command_line)
-    print(markdown_table(summary))
+    print(markdown_report(summary))
     print(f"wrote {args.out / 'benchmark.md'}, benchmark.json and plots ({summary['seconds']} s)")
     return 0
 

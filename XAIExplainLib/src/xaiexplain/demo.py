@@ -131,8 +131,8 @@ in <code>explanations/</code>.</p>
 <p>{notes}</p>
 <table><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in TABLE_HEADER)}</tr>{benchmark_rows}</table>
 {image("benchmark/localization.png", "Localization on the nodule mask and insertion AUC.")}
-{image("benchmark/deletion_curves.png", "RISE deletion: the probability of the decided class as the pixels of most evidence are blurred away (lower is better).")}
-{image("benchmark/insertion_curves.png", "RISE insertion: the same, restoring pixels onto a blurred image (higher is better).")}
+{image("benchmark/deletion_curves.png", "RISE deletion on the patches called malignant: p(malignant) as the pixels of most evidence become lung (lower is better).")}
+{image("benchmark/insertion_curves.png", "RISE insertion: the same, restoring pixels onto a lung-only patch (higher is better).")}
 <p>Full numbers: <a href="benchmark/benchmark.md">benchmark.md</a>, <a href="benchmark/benchmark.json">benchmark.json</a>.</p>
 </body></html>
 """

@@ -16,9 +16,10 @@ from .series import read_series
 
 def write_series_explanation(series_folder, out, methods, model=None, series_uid=None, use_lidc=False, points=None,
                              half_height_mm=5.0, grad_cam_layer=None, cycle_am=None, command: str = "",
-                             progress=None):
+                             progress=None, panels: bool = True):
     """Explain a series and write its files into ``out``; returns (the nodules.json summary, the
-    SeriesExplanation). ``progress(method)`` is called as each method finishes."""
+    SeriesExplanation). ``progress(method)`` is called as each method finishes; ``panels=False`` leaves
+    out the PNG panels."""
     for method in methods:  # before any reading: a typo costs nothing
         check_method(method)
     bundle = load_bundle(model) if model else load_bundle()
@@ -39,7 +40,7 @@ def write_series_explanation(series_folder, out, methods, model=None, series_uid
         files[f"counterfactual_{name}"] = f"counterfactual_{name}.nrrd"
         with atomic_path(out / files[f"counterfactual_{name}"]) as temporary:
             sitk.WriteImage(image, str(temporary), useCompression=True)
-    for n, (site, stack) in enumerate(zip(result.sites, result.stacks)):
+    for n, (site, stack) in enumerate(zip(result.sites, result.stacks) if panels else ()):
         titles = [f"z {z:.1f}  p {p:.2f}" for z, p in zip(stack.centers_lps[:, 2],
                                                           result.nodules[n]["slice_probabilities"])]
         row = result.nodules[n]
