@@ -113,7 +113,7 @@ def train_classifier(settings: ClassifierSettings, progress: bool = True) -> dic
         raise XAIExplainError(f"the patch set in {settings.data} needs benign and malignant nodules in its train "
                               "and validation splits")
 
-    model = NoduleClassifier(widths=settings.widths).to(device)
+    model = NoduleClassifier(widths=settings.widths, input_size=int(summary["patch_size"])).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     trained = nn.parallel.DistributedDataParallel(model) if world > 1 else model

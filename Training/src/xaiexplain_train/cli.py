@@ -79,6 +79,25 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", help="train, validation or test (default test)")
     evaluate.add_argument("--out", required=True, type=Path, help="folder for evaluation.json and evaluation.md")
     evaluate.add_argument("--record", action="store_true", help="store the evaluation in the bundle's config.json")
+    froc = commands.add_parser(
+        "froc-study", help="paper 2's weakly-supervised lesion localization on multi-lesion phantom CT",
+        description="Render multi-lesion phantom images (128 x 128, one to four real LIDC nodules each, positive "
+                    "while a malignant one is in it), train a classifier on the image labels, and compare FROC "
+                    "curves of initial and iteratively augmented maps (saliency, guided backprop, integrated "
+                    "gradients, Grad-CAM, guided Grad-CAM) on the test images it calls positive: sensitivity at 10 "
+                    "false positives per image, as in paper 2's Tables II-V. Reuses OUT/data and OUT/classifier "
+                    "when they exist.",
+        epilog="example:\n  xaiexplain-train froc-study --out out/froc --images 1200 --epochs 12",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    froc.add_argument("--out", required=True, type=Path, help="study folder (data/, classifier/, froc.*)")
+    froc.add_argument("--images", type=int, default=1200, help="multi-lesion images to render (70/15/15 %% split)")
+    froc.add_argument("--epochs", type=int, default=12)
+    froc.add_argument("--widths", type=_widths, default=(16, 32, 64, 128), help="classifier kernels per block")
+    froc.add_argument("--seed", type=int, default=0)
+    froc.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda")
+    froc.add_argument("--method", action="append", dest="methods",
+                      help="repeatable; default: saliency, guided-backprop, integrated-gradients, grad-cam and "
+                           "guided-grad-cam, paper 2's methods")
     return parser
 
 
@@ -91,6 +110,16 @@ def run_evaluate_cycle_am(args) -> int:
                                record=args.record, command=args.command_line)
     print(domain_transfer_table(result))
     print(f"wrote {args.out}")
+    return 0
+
+
+def run_froc_study(args) -> int:
+    from .froc_study import METHODS, markdown, run_froc_study as study
+
+    result = study(args.out, images=args.images, epochs=args.epochs, widths=args.widths, seed=args.seed,
+                   device=args.device, command=args.command_line, methods=tuple(args.methods or METHODS))
+    print(markdown(result))
+    print(f"wrote {args.out / 'froc.md'}, froc.json and froc.png ({result['seconds']} s)")
     return 0
 
 
@@ -156,7 +185,7 @@ def run_data(args) -> int:
 
 
 COMMANDS = {"data": run_data, "classifier": run_classifier, "cycle-am": run_cycle_am,
-            "evaluate-cycle-am": run_evaluate_cycle_am}
+            "evaluate-cycle-am": run_evaluate_cycle_am, "froc-study": run_froc_study}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -80,11 +80,11 @@ def render_multi_lesion_set(out_dir, images: int = 1200, seed: int = 0, progress
         from tqdm import tqdm
 
         plan = tqdm(plan, desc="multi-lesion images", unit="image", file=sys.stderr)
-    for split, _ in plan:
+    for split, index_in_split in plan:
         pool = pools[split]
         malignant = [n for n in pool if n.label == "malignant"]
         benign = [n for n in pool if n.label == "benign"]
-        positive = rng.random() < 0.5
+        positive = index_in_split % 2 == 0  # every split half positive, half negative
         extra = int(rng.integers(0, MAX_EXTRA_NODULES + 1))
         # positives: at least one malignant nodule, others of either label; negatives: benign only
         members = [malignant[rng.integers(len(malignant))]] if positive else [benign[rng.integers(len(benign))]]
