@@ -104,7 +104,9 @@ def write_report(out: Path, scan: str, summary: dict, titles: list[str], scene_f
         for row in summary["nodules"])
     benchmark_rows = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
                              for row in table_rows(benchmark))
-    notes = html.escape(markdown_report(benchmark).split("\n\n", 2)[1])
+    report = markdown_report(benchmark)
+    notes = html.escape(report.split("\n\n", 2)[1])
+    costs = "".join(f"<li>{html.escape(line[2:])}</li>" for line in report.splitlines() if line.startswith("- "))
     took = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items())
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>XAIExplain demo: {html.escape(scan)}</title>
@@ -130,6 +132,7 @@ in <code>explanations/</code>.</p>
 <h2>Benchmark (quick: held-out nodules)</h2>
 <p>{notes}</p>
 <table><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in TABLE_HEADER)}</tr>{benchmark_rows}</table>
+<p>Cost against the targets (method time / reference time):</p><ul>{costs}</ul>
 {image("benchmark/localization.png", "Localization on the nodule mask and insertion AUC.")}
 {image("benchmark/deletion_curves.png", "RISE deletion on the patches called malignant: p(malignant) as the pixels of most evidence become lung (lower is better).")}
 {image("benchmark/insertion_curves.png", "RISE insertion: the same, restoring pixels onto a lung-only patch (higher is better).")}
