@@ -241,12 +241,13 @@ def machine() -> str:
 
 
 def run_benchmark(out, quick: bool = False, methods=None, model=None, cycle_am=None, nodules: int | None = None,
-                  seed: int = 0, progress: bool = True, command: str = "") -> dict:
+                  seed: int = 0, progress: bool = True, command: str = "", data: dict | None = None) -> dict:
+    """``data``: the ``held_out_patches`` to use when the caller has them already."""
     started = time.time()
     bundle = load_bundle(model) if model else load_bundle()
     methods = list(methods or all_methods())
     count = nodules or (QUICK_NODULES if quick else FULL_NODULES)
-    data = held_out_patches(count, seed, progress=progress)
+    data = data or held_out_patches(count, seed, progress=progress)
     images = data["images"]
     probabilities = bundle.predict(images)
     decisions = probabilities >= bundle.threshold

@@ -30,7 +30,7 @@ def _progress_bar(total: int, description: str):
 def run_demo(out: Path, scan: str = "LIDC-IDRI-0078", seed: int = 0, command: str = "") -> dict:
     from . import lidc
     from . import slicer as mrml
-    from .benchmark import all_methods, run_benchmark
+    from .benchmark import QUICK_NODULES, all_methods, held_out_patches, run_benchmark
     from .bundles import load_bundle
     from .explanation import counterfactuals
     from .explanation_files import write_series_explanation
@@ -80,13 +80,34 @@ def run_demo(out: Path, scan: str = "LIDC-IDRI-0078", seed: int = 0, command: st
     timings["Slicer scene"] = time.time() - mark
 
     mark = time.time()
-    benchmark = run_benchmark(out / "benchmark", quick=True, seed=seed, command=command + " (quick benchmark)")
-    timings["quick benchmark"] = time.time() - mark
+    held_out = held_out_patches(QUICK_NODULES, seed)
+    held_out_figure(bundle, held_out, out / "figure6_held_out.png")
+    benchmark = run_benchmark(out / "benchmark", quick=True, seed=seed, command=command + " (quick benchmark)",
+                              data=held_out)
+    timings["held-out examples and quick benchmark"] = time.time() - mark
     timings["total"] = time.time() - started
     report = write_report(out, scan, summary, titles, scene_file, benchmark, timings)
     print(f"look at: {report} (open it in a browser); the Slicer scene {scene_file}; "
           f"NRRD overlays in {out / 'explanations'}")
     return {"report": report, "timings": timings}
+
+
+def held_out_figure(bundle, data: dict, path: Path, per_label: int = 2) -> None:
+    """Paper 1's Fig. 6 for held-out nodules the readers call benign and malignant (``per_label`` each):
+    the demo scan's own nodules may all carry one label."""
+    from .explanation import explain
+    from .figures import explanation_panel
+
+    labels = np.asarray(data["label"])
+    rows = [*np.flatnonzero(labels == 0)[:per_label], *np.flatnonzero(labels == 1)[:per_label]]
+    patches = data["images"][rows]
+    probabilities = bundle.predict(patches)
+    titles = [f"{data['names'][n]}\nreaders: {'malignant' if labels[n] else 'benign'}\n"
+              f"p {p:.2f}: {'malignant' if p >= bundle.threshold else 'benign'}"
+              for n, p in zip(rows, probabilities)]
+    maps = {method: explain(bundle, patches, method) for method in FIGURE_ORDER}
+    explanation_panel(patches, maps, path, titles,
+                      title="Held-out phantom nodules, benign and malignant by the readers: relevance of each method")
 
 
 def write_report(out: Path, scan: str, summary: dict, titles: list[str], scene_file: Path, benchmark: dict,
@@ -122,6 +143,7 @@ not LIDC numbers. Took: {html.escape(took)}.</p>
 {nodule_rows}</table>
 <h2>Relevance of each method (paper 1, Fig. 6 style)</h2>
 {image("figure6_methods.png", "One row per nodule (its largest slice): the original, cycle-am, deep-shap, deep-taylor, lrp, then the others.")}
+{image("figure6_held_out.png", "The same for held-out phantom nodules of other patients, benign and malignant by the readers.")}
 {image("figure6_iterative.png", "Iterative augmentation of visual evidence around each method (paper 2); zero where the classifier calls the nodule benign.")}
 <h2>Counterfactuals (cycle-am)</h2>
 {image("counterfactuals.png", "x, G+(x) (towards malignant), G-(x) (towards benign) and R = G+(x) - G-(x), with p(malignant).")}
