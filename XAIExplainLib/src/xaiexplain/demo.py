@@ -57,10 +57,8 @@ def run_demo(out: Path, scan: str = "LIDC-IDRI-0078", seed: int = 0, command: st
     central = [int(np.argmax([(stack.patches[n] > -400).sum() for n in range(len(stack.patches))]))
                for stack in result.stacks]
     patches = np.stack([stack.patches[c] for stack, c in zip(result.stacks, central)])
-    titles = [f"{row['name']}\nreaders: {(row.get('lidc') or {}).get('label') or 'no label'}\n"
-              f"p {row['slice_probabilities'][c]:.2f}: "
-              f"{'malignant' if row['slice_probabilities'][c] >= row['threshold'] else 'benign'}"
-              for row, c in zip(result.nodules, central)]
+    titles = [_row_title(row["name"], (row.get("lidc") or {}).get("label") or "no label",
+                         row["slice_probabilities"][c], row["threshold"]) for row, c in zip(result.nodules, central)]
     shown = [m for m in FIGURE_ORDER if m in methods] + [m for m in methods if m not in FIGURE_ORDER]
     maps = {m: np.stack([result.maps[m][n][c] for n, c in enumerate(central)]) for m in shown}
     explanation_panel(patches, {m: maps[m] for m in shown if m in FIGURE_ORDER}, out / "figure6_methods.png",
@@ -92,6 +90,12 @@ def run_demo(out: Path, scan: str = "LIDC-IDRI-0078", seed: int = 0, command: st
     return {"report": report, "timings": timings}
 
 
+def _row_title(name: str, readers: str, probability: float, threshold: float) -> str:
+    """A panel row's title: the nodule, the readers' label, the classifier's probability and decision."""
+    return (f"{name}\nreaders: {readers}\n"
+            f"p {probability:.2f}: {'malignant' if probability >= threshold else 'benign'}")
+
+
 def held_out_figure(bundle, data: dict, path: Path, per_label: int = 2) -> None:
     """Paper 1's Fig. 6 for held-out nodules the readers call benign and malignant (``per_label`` each):
     the demo scan's own nodules may all carry one label."""
@@ -102,8 +106,7 @@ def held_out_figure(bundle, data: dict, path: Path, per_label: int = 2) -> None:
     rows = [*np.flatnonzero(labels == 0)[:per_label], *np.flatnonzero(labels == 1)[:per_label]]
     patches = data["images"][rows]
     probabilities = bundle.predict(patches)
-    titles = [f"{data['names'][n]}\nreaders: {'malignant' if labels[n] else 'benign'}\n"
-              f"p {p:.2f}: {'malignant' if p >= bundle.threshold else 'benign'}"
+    titles = [_row_title(data["names"][n], "malignant" if labels[n] else "benign", p, bundle.threshold)
               for n, p in zip(rows, probabilities)]
     maps = {method: explain(bundle, patches, method) for method in FIGURE_ORDER}
     explanation_panel(patches, maps, path, titles,
