@@ -177,7 +177,7 @@ def _mean(values) -> float | None:
     return float(values.mean()) if values.size else None
 
 
-def measure_method(method: str, bundle: Bundle, data: dict, decisions: np.ndarray, class_probability,
+def measure_method(method: str, bundle: Bundle, data: dict, decisions: np.ndarray,
                    random_bundle: Bundle, randomization_patches: int, reference_seconds: float) -> dict:
     images = data["images"]
     explain(bundle, images[:1], method)  # warm-up: imports and first-call set-up are not the method's cost
@@ -203,8 +203,7 @@ def measure_method(method: str, bundle: Bundle, data: dict, decisions: np.ndarra
     # augment malignant evidence only, so they leave benign decisions without a map)
     called_malignant = np.flatnonzero(decisions)
     if called_malignant.size:
-        curves = evaluation.deletion_insertion(images[called_malignant], evidence[called_malignant],
-                                               lambda x: class_probability(x, decisions[called_malignant]))
+        curves = evaluation.deletion_insertion(images[called_malignant], evidence[called_malignant], bundle.predict)
         entry.update({"faithfulness_patches": int(called_malignant.size),
                       "deletion_auc": float(curves.deletion_auc.mean()),
                       "insertion_auc": float(curves.insertion_auc.mean()),
@@ -252,11 +251,6 @@ def run_benchmark(out, quick: bool = False, methods=None, model=None, cycle_am=N
     probabilities = bundle.predict(images)
     decisions = probabilities >= bundle.threshold
 
-    def class_probability(x, decided_malignant):
-        p = bundle.predict(x.reshape(-1, *x.shape[-2:]))
-        tiled = np.resize(np.asarray(decided_malignant), len(p))
-        return np.where(tiled, p, 1.0 - p)
-
     series = whole_series_seconds(bundle)
     reference = forward_backward_seconds(bundle, images)
     generators = load_bundle(cycle_am or DEFAULT_CYCLE_AM)
@@ -270,7 +264,7 @@ def run_benchmark(out, quick: bool = False, methods=None, model=None, cycle_am=N
 
         iterator = tqdm(methods, desc="benchmark", unit="method", file=sys.stderr)
     for method in iterator:
-        results[method] = measure_method(method, bundle, data, decisions, class_probability, random_bundle,
+        results[method] = measure_method(method, bundle, data, decisions, random_bundle,
                                          randomization_patches, reference)
         if method == CYCLE_AM:
             seconds = results[method]["seconds_per_patch"] * len(images)
