@@ -5,7 +5,9 @@ Bundles shipped with the library live in ``xaiexplain/bundled/<name>/`` and load
 """
 from __future__ import annotations
 
+import inspect
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,12 +16,13 @@ import torch
 
 from . import models
 from .errors import XAIExplainError
-from .files import atomic_path, write_json_atomic
+from .files import output_set
 
 FORMAT = "xaiexplain-bundle"
 FORMAT_VERSION = 1
 BUNDLED = Path(__file__).parent / "bundled"
 DEFAULT_CLASSIFIER = "demo-classifier"
+ROLE_NAMES = {"classifier": "a classifier", "cycle-am": "a cycle-am bundle"}
 
 
 @dataclass
@@ -29,9 +32,23 @@ class Bundle:
     model: torch.nn.Module  # in eval mode
 
     @property
+    def kind(self) -> str:
+        """What the bundle is for: "classifier" or "cycle-am"."""
+        return self.config.get("kind", models.ROLES[self.config["architecture"]])
+
+    def require(self, role: str) -> "Bundle":
+        """This bundle, or an XAIExplainError if it is not of ``role``."""
+        if role not in ROLE_NAMES:
+            raise XAIExplainError(f"unknown bundle role {role!r}; known: {', '.join(ROLE_NAMES)}")
+        if self.kind != role:
+            shown = self.path.name if self.path.parent == BUNDLED else str(self.path)
+            raise XAIExplainError(f"{shown} is a {self.kind} bundle, not {ROLE_NAMES[role]}")
+        return self
+
+    @property
     def threshold(self) -> float:
         """Decision threshold on the malignancy probability."""
-        return float(self.config["decision_threshold"])
+        return float(self.require("classifier").config["decision_threshold"])
 
     @property
     def input_spec(self) -> dict:
@@ -51,6 +68,7 @@ class Bundle:
     @torch.no_grad()
     def probability(self, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
         """Malignancy probability of network inputs (N, 1, H, W)."""
+        self.require("classifier")
         parts = [torch.softmax(self.model(x[n:n + batch_size]).float(), dim=1)[:, models.MALIGNANT]
                  for n in range(0, len(x), batch_size)]
         return torch.cat(parts).cpu().numpy()
@@ -64,10 +82,67 @@ def bundled_names() -> list[str]:
     return sorted(p.name for p in BUNDLED.iterdir() if (p / "config.json").exists()) if BUNDLED.exists() else []
 
 
-def load_bundle(name_or_path=DEFAULT_CLASSIFIER, device: str | torch.device = "cpu") -> Bundle:
-    """A bundle by the name of a shipped one or by its folder."""
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _implausible(value, default) -> str | None:
+    """What a constructor argument from JSON should be, by its default, if it is not (sizes: positive integers)."""
+    if isinstance(default, (tuple, list)):
+        return None if isinstance(value, list) and value and all(map(_positive_int, value)) else \
+            "a list of positive integers"
+    if isinstance(default, int) and not isinstance(default, bool):
+        return None if _positive_int(value) else "a positive integer"
+    return "a finite number" if isinstance(default, float) and not _number(value) else None
+
+
+def check_config(config, config_file) -> str:
+    """The role ("classifier" or "cycle-am") of a bundle's parsed ``config.json``, or an XAIExplainError
+    naming ``config_file`` and the first thing wrong with it."""
+    def refuse(problem):
+        raise XAIExplainError(f"{config_file} {problem}")
+
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        refuse(f'is not an XAIExplain bundle configuration (a JSON object with "format": "{FORMAT}")')
+    architecture = config.get("architecture")
+    if not isinstance(architecture, str) or architecture not in models.ARCHITECTURES:
+        refuse(f'needs architecture to be one of {", ".join(sorted(models.ARCHITECTURES))}, not {architecture!r}')
+    kind = config.get("kind", models.ROLES[architecture])
+    if kind != models.ROLES[architecture]:
+        refuse(f'says its kind is {kind!r}, but its architecture {architecture} is a {models.ROLES[architecture]}')
+    arguments = config.get("arguments", {})
+    if not isinstance(arguments, dict):
+        refuse(f"needs arguments to be a JSON object of {architecture}'s constructor arguments, not {arguments!r}")
+    parameters = inspect.signature(models.ARCHITECTURES[architecture]).parameters
+    for key, value in arguments.items():
+        if key not in parameters:
+            refuse(f'gives {architecture} an argument {key!r} it does not take (it takes {", ".join(parameters)})')
+        if expected := _implausible(value, parameters[key].default):
+            refuse(f"needs arguments.{key} to be {expected}, not {value!r}")
+    threshold = config.get("decision_threshold")
+    if (kind == "classifier" or threshold is not None) and not (_number(threshold) and 0 <= threshold <= 1):
+        refuse(f"needs decision_threshold to be a number from 0 to 1, not {threshold!r}")
+    spec = config.get("input")
+    window = spec.get("hu_window") if isinstance(spec, dict) else None
+    if not (isinstance(window, list) and len(window) == 2 and all(map(_number, window)) and window[0] < window[1]):
+        refuse(f"needs input.hu_window to be two finite numbers [low, high] with low < high, not {window!r}")
+    if "patch_size" in spec and not _positive_int(spec["patch_size"]):
+        refuse(f"needs input.patch_size to be a positive integer, not {spec['patch_size']!r}")
+    return kind
+
+
+def load_bundle(name_or_path=DEFAULT_CLASSIFIER, device: str | torch.device = "cpu",
+                role: str | None = "classifier") -> Bundle:
+    """A bundle by the name of a shipped one or by its folder, its configuration and weights checked;
+    ``role`` ("classifier", the default, or "cycle-am") refuses a bundle of the other kind (None: either)."""
+    if role is not None and role not in ROLE_NAMES:
+        raise XAIExplainError(f"unknown bundle role {role!r}; known: {', '.join(ROLE_NAMES)}")
     if isinstance(name_or_path, Bundle):
-        return name_or_path
+        return name_or_path.require(role) if role else name_or_path
     path = Path(name_or_path)
     if not path.is_dir():
         if (BUNDLED / str(name_or_path)).is_dir():
@@ -82,15 +157,24 @@ def load_bundle(name_or_path=DEFAULT_CLASSIFIER, device: str | torch.device = "c
         config = json.loads(config_file.read_text())
     except ValueError as error:
         raise XAIExplainError(f"{config_file} is not valid JSON ({error})") from None
-    if config.get("format") != FORMAT:
-        raise XAIExplainError(f"{config_file} is not an XAIExplain bundle configuration")
-    model = models.build(config["architecture"], config.get("arguments", {}))
+    kind = check_config(config, config_file)
+    if role is not None and kind != role:
+        raise XAIExplainError(f"{name_or_path} is a {kind} bundle, not {ROLE_NAMES[role]}")
+    try:
+        model = models.build(config["architecture"], config.get("arguments", {}))
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise XAIExplainError(f"the architecture in {config_file} cannot be built from its arguments "
+                              f"({error})") from None
     try:
         from safetensors.torch import load_file
 
         state = load_file(str(weights_file))
     except Exception as error:  # safetensors raises its own types for damaged files
         raise XAIExplainError(f"{weights_file} cannot be read as safetensors ({error})") from None
+    damaged = [name for name, tensor in state.items() if not torch.isfinite(tensor).all()]
+    if damaged:
+        more = f" and {len(damaged) - 1} more" if len(damaged) > 1 else ""
+        raise XAIExplainError(f"{weights_file} holds NaN or infinite weights (in {damaged[0]}{more})")
     try:
         model.load_state_dict(state)
     except RuntimeError:
@@ -99,14 +183,17 @@ def load_bundle(name_or_path=DEFAULT_CLASSIFIER, device: str | torch.device = "c
     return Bundle(path=path, config=config, model=model)
 
 
-def save_bundle(folder, model: torch.nn.Module, config: dict) -> Path:
-    """Write ``model`` and ``config`` as a bundle folder, whole or not at all."""
+def save_bundle(folder, model: torch.nn.Module, config: dict, extra_files: dict | None = None) -> Path:
+    """Write ``model`` and ``config`` as a bundle folder: one output set with ``config.json`` as its manifest
+    (an existing folder keeps every file that no earlier bundle wrote). ``extra_files``: file name ->
+    function writing that file at the path it is given (training curves), part of the same set."""
     from safetensors.torch import save_file
 
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, **config}
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    with atomic_path(folder) as temporary:
-        temporary.mkdir(parents=True)
-        save_file(state, str(temporary / "model.safetensors"))
-        write_json_atomic(temporary / "config.json", config)
+    with output_set(folder, "config.json") as written:
+        save_file(state, str(written.path("model.safetensors")))
+        for name, write in (extra_files or {}).items():
+            write(written.path(name))
+        written.manifest_data = config
     return Path(folder)

@@ -64,7 +64,7 @@ class Counterfactuals:
 
 def counterfactuals(bundle: Bundle, patches_hu: np.ndarray, generators=None) -> Counterfactuals:
     """G+(x) and G-(x) for HU patches; ``generators`` a cycle-am bundle (default the shipped one)."""
-    generators = load_bundle(generators or DEFAULT_CYCLE_AM)
+    generators = load_bundle(generators or DEFAULT_CYCLE_AM, role="cycle-am")
     if generators.config.get("kind") != "cycle-am":
         raise XAIExplainError(f"{generators.path} is not a cycle-am bundle (its kind is "
                               f"{generators.config.get('kind')!r})")
@@ -162,6 +162,9 @@ def explain_series(image, points, bundle=None, methods=("saliency",), progress=N
     all_patches = np.concatenate([s.patches for s in stacks])
     bounds = np.cumsum([0] + [len(s.patches) for s in stacks])
     probabilities = bundle.predict(all_patches)
+    if not np.isfinite(probabilities).all():  # finite weights and inputs can still overflow
+        raise XAIExplainError(f"the classifier {bundle.path} gives no finite probability for some patches of this "
+                              "series, so they cannot be explained")
     nodules = []
     for n, site in enumerate(sites):
         slice_p = probabilities[bounds[n]:bounds[n + 1]]

@@ -55,6 +55,7 @@ class CycleAMGenerators(nn.Module):
 
 
 ARCHITECTURES = {"NoduleClassifier": NoduleClassifier, "CycleAMGenerators": CycleAMGenerators}
+ROLES = {"NoduleClassifier": "classifier", "CycleAMGenerators": "cycle-am"}  # what each architecture is for
 
 
 def build(architecture: str, arguments: dict) -> nn.Module:
