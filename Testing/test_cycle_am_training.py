@@ -47,7 +47,7 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_runs):
 
 
 def test_bundle_round_trip_curves_and_samples(tiny_runs):
-    bundle = xaiexplain.load_bundle(tiny_runs / "whole")
+    bundle = xaiexplain.load_bundle(tiny_runs / "whole", role="cycle-am")
     assert bundle.config["kind"] == "cycle-am" and bundle.config["arguments"]["widths"] == [4, 8, 8, 16]
     checkpoint = load_file(str(tiny_runs / "whole.checkpoint" / "checkpoint.safetensors"))
     for name, value in bundle.model.plus.state_dict().items():

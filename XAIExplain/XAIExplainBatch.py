@@ -5,10 +5,12 @@ Under 3D Slicer:
 Under plain Python with the xaiexplain library and slicer-core installed:
     python XAIExplainBatch.py --series DIR [DIR ...] --out OUT [options]
 
-For each series folder it writes OUT/<patient>_<series UID tail>/ holding scene.mrml (open it in Slicer:
-the relevance overlay, evidence outlines, counterfactuals and results table are set up), the NRRD,
-.seg.nrrd, TSV and JSON files it references, and nodules.json. Exit status 0 when every series worked;
-otherwise 1, with one line per failed series on stderr (2 for a bad command line).
+For each series folder it writes OUT/<PatientID>_<SeriesInstanceUID>/ holding scene.mrml (open it in
+Slicer: the relevance overlay, evidence outlines, counterfactuals and results table are set up), the NRRD,
+.seg.nrrd, TSV and JSON files it references (relative to scene.mrml, so the folder can be moved), and
+nodules.json. Each series' folder is written whole or not at all; files already in OUT survive. One bad
+series never stops the others. Exit status 0 when every series worked; otherwise 1, with one line per
+failed series on stderr (2 for a bad command line, 130 or 143 when interrupted).
 """
 import argparse
 import sys
@@ -30,6 +32,8 @@ def parse_arguments(argv, parse_point):
     parser.add_argument("--model", help="classifier bundle folder or shipped name (default demo-classifier)")
     parser.add_argument("--cycle-am", dest="cycle_am", help="cycle-am bundle (default demo-cycle-am)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--allow-gaps", action="store_true", dest="allow_gaps",
+                        help="explain series with missing slices on interpolated ones (recorded in nodules.json)")
     return parser.parse_args(argv)
 
 
@@ -38,20 +42,33 @@ def run(argv) -> int:
         import xaiexplain.slicer as xs
         from xaiexplain.cli import parse_point
         from xaiexplain.errors import XAIExplainError
+        from xaiexplain.files import handle_termination_signals, interrupted_exit_status
     except ImportError as error:
         print(f"the xaiexplain library is not installed here ({error}): open the XAIExplain module once in "
               "Slicer, or pip install XAIExplainLib", file=sys.stderr)
         return 1
+    handle_termination_signals()
     arguments = parse_arguments(argv, parse_point)
     methods = arguments.methods or ["grad-cam"]
-    failures = []
-    for folder in arguments.series:
-        try:
-            scene_file = xs.explain_series_folder(folder, arguments.out, methods, arguments.points,
-                                                  arguments.model, arguments.cycle_am, arguments.device)
-            print(f"{folder}: {scene_file}")
-        except (XAIExplainError, OSError) as error:
-            failures.append(f"{folder}: {error}")
+    failures, written = [], {}
+    try:
+        for folder in arguments.series:
+            try:
+                scene_file = xs.explain_series_folder(folder, arguments.out, methods, arguments.points,
+                                                      arguments.model, arguments.cycle_am, arguments.device,
+                                                      allow_gaps=arguments.allow_gaps, written_by_this_run=written)
+                print(f"{folder}: {scene_file}")
+            except XAIExplainError as error:
+                failures.append(f"{folder}: {error}")
+            except OSError as error:
+                failures.append(f"{folder}: {error.strerror or error}: {error.filename}")
+            except Exception as error:  # a defect, not the input: still one line, and the batch goes on
+                failures.append(f"{folder}: internal error {type(error).__name__}: {error}")
+    except KeyboardInterrupt as interruption:
+        failures.append("interrupted; the series written so far are whole, the one being written was removed")
+        for line in failures:
+            print(line, file=sys.stderr)
+        return interrupted_exit_status(interruption)
     for line in failures:
         print(line, file=sys.stderr)
     return 1 if failures else 0

@@ -1,5 +1,5 @@
 """Training checkpoints without pickles: named state dicts and optimiser states as safetensors, the rest
-(step or epoch, history, optimiser hyper-parameters) as JSON; written whole or not at all."""
+(step or epoch, history, optimiser hyper-parameters) as JSON; one output set, whole or absent."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from xaiexplain.errors import XAIExplainError
-from xaiexplain.files import atomic_path, write_json_atomic
+from xaiexplain.files import check_output_folder, output_set
 
 TENSORS = "checkpoint.safetensors"
 INFO = "checkpoint.json"
@@ -27,10 +27,19 @@ def save_checkpoint(folder, states: dict[str, dict[str, torch.Tensor]], optimise
         for index, values in optimiser_state["state"].items():
             for key, value in values.items():
                 tensors[f"optimiser:{name}.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    with atomic_path(folder) as temporary:
-        temporary.mkdir(parents=True)
-        save_file(tensors, str(temporary / TENSORS))
-        write_json_atomic(temporary / INFO, {**info, "optimiser_param_groups": groups})
+    with output_set(folder, INFO) as written:  # the folder keeps every file that is not a checkpoint's
+        save_file(tensors, str(written.path(TENSORS)))
+        written.manifest_data = {**info, "optimiser_param_groups": groups}
+
+
+def prepare_run_folders(out: Path, checkpoint_dir: Path | None, rank: int) -> Path:
+    """The checkpoint folder of a training run (default ``OUT.checkpoint`` beside the bundle); on rank 0,
+    fail now with one sentence if the bundle or the checkpoint folder could not be written at the end."""
+    checkpoint = Path(checkpoint_dir) if checkpoint_dir else out.with_name(out.name + ".checkpoint")
+    if rank == 0:
+        check_output_folder(out, "config.json")
+        check_output_folder(checkpoint, INFO)
+    return checkpoint
 
 
 def exists(folder) -> bool:

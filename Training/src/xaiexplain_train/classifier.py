@@ -8,7 +8,6 @@ torchrun train with DistributedDataParallel (gloo on CPU, nccl on GPU); rank 0 v
 """
 from __future__ import annotations
 
-import csv
 import platform
 import sys
 import time
@@ -26,7 +25,7 @@ from xaiexplain import metrics
 from xaiexplain.bundles import save_bundle
 from xaiexplain.dataset import SPLITS, load_patch_set
 from xaiexplain.errors import XAIExplainError
-from xaiexplain.files import atomic_path
+from xaiexplain.files import write_csv_rows
 from xaiexplain.models import CLASS_NAMES, NoduleClassifier
 
 from . import checkpoints
@@ -83,10 +82,6 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return (out * gain[:, None, None, None] + offset[:, None, None, None]).clamp(0, 1)
 
 
-def _checkpoint_dir(settings: ClassifierSettings) -> Path:
-    return settings.checkpoint_dir or settings.out.with_name(settings.out.name + ".checkpoint")
-
-
 @torch.no_grad()
 def _probabilities(model, x: torch.Tensor, device, batch_size: int = 512) -> np.ndarray:
     model.eval()
@@ -122,7 +117,7 @@ def train_classifier(settings: ClassifierSettings, progress: bool = True) -> dic
     class_weights = torch.tensor(len(train_index) / (2.0 * counts), dtype=torch.float32, device=device)
     loss_function = nn.CrossEntropyLoss(weight=class_weights)
 
-    checkpoint = _checkpoint_dir(settings)
+    checkpoint = checkpoints.prepare_run_folders(settings.out, settings.checkpoint_dir, rank)
     start_epoch, history = 0, []
     best = {"epoch": -1, "auc": -1.0, "state": {}}
     if settings.resume:
@@ -220,10 +215,5 @@ def train_classifier(settings: ClassifierSettings, progress: bool = True) -> dic
             "confidence_intervals": "95 % percentile bootstrap; patches resampled by nodule",
         },
     }
-    save_bundle(settings.out, model, config)
-    with atomic_path(settings.out / "training_curves.csv") as temporary:
-        with open(temporary, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(history[0]))
-            writer.writeheader()
-            writer.writerows(history)
+    save_bundle(settings.out, model, config, {"training_curves.csv": lambda path: write_csv_rows(path, history)})
     return config

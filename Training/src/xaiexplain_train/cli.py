@@ -6,11 +6,12 @@ import shlex
 import sys
 from pathlib import Path
 
-from xaiexplain.errors import XAIExplainError
+from xaiexplain.cli import ArgumentParser, run_reporting_errors
+from xaiexplain.files import handle_termination_signals
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="xaiexplain-train",
         description="Train the XAIExplain models headless on a patch set from `xaiexplain phantom --patches` "
                     "(or LIDC patches in the same format): on a GPU when there is one, on several with torchrun.",
@@ -189,14 +190,11 @@ COMMANDS = {"data": run_data, "classifier": run_classifier, "cycle-am": run_cycl
 
 
 def main(argv: list[str] | None = None) -> int:
+    handle_termination_signals()
     args = build_parser().parse_args(argv)
     args.command_line = "xaiexplain-train " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    try:
-        return COMMANDS[args.command](args)
-    except XAIExplainError as error:
-        print(f"xaiexplain-train {args.command}: error: {error}", file=sys.stderr)
-        return 2
-
+    return run_reporting_errors(f"xaiexplain-train {args.command}", lambda: COMMANDS[args.command](args),
+                                "the bundle and the last checkpoint are whole or absent (resume with --resume)")
 
 if __name__ == "__main__":
     sys.exit(main())

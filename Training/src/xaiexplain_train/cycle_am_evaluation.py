@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,7 +11,7 @@ from xaiexplain.bundles import load_bundle
 from xaiexplain.dataset import SPLITS, load_patch_set
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.explanation import counterfactuals
-from xaiexplain.files import atomic_path, write_json_atomic
+from xaiexplain.files import output_set, write_json_atomic
 from xaiexplain.metrics import domain_transfer, domain_transfer_table
 
 
@@ -21,7 +20,7 @@ def evaluate_cycle_am(classifier, generators, data, out, split: str = "test", re
     if split not in SPLITS:
         raise XAIExplainError(f"--split {split} is not one of {', '.join(SPLITS)}")
     classifier = load_bundle(classifier)
-    generator_bundle = load_bundle(generators)
+    generator_bundle = load_bundle(generators, role="cycle-am")
     arrays, _, summary = load_patch_set(data)
     chosen = np.flatnonzero(arrays["split"] == SPLITS.index(split))
     if len(chosen) < 2:
@@ -36,12 +35,11 @@ def evaluate_cycle_am(classifier, generators, data, out, split: str = "test", re
                              ssim_plus, ssim_minus, classifier.threshold)
     result.update({"split": split, "data": str(data), "data_seed": summary.get("seed"), "command": command,
                    "classifier": str(classifier.path), "cycle_am": str(generator_bundle.path)})
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "evaluation.json", result)
-    table = domain_transfer_table(result)
-    with atomic_path(out / "evaluation.md") as temporary:
-        temporary.write_text(f"# Domain transfer of {generator_bundle.path.name} on the {split} split\n\n{table}")
+    with output_set(out, "evaluation.json") as written:
+        table = domain_transfer_table(result)
+        written.path("evaluation.md").write_text(
+            f"# Domain transfer of {generator_bundle.path.name} on the {split} split\n\n{table}")
+        written.manifest_data = result
     if record:
         config_file = generator_bundle.path / "config.json"
         config = json.loads(config_file.read_text())

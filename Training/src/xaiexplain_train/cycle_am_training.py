@@ -6,7 +6,6 @@ seeded by (seed, step, rank), so a resumed run continues exactly as the uninterr
 """
 from __future__ import annotations
 
-import csv
 import platform
 import sys
 import time
@@ -23,7 +22,7 @@ from xaiexplain import cycle_am
 from xaiexplain.bundles import load_bundle, save_bundle
 from xaiexplain.dataset import SPLITS, load_patch_set
 from xaiexplain.errors import XAIExplainError
-from xaiexplain.files import atomic_path
+from xaiexplain.files import write_csv_rows
 from xaiexplain.models import MALIGNANT, CycleAMGenerators
 
 from . import checkpoints
@@ -116,7 +115,7 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
         "discriminators": torch.optim.Adam(list(networks["d_plus"].parameters()) + list(networks["d_minus"].parameters()),
                                            lr=settings.learning_rate, betas=(0.5, 0.999)),
     }
-    checkpoint = settings.checkpoint_dir or settings.out.with_name(settings.out.name + ".checkpoint")
+    checkpoint = checkpoints.prepare_run_folders(settings.out, settings.checkpoint_dir, rank)
     start_step, history = 0, []
     if settings.resume:
         if not checkpoints.exists(checkpoint):
@@ -188,25 +187,21 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
         },
         "training_losses": history[-1] if history else {},
     }
-    save_bundle(settings.out, generators, config)
-    write_loss_curves(history, settings.out)
+    save_bundle(settings.out, generators, config, loss_curve_files(history))
     return config
 
 
-def write_loss_curves(history: list[dict], folder: Path) -> None:
-    """``loss_curves.csv`` and ``loss_curves.png`` in ``folder``."""
+def loss_curve_files(history: list[dict]) -> dict:
+    """``loss_curves.csv`` and ``loss_curves.png``, as ``save_bundle``'s extra files."""
     if not history:
-        return
-    with atomic_path(folder / "loss_curves.csv") as temporary:
-        with open(temporary, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(history[0]))
-            writer.writeheader()
-            writer.writerows(history)
+        return {}
     from xaiexplain.figures import line_plot
 
     steps = [row["step"] for row in history]
-    line_plot({name: (steps, [row[name] for row in history]) for name in LOSS_NAMES}, folder / "loss_curves.png",
-              "step", "loss (mean over the interval)", "cycle-consistent activation maximization: training losses")
+    return {"loss_curves.csv": lambda path: write_csv_rows(path, history),
+            "loss_curves.png": lambda path: line_plot(
+                {name: (steps, [row[name] for row in history]) for name in LOSS_NAMES}, path, "step",
+                "loss (mean over the interval)", "cycle-consistent activation maximization: training losses")}
 
 
 @torch.no_grad()

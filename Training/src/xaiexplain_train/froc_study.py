@@ -18,7 +18,7 @@ from xaiexplain.bundles import load_bundle
 from xaiexplain.dataset import SPLITS, load_patch_set
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.explanation import explain
-from xaiexplain.files import atomic_path, write_json_atomic
+from xaiexplain.files import output_set
 from xaiexplain.multi_lesion import render_multi_lesion_set
 
 # paper 2's methods; Grad-CAM at block 3 as in its Tables II-IV
@@ -132,8 +132,8 @@ def run_froc_study(out: Path, images: int, epochs: int, widths, seed: int, devic
     result = evaluate(classifier, data, methods, progress=progress)
     result.update({"command": command, "seconds": round(time.time() - started, 1),
                    "classifier_metrics": load_bundle(classifier).config.get("metrics", {})})
-    write_json_atomic(out / "froc.json", result)
-    with atomic_path(out / "froc.md") as temporary:
-        temporary.write_text(markdown(result))
-    plot(result, out / "froc.png")
+    with output_set(out, "froc.json") as written:
+        written.path("froc.md").write_text(markdown(result))
+        plot(result, written.path("froc.png"))
+        written.manifest_data = result
     return result

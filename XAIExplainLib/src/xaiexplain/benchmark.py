@@ -30,9 +30,9 @@ import torch
 from . import __version__, evaluation
 from .bundles import Bundle, load_bundle
 from .dataset import held_out_patients, labelled_scans, load_patch_set, render_patch_set
-from .explanation import (CYCLE_AM, DEFAULT_CYCLE_AM, ITERATIVE_PREFIX, base_methods, counterfactuals, explain,
+from .explanation import (CYCLE_AM, DEFAULT_CYCLE_AM, ITERATIVE_PREFIX, base_methods, explain,
                           method_file_name)
-from .files import atomic_path, write_json_atomic
+from .files import output_set
 from .models import build
 
 QUICK_NODULES = 8
@@ -244,43 +244,44 @@ def run_benchmark(out, quick: bool = False, methods=None, model=None, cycle_am=N
     """``data``: the ``held_out_patches`` to use when the caller has them already."""
     started = time.time()
     bundle = load_bundle(model) if model else load_bundle()
-    methods = list(methods or all_methods())
-    count = nodules or (QUICK_NODULES if quick else FULL_NODULES)
-    data = data or held_out_patches(count, seed, progress=progress)
-    images = data["images"]
-    probabilities = bundle.predict(images)
-    decisions = probabilities >= bundle.threshold
+    with output_set(out, "benchmark.json") as written:  # checks that out is writable before measuring
+        methods = list(methods or all_methods())
+        count = nodules or (QUICK_NODULES if quick else FULL_NODULES)
+        data = data or held_out_patches(count, seed, progress=progress)
+        images = data["images"]
+        probabilities = bundle.predict(images)
+        decisions = probabilities >= bundle.threshold
 
-    series = whole_series_seconds(bundle)
-    reference = forward_backward_seconds(bundle, images)
-    generators = load_bundle(cycle_am or DEFAULT_CYCLE_AM)
-    generator_reference = generator_forward_seconds(generators, bundle, images)
-    random_bundle = randomized(bundle, seed)
-    randomization_patches = QUICK_RANDOMIZATION_PATCHES if quick else FULL_RANDOMIZATION_PATCHES
-    results = {}
-    iterator = methods
-    if progress:
-        from tqdm import tqdm
+        series = whole_series_seconds(bundle)
+        reference = forward_backward_seconds(bundle, images)
+        generators = load_bundle(cycle_am or DEFAULT_CYCLE_AM, role="cycle-am")
+        generator_reference = generator_forward_seconds(generators, bundle, images)
+        random_bundle = randomized(bundle, seed)
+        randomization_patches = QUICK_RANDOMIZATION_PATCHES if quick else FULL_RANDOMIZATION_PATCHES
+        results = {}
+        iterator = methods
+        if progress:
+            from tqdm import tqdm
 
-        iterator = tqdm(methods, desc="benchmark", unit="method", file=sys.stderr)
-    for method in iterator:
-        results[method] = measure_method(method, bundle, data, decisions, random_bundle,
-                                         randomization_patches, reference)
-        if method == CYCLE_AM:
-            seconds = results[method]["seconds_per_patch"] * len(images)
-            results[method]["ratio_to_two_generator_passes"] = seconds / generator_reference
-    summary = {
-        "command": command, "library_version": __version__, "machine": machine(), "quick": quick, "seed": seed,
-        "model": str(bundle.path), "cycle_am": str(generators.path), "patches": int(len(images)),
-        "patch_names": data["names"], "labels": {"malignant": int(data["label"].sum()),
-                                                 "benign": int((1 - data["label"]).sum())},
-        "decided_malignant": int(decisions.sum()), "threshold": bundle.threshold,
-        "pointing_tolerance_px": POINTING_TOLERANCE_PX, "randomization_patches": randomization_patches,
-        "forward_backward_seconds": reference, "two_generator_passes_seconds": generator_reference,
-        "targets": TARGETS, "reference_passes": REFERENCE_PASSES, "whole_series": series,
-        "methods": results, "seconds": round(time.time() - started, 1),
-    }
-    write_outputs(Path(out), summary)
+            iterator = tqdm(methods, desc="benchmark", unit="method", file=sys.stderr)
+        for method in iterator:
+            results[method] = measure_method(method, bundle, data, decisions, random_bundle,
+                                             randomization_patches, reference)
+            if method == CYCLE_AM:
+                seconds = results[method]["seconds_per_patch"] * len(images)
+                results[method]["ratio_to_two_generator_passes"] = seconds / generator_reference
+        summary = {
+            "command": command, "library_version": __version__, "machine": machine(), "quick": quick, "seed": seed,
+            "model": str(bundle.path), "cycle_am": str(generators.path), "patches": int(len(images)),
+            "patch_names": data["names"], "labels": {"malignant": int(data["label"].sum()),
+                                                     "benign": int((1 - data["label"]).sum())},
+            "decided_malignant": int(decisions.sum()), "threshold": bundle.threshold,
+            "pointing_tolerance_px": POINTING_TOLERANCE_PX, "randomization_patches": randomization_patches,
+            "forward_backward_seconds": reference, "two_generator_passes_seconds": generator_reference,
+            "targets": TARGETS, "reference_passes": REFERENCE_PASSES, "whole_series": series,
+            "methods": results, "seconds": round(time.time() - started, 1),
+        }
+        write_outputs(written, summary)
     return summary
 
 
@@ -362,22 +363,21 @@ def markdown_report(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(out: Path, summary: dict) -> None:
+def write_outputs(written, summary: dict) -> None:
+    """benchmark.md and the plots into an output set; ``summary`` becomes its manifest, benchmark.json."""
     from .figures import line_plot
 
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "benchmark.json", summary)
-    with atomic_path(out / "benchmark.md") as temporary:
-        temporary.write_text(markdown_report(summary))
+    written.manifest_data = summary
+    written.path("benchmark.md").write_text(markdown_report(summary))
     for kind in ("deletion", "insertion"):
         curves = {method: (entry["curve_fractions"], entry[f"{kind}_curve"])
                   for method, entry in summary["methods"].items() if f"{kind}_curve" in entry
                   and not method.startswith(ITERATIVE_PREFIX)}
         if curves:
-            line_plot(curves, out / f"{kind}_curves.png", "share of pixels " + ("removed" if kind == "deletion"
+            line_plot(curves, written.path(f"{kind}_curves.png"), "share of pixels " + ("removed" if kind == "deletion"
                                                                                 else "restored"),
                       "p(malignant)", f"RISE {kind}, most evidence first (patches called malignant)")
-    _bar_plot(summary, out / "localization.png")
+    _bar_plot(summary, written.path("localization.png"))
 
 
 def _bar_plot(summary: dict, path: Path) -> None:

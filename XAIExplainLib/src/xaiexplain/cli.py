@@ -7,11 +7,13 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import math
 import shlex
 import sys
 from pathlib import Path
 
 from .errors import XAIExplainError
+from .files import handle_termination_signals, interrupted_exit_status
 
 EXIT_USER_ERROR = 2
 
@@ -31,13 +33,30 @@ def parse_point(text: str) -> tuple[float, float, float]:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a point: give three LPS millimetres as X,Y,Z")
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a point: give three finite LPS millimetres as X,Y,Z")
     return values
 
 
+def positive_millimetres(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive number of millimetres")
+    return value
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line on stderr (exit 2), not the usage block and a line."""
+
+    def error(self, message):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="xaiexplain",
         description="Explain lung-nodule classifiers on LIDC-IDRI CT; render phantom CT series from the real "
                     "LIDC radiologists' annotations; take the 64 x 64 / 45 mm nodule patches the models read.",
@@ -79,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  xaiexplain patches --series scan/ --point -60.5,-20,-120 --point 40,10,-95 --out patches/",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_series_arguments(patches)
-    patches.add_argument("--half-height-mm", type=float, default=5.0,
+    patches.add_argument("--half-height-mm", type=positive_millimetres, default=5.0,
                          help="with --point: slices within this distance of the point (default 5 mm)")
     patches.add_argument("--out", required=True, type=Path, help="output folder")
 
@@ -106,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--grad-cam-layer", default=None, help="block1 .. block4 (default block3)")
     explain.add_argument("--cycle-am", default=None, dest="cycle_am",
                          help="cycle-am bundle folder or shipped name (default demo-cycle-am)")
-    explain.add_argument("--half-height-mm", type=float, default=5.0,
+    explain.add_argument("--half-height-mm", type=positive_millimetres, default=5.0,
                          help="with --point: slices within this distance of the point (default 5 mm)")
     explain.add_argument("--out", required=True, type=Path, help="output folder")
 
@@ -140,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_series_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--series", required=True, type=Path, help="folder holding the DICOM series")
     parser.add_argument("--series-uid", help="SeriesInstanceUID, when the folder holds several series")
+    parser.add_argument("--allow-gaps", action="store_true",
+                        help="read a series with missing slices (a step over 1.5 x the median) on interpolated "
+                             "slices instead of refusing it; the gaps are recorded in the output's JSON")
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--lidc", action="store_true",
                        help="the nodules the LIDC radiologists annotated in this series (found by SeriesInstanceUID)")
@@ -148,32 +170,40 @@ def _add_series_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    handle_termination_signals()
     parser = build_parser()
     args = parser.parse_args(argv)
     command_line = "xaiexplain " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    return run_reporting_errors(f"xaiexplain {args.command}", lambda: COMMANDS[args.command](args, command_line),
+                                "every output set is whole or absent (the one being written was removed)")
+
+
+def run_reporting_errors(prefix: str, run, after_interruption: str) -> int:
+    """``run()``'s exit status; a user's error, an OS error (a missing or unwritable path, a full disk) and a
+    signal each end in one line on stderr, never a traceback, and are said by the exit status."""
     try:
-        return COMMANDS[args.command](args, command_line)
+        return run()
     except XAIExplainError as error:
-        print(f"xaiexplain {args.command}: error: {error}", file=sys.stderr)
+        print(f"{prefix}: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as error:
-        print(f"xaiexplain {args.command}: error: {error.strerror or error}: {error.filename}", file=sys.stderr)
+    except OSError as error:
+        print(f"{prefix}: error: {error.strerror or error}: {error.filename}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print(f"xaiexplain {args.command}: interrupted; nothing half-written was left", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interruption:
+        print(f"{prefix}: interrupted; {after_interruption}", file=sys.stderr)
+        return interrupted_exit_status(interruption)
 
 
 def run_nodules(args, command_line: str) -> int:
     from . import lidc
-    from .files import atomic_path
+    from .files import atomic_path, write_json_atomic
 
     suffix = args.out.suffix.lower()
     if suffix not in (".csv", ".json"):
         raise XAIExplainError(f"--out {args.out} must end in .csv or .json")
     table = lidc.nodule_table(progress=True, refresh=args.refresh)
     if suffix == ".json":
-        lidc.write_json_atomic(args.out, [n.to_json() for n in table])
+        write_json_atomic(args.out, [n.to_json() for n in table])
     else:
         with atomic_path(args.out) as temporary:
             temporary.write_text(nodule_table_csv(table))
@@ -227,8 +257,9 @@ def run_phantom(args, command_line: str) -> int:
         keys = [scan.series_instance_uid for scan in lidc.all_scans()[:args.count]]
     else:
         raise XAIExplainError("say which scans to render: --scans ID [ID ...], --count N, or --patches")
-    from .phantom_series import write_phantom_series
+    from .phantom_series import check_phantom_root, write_phantom_series
 
+    check_phantom_root(args.out)
     for key in keys:
         written = write_phantom_series(lidc.find_scan_by_key(key), args.out, seed=args.seed)
         print(f"wrote {written.series_folder} ({written.slices} slices, {written.nodules} nodules)")
@@ -239,7 +270,7 @@ def run_patches(args, command_line: str) -> int:
     from .patch_stacks import write_patch_stacks
 
     summary = write_patch_stacks(args.series, args.out, series_uid=args.series_uid, use_lidc=args.lidc,
-                                 points=args.point, half_height_mm=args.half_height_mm)
+                                 points=args.point, half_height_mm=args.half_height_mm, allow_gaps=args.allow_gaps)
     print(f"wrote {len(summary['stacks'])} patch stacks ({sum(s['slices'] for s in summary['stacks'])} patches) "
           f"and {args.out / 'contact_sheet.png'}")
     return 0
@@ -273,7 +304,7 @@ def run_explain(args, command_line: str) -> int:
     written, _ = write_series_explanation(args.series, args.out, methods=args.method, model=args.model,
                                        series_uid=args.series_uid, use_lidc=args.lidc, points=args.point,
                                        half_height_mm=args.half_height_mm, grad_cam_layer=args.grad_cam_layer,
-                                       cycle_am=args.cycle_am, command=command_line)
+                                       cycle_am=args.cycle_am, command=command_line, allow_gaps=args.allow_gaps)
     for row in written["nodules"]:
         print(f"{row['name']}: p(malignant) {row['probability']:.3f} -> {row['decision']} "
               f"(threshold {row['threshold']:.3f})")

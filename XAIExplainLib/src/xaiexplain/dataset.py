@@ -27,10 +27,11 @@ import SimpleITK as sitk
 
 from . import __version__, lidc, phantom
 from .errors import XAIExplainError
-from .files import atomic_path, write_json_atomic
+from .files import output_set
 from .geometry import ScanGeometry
 from .patches import FIELD_OF_VIEW_MM, PATCH_SIZE, extract_patch
 
+PATCH_SET_MANIFEST = "dataset.json"
 SPLITS = ("train", "validation", "test")
 SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
 # Extra pixels rendered around the patch's field of view so bilinear sampling at its border has data.
@@ -106,12 +107,19 @@ def held_out_patients(seed: int = 0, split: str = "test") -> list[str]:
 
 def render_patch_set(out_dir, seed: int = 0, patient_ids: list[str] | None = None, progress: bool = True,
                      command: str | None = None) -> dict:
-    """Render the patch set into ``out_dir`` (replaced whole, atomically) and return its summary."""
+    """Render the patch set into ``out_dir`` (one output set, ``dataset.json`` its manifest) and return its
+    summary."""
     started = time.time()
     lidc.nodule_table(progress=progress)  # build the cache with a progress bar on the first run
     labelled_series = labelled_scans(patient_ids)
     if not labelled_series:
         raise lidc.LidcError("none of the requested scans has a nodule with a benign or malignant label")
+    with output_set(out_dir, PATCH_SET_MANIFEST) as written:  # checks that out_dir is writable before rendering
+        summary = _render_patch_set(written, labelled_series, seed, progress, command, started)
+    return summary
+
+
+def _render_patch_set(written, labelled_series, seed, progress, command, started) -> dict:
     split_of = split_patients([patient for patient, _ in labelled_series], seed)
 
     arrays = defaultdict(list)
@@ -159,23 +167,26 @@ def render_patch_set(out_dir, seed: int = 0, patient_ids: list[str] | None = Non
         "counts": counts,
         "seconds": round(time.time() - started, 1),
     }
-    write_patch_set(out_dir, {name: np.concatenate(parts) for name, parts in arrays.items()}, rows, summary)
+    _write_patch_set_files(written, {name: np.concatenate(parts) for name, parts in arrays.items()}, rows, summary)
     return summary
 
 
 def write_patch_set(out_dir, arrays: dict[str, np.ndarray], nodules: list[dict], summary: dict) -> None:
-    """Write a patch set folder (replaced whole, atomically) in the format ``load_patch_set`` reads."""
-    with atomic_path(out_dir) as temporary:
-        temporary.mkdir()
-        np.savez_compressed(temporary / "patches.npz", **arrays)
-        write_json_atomic(temporary / "nodules.json", nodules)
-        write_json_atomic(temporary / "dataset.json", summary)
+    """Write a patch set folder (one output set) in the format ``load_patch_set`` reads."""
+    with output_set(out_dir, PATCH_SET_MANIFEST) as written:
+        _write_patch_set_files(written, arrays, nodules, summary)
+
+
+def _write_patch_set_files(written, arrays, nodules, summary) -> None:
+    np.savez_compressed(written.path("patches.npz"), **arrays)
+    written.write_json("nodules.json", nodules)
+    written.manifest_data = summary
 
 
 def load_patch_set(folder) -> tuple[dict[str, np.ndarray], list[dict], dict]:
     """Arrays, nodule rows and summary of a patch set written by ``render_patch_set`` (no pickles)."""
     folder = Path(folder)
-    files = [folder / "patches.npz", folder / "nodules.json", folder / "dataset.json"]
+    files = [folder / "patches.npz", folder / "nodules.json", folder / PATCH_SET_MANIFEST]
     if not all(f.is_file() for f in files):
         raise XAIExplainError(f"{folder} is not a patch set: it lacks patches.npz, nodules.json or dataset.json "
                               "(make one with `xaiexplain phantom --patches --out FOLDER`)")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_path
+from .explanation_files import panel_file_name
+from .files import output_set
 
 # paper 1's Fig. 6 shows the original, cycle-am, deep-shap, deep-taylor and lrp; the others follow
 FIGURE_ORDER = ("cycle-am", "deep-shap", "deep-taylor", "lrp", "integrated-gradients", "saliency",
@@ -41,50 +42,58 @@ def run_demo(out: Path, scan: str = "LIDC-IDRI-0078", seed: int = 0, command: st
     started = time.time()
     timings = {}
     methods = all_methods()
-    written = write_phantom_series(lidc.find_scan_by_key(scan), out / "series", seed=seed)
-    print(f"phantom series: {written.series_folder} ({written.slices} slices, {written.nodules} nodules)")
-    write_patch_stacks(written.series_folder, out / "patches", use_lidc=True)
-    timings["series and patches"] = time.time() - started
+    # the demo's own files in out; its parts (series, patches, explanations, slicer, benchmark) are sets of their own
+    with output_set(out, "demo.json") as top:
+        written = write_phantom_series(lidc.find_scan_by_key(scan), out / "series", seed=seed)
+        print(f"phantom series: {written.series_folder} ({written.slices} slices, {written.nodules} nodules)")
+        write_patch_stacks(written.series_folder, out / "patches", use_lidc=True)
+        timings["series and patches"] = time.time() - started
 
-    mark = time.time()
-    bar = _progress_bar(len(methods), "explaining the series")
-    summary, result = write_series_explanation(written.series_folder, out / "explanations", methods, use_lidc=True,
-                                               command=command, progress=lambda method: bar.update())
-    bar.close()
-    timings["all methods on the series"] = time.time() - mark
+        mark = time.time()
+        bar = _progress_bar(len(methods), "explaining the series")
+        summary, result = write_series_explanation(written.series_folder, out / "explanations", methods, use_lidc=True,
+                                                   command=command, progress=lambda method: bar.update())
+        bar.close()
+        timings["all methods on the series"] = time.time() - mark
 
-    # one patch per nodule, its largest slice through the consensus: paper 1's Fig. 6 and the counterfactuals
-    central = [int(np.argmax([(stack.patches[n] > -400).sum() for n in range(len(stack.patches))]))
-               for stack in result.stacks]
-    patches = np.stack([stack.patches[c] for stack, c in zip(result.stacks, central)])
-    titles = [_row_title(row["name"], (row.get("lidc") or {}).get("label") or "no label",
-                         row["slice_probabilities"][c], row["threshold"]) for row, c in zip(result.nodules, central)]
-    shown = [m for m in FIGURE_ORDER if m in methods] + [m for m in methods if m not in FIGURE_ORDER]
-    maps = {m: np.stack([result.maps[m][n][c] for n, c in enumerate(central)]) for m in shown}
-    explanation_panel(patches, {m: maps[m] for m in shown if m in FIGURE_ORDER}, out / "figure6_methods.png",
-                      titles, title=f"{scan} phantom: relevance of each method (red malignant, blue benign evidence)")
-    explanation_panel(patches, {m: maps[m] for m in shown if m not in FIGURE_ORDER},
-                      out / "figure6_iterative.png", titles,
-                      title=f"{scan} phantom: iterative augmentation of each method's evidence")
-    bundle = load_bundle()
-    pair = counterfactuals(bundle, patches)
-    x = bundle.to_tensor(patches)[:, 0].numpy()
-    counterfactual_grid(x, bundle.to_tensor(pair.malignant)[:, 0].numpy(), bundle.to_tensor(pair.benign)[:, 0].numpy(),
-                        [bundle.predict(patches), pair.malignant_probability, pair.benign_probability],
-                        out / "counterfactuals.png", title=f"{scan} phantom: x, G+(x), G-(x) and R = G+(x) - G-(x)")
+        # one patch per nodule, its largest slice through the consensus: paper 1's Fig. 6 and the counterfactuals
+        central = [int(np.argmax([(stack.patches[n] > -400).sum() for n in range(len(stack.patches))]))
+                   for stack in result.stacks]
+        patches = np.stack([stack.patches[c] for stack, c in zip(result.stacks, central)])
+        titles = [_row_title(row["name"], (row.get("lidc") or {}).get("label") or "no label",
+                             row["slice_probabilities"][c], row["threshold"])
+                  for row, c in zip(result.nodules, central)]
+        shown = [m for m in FIGURE_ORDER if m in methods] + [m for m in methods if m not in FIGURE_ORDER]
+        maps = {m: np.stack([result.maps[m][n][c] for n, c in enumerate(central)]) for m in shown}
+        explanation_panel(patches, {m: maps[m] for m in shown if m in FIGURE_ORDER},
+                          top.path("figure6_methods.png"), titles,
+                          title=f"{scan} phantom: relevance of each method (red malignant, blue benign evidence)")
+        explanation_panel(patches, {m: maps[m] for m in shown if m not in FIGURE_ORDER},
+                          top.path("figure6_iterative.png"), titles,
+                          title=f"{scan} phantom: iterative augmentation of each method's evidence")
+        bundle = load_bundle()
+        pair = counterfactuals(bundle, patches)
+        x = bundle.to_tensor(patches)[:, 0].numpy()
+        counterfactual_grid(x, bundle.to_tensor(pair.malignant)[:, 0].numpy(),
+                            bundle.to_tensor(pair.benign)[:, 0].numpy(),
+                            [bundle.predict(patches), pair.malignant_probability, pair.benign_probability],
+                            top.path("counterfactuals.png"),
+                            title=f"{scan} phantom: x, G+(x), G-(x) and R = G+(x) - G-(x)")
 
-    mark = time.time()
-    scene_file = mrml.explain_series_folder(written.series_folder, out / "slicer", list(SCENE_METHODS))
-    timings["Slicer scene"] = time.time() - mark
+        mark = time.time()
+        scene_file = mrml.explain_series_folder(written.series_folder, out / "slicer", list(SCENE_METHODS))
+        timings["Slicer scene"] = time.time() - mark
 
-    mark = time.time()
-    held_out = held_out_patches(QUICK_NODULES, seed)
-    held_out_figure(bundle, held_out, out / "figure6_held_out.png")
-    benchmark = run_benchmark(out / "benchmark", quick=True, seed=seed, command=command + " (quick benchmark)",
-                              data=held_out)
-    timings["held-out examples and quick benchmark"] = time.time() - mark
-    timings["total"] = time.time() - started
-    report = write_report(out, scan, summary, titles, scene_file, benchmark, timings)
+        mark = time.time()
+        held_out = held_out_patches(QUICK_NODULES, seed)
+        held_out_figure(bundle, held_out, top.path("figure6_held_out.png"))
+        benchmark = run_benchmark(out / "benchmark", quick=True, seed=seed, command=command + " (quick benchmark)",
+                                  data=held_out)
+        timings["held-out examples and quick benchmark"] = time.time() - mark
+        timings["total"] = time.time() - started
+        write_report(top, scan, summary, titles, scene_file.relative_to(out.absolute()), benchmark, timings)
+        top.manifest_data = {"scan": scan, "seed": seed, "command": command, "timings": timings}
+    report = out / "report.html"
     print(f"look at: {report} (open it in a browser); the Slicer scene {scene_file}; "
           f"NRRD overlays in {out / 'explanations'}")
     return {"report": report, "timings": timings}
@@ -113,8 +122,9 @@ def held_out_figure(bundle, data: dict, path: Path, per_label: int = 2) -> None:
                       title="Held-out phantom nodules, benign and malignant by the readers: relevance of each method")
 
 
-def write_report(out: Path, scan: str, summary: dict, titles: list[str], scene_file: Path, benchmark: dict,
-                 timings: dict) -> Path:
+def write_report(written, scan: str, summary: dict, titles: list[str], scene_file: Path, benchmark: dict,
+                 timings: dict) -> None:
+    """``report.html`` into the demo's output set; ``scene_file`` relative to the demo's folder."""
     from .benchmark import TABLE_HEADER, markdown_report, table_rows
 
     def image(name, caption):
@@ -124,7 +134,7 @@ def write_report(out: Path, scan: str, summary: dict, titles: list[str], scene_f
     nodule_rows = "".join(
         f"<tr><td>{html.escape(row['name'])}</td><td>{html.escape((row.get('lidc') or {}).get('label') or 'not labelled')}</td>"
         f"<td>{row['probability']:.3f}</td><td>{row['decision']}</td><td>{row['slices']}</td>"
-        f"<td><a href=\"explanations/panel_{html.escape(row['name'])}.png\">panel</a></td></tr>"
+        f"<td><a href=\"explanations/{html.escape(panel_file_name(row['name']))}\">panel</a></td></tr>"
         for row in summary["nodules"])
     benchmark_rows = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
                              for row in table_rows(benchmark))
@@ -151,7 +161,7 @@ not LIDC numbers. Took: {html.escape(took)}.</p>
 <h2>Counterfactuals (cycle-am)</h2>
 {image("counterfactuals.png", "x, G+(x) (towards malignant), G-(x) (towards benign) and R = G+(x) - G-(x), with p(malignant).")}
 <h2>In 3D Slicer</h2>
-<p>Open <code>{html.escape(str(scene_file.relative_to(out)))}</code> in Slicer: relevance overlays, evidence outlines,
+<p>Open <code>{html.escape(str(scene_file))}</code> in Slicer: relevance overlays, evidence outlines,
 counterfactual volumes, the LIDC consensus and the results table are set up. The NRRD overlays of every method are
 in <code>explanations/</code>.</p>
 <h2>Benchmark (quick: held-out nodules)</h2>
@@ -164,7 +174,4 @@ in <code>explanations/</code>.</p>
 <p>Full numbers: <a href="benchmark/benchmark.md">benchmark.md</a>, <a href="benchmark/benchmark.json">benchmark.json</a>.</p>
 </body></html>
 """
-    path = out / "report.html"
-    with atomic_path(path) as temporary:
-        temporary.write_text(page)
-    return path
+    written.path("report.html").write_text(page)

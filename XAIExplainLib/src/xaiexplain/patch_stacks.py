@@ -3,15 +3,14 @@ user gives), their patches, and the files ``xaiexplain patches`` writes."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from . import lidc, series
 from .figures import contact_sheet
-from .files import atomic_path, write_json_atomic
-from .patches import DEFAULT_HALF_HEIGHT_MM, PatchStack, check_point_inside, extract_patch, extract_stack
+from .files import output_set, safe_name
+from .patches import DEFAULT_HALF_HEIGHT_MM, PatchError, PatchStack, check_point_inside, extract_patch, extract_stack
 
 
 @dataclass
@@ -43,7 +42,10 @@ def lidc_sites(ct: series.CTSeries, with_masks: bool = False) -> list[NoduleSite
 
 
 def point_sites(image: sitk.Image, points, half_height_mm: float = DEFAULT_HALF_HEIGHT_MM) -> list[NoduleSite]:
-    """Sites at LPS points the user gives; each must lie inside the image."""
+    """Sites at LPS points the user gives; each must lie inside the image, and ``half_height_mm`` (the
+    slices within this distance of a point are its nodule's) must be a positive number."""
+    if not (np.isfinite(half_height_mm) and half_height_mm > 0):
+        raise PatchError(f"the half height {half_height_mm} mm must be a positive number of millimetres")
     sites = []
     for n, point in enumerate(points):
         check_point_inside(image, point)
@@ -65,43 +67,42 @@ def stack_image(stack: PatchStack, values: np.ndarray | None = None) -> sitk.Ima
 
 
 def write_patch_stacks(series_folder, out, series_uid: str | None = None, use_lidc: bool = False,
-                       points=None, half_height_mm: float = DEFAULT_HALF_HEIGHT_MM) -> dict:
-    """Read the series, take every nodule's patch stack and write them (NRRD + JSON + PNG) into ``out``."""
-    ct = series.read_series(series_folder, series_uid)
+                       points=None, half_height_mm: float = DEFAULT_HALF_HEIGHT_MM, allow_gaps: bool = False) -> dict:
+    """Read the series, take every nodule's patch stack and write them (NRRD + JSON + PNG) into ``out``,
+    one output set with ``patches.json`` as its manifest."""
+    ct = series.read_series(series_folder, series_uid, allow_gaps=allow_gaps)
     sites = lidc_sites(ct, with_masks=True) if use_lidc else point_sites(ct.image, points or [], half_height_mm)
     if not sites:
         raise lidc.LidcError(f"series {ct.series_instance_uid} has no annotated nodule")
-    stacks = [extract_stack(ct.image, site.center_lps, site.z_range) for site in sites]
-    outlines = _consensus_outlines(ct, sites, stacks) if use_lidc else None
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for site, stack in zip(sites, stacks):
-        file = out / f"{site.name}.nrrd"
-        with atomic_path(file) as temporary:
-            sitk.WriteImage(stack_image(stack), str(temporary))
-        row = {"name": site.name, "file": file.name, "center_lps": list(site.center_lps),
-               "slice_z": stack.centers_lps[:, 2].tolist(), "slab_mm": stack.slab_mm.tolist(),
-               "slices": len(stack.patches)}
-        if site.lidc is not None:
-            row["lidc"] = site.lidc.to_json()
-        rows.append(row)
-    summary = {
-        "series_folder": str(series_folder),
-        "patient_id": ct.patient_id,
-        "series_instance_uid": ct.series_instance_uid,
-        "patch_size": stacks[0].size,
-        "field_of_view_mm": stacks[0].field_of_view_mm,
-        "pixel_to_lps": "patch pixel (row r, column c) of slice n lies at (x0 + (c - (size-1)/2) * fov/size, "
-                        "y0 + (r - (size-1)/2) * fov/size, slice_z[n]) with (x0, y0) = center_lps[:2]",
-        "stacks": rows,
-    }
-    write_json_atomic(out / "patches.json", summary)
-    titles = [_title(site, stack) for site, stack in zip(sites, stacks)]
-    contact_sheet([s.patches for s in stacks], titles, out / "contact_sheet.png", masks=outlines,
-                  title=f"{ct.patient_id}: nodule patches, 45 mm, lung window" +
-                        (" (outline: radiologists' 50 % consensus)" if outlines else ""))
+    with output_set(out, "patches.json") as written:  # checks that out is writable before computing
+        stacks = [extract_stack(ct.image, site.center_lps, site.z_range) for site in sites]
+        outlines = _consensus_outlines(ct, sites, stacks) if use_lidc else None
+        rows = []
+        for site, stack in zip(sites, stacks):
+            file = f"{safe_name(site.name)}.nrrd"
+            sitk.WriteImage(stack_image(stack), str(written.path(file)))
+            row = {"name": site.name, "file": file, "center_lps": list(site.center_lps),
+                   "slice_z": stack.centers_lps[:, 2].tolist(), "slab_mm": stack.slab_mm.tolist(),
+                   "slices": len(stack.patches)}
+            if site.lidc is not None:
+                row["lidc"] = site.lidc.to_json()
+            rows.append(row)
+        summary = {
+            "series_folder": str(series_folder),
+            "patient_id": ct.patient_id,
+            "series_instance_uid": ct.series_instance_uid,
+            "slice_gaps_mm": [list(gap) for gap in ct.gaps],
+            "patch_size": stacks[0].size,
+            "field_of_view_mm": stacks[0].field_of_view_mm,
+            "pixel_to_lps": "patch pixel (row r, column c) of slice n lies at (x0 + (c - (size-1)/2) * fov/size, "
+                            "y0 + (r - (size-1)/2) * fov/size, slice_z[n]) with (x0, y0) = center_lps[:2]",
+            "stacks": rows,
+        }
+        titles = [_title(site, stack) for site, stack in zip(sites, stacks)]
+        contact_sheet([s.patches for s in stacks], titles, written.path("contact_sheet.png"), masks=outlines,
+                      title=f"{ct.patient_id}: nodule patches, 45 mm, lung window" +
+                            (" (outline: radiologists' 50 % consensus)" if outlines else ""))
+        written.manifest_data = summary
     return summary
 
 

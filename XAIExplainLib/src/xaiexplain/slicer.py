@@ -26,6 +26,7 @@ checks the request (main thread), ``compute`` runs the models and touches no MRM
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import XAIExplainError
+from .files import check_output_folder, output_set, safe_name
 
 # Attributes on every node this module creates: whose output it is (the input volume's node ID) and what
 # it is. Re-running replaces exactly the nodes carrying the input's ID, never a node of the user's.
@@ -267,7 +269,7 @@ def prepare(volume_node, points_or_lidc, methods, bundle=None, scene=None, cycle
     if classifier.config.get("kind", "classifier") != "classifier":
         raise XAIExplainError(f"{classifier.path} is a {classifier.config.get('kind')} bundle, not a classifier")
     uses_cycle_am = any(m.removeprefix(ITERATIVE_PREFIX) == CYCLE_AM for m in methods)
-    generators = load_bundle(cycle_am or DEFAULT_CYCLE_AM, device=device) if uses_cycle_am else None
+    generators = load_bundle(cycle_am or DEFAULT_CYCLE_AM, device=device, role="cycle-am") if uses_cycle_am else None
     return ExplanationRequest(volume_id=volume_node.GetID(), volume_name=volume_node.GetName(), image=image,
                               methods=methods, bundle=classifier, cycle_am=generators, points_lps=points_lps,
                               series_instance_uid=series_instance_uid, options=options)
@@ -588,22 +590,14 @@ def explain_volume_node(volume_node, points_or_lidc, methods=("grad-cam",), bund
 
 # -- files -----------------------------------------------------------------------------------------------
 
-def _file_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("_")
-
-
-def save_scene(scene, folder, json_files: dict | None = None) -> Path:
-    """Write every storable node of the scene beside a ``scene.mrml`` in ``folder`` (created whole or not
-    at all): volumes as NRRD, segmentations as .seg.nrrd, tables as TSV, point lists as JSON; and
-    ``json_files`` (file name -> data) with them."""
-    import json
-
-    from .files import atomic_path
-
-    folder = Path(folder)
-    with atomic_path(folder) as temporary:
-        temporary.mkdir(parents=True)
-        used = set()
+def save_scene(scene, folder, summary: dict | None = None, manifest: str = "nodules.json") -> Path:
+    """Write every storable node of the scene beside a ``scene.mrml`` in ``folder``, as one output set with
+    ``manifest`` (``summary``, JSON) written last: volumes as NRRD, segmentations as .seg.nrrd, tables as
+    TSV, point lists as JSON. The scene refers to its files relative to its own folder, so the folder can be
+    moved; an existing folder keeps every file that no earlier scene of this kind wrote."""
+    folder = Path(folder).absolute()
+    with output_set(folder, manifest) as written:
+        used, stored = set(), []
         for node in _nodes_of_class(scene, "vtkMRMLStorableNode"):
             if node.GetHideFromEditors() and not node.IsA("vtkMRMLColorTableNode"):
                 continue
@@ -619,21 +613,25 @@ def save_scene(scene, folder, json_files: dict | None = None) -> Path:
                     continue
                 scene.AddNode(storage)
                 node.SetAndObserveStorageNodeID(storage.GetID())
-            stem = _file_name(node.GetName()) or node.GetID()
+            stem = safe_name(node.GetName(), fallback=safe_name(node.GetID()))
             while stem in used:
                 stem += "_"
             used.add(stem)
-            storage.SetFileName(str(temporary / f"{stem}.{storage.GetDefaultWriteFileExtension()}"))
+            name = f"{stem}.{storage.GetDefaultWriteFileExtension()}"
+            storage.SetFileName(str(written.path(name)))
             if not storage.WriteData(node):
                 raise XAIExplainError(f"could not write {node.GetName()!r} into {folder}")
-            storage.SetFileName(str(folder / f"{stem}.{storage.GetDefaultWriteFileExtension()}"))
-        scene.SetRootDirectory(str(folder))
-        scene.SetURL(str(folder / "scene.mrml"))
-        # Commit writes the file names relative to the root directory, so the folder can be moved
-        if not scene.Commit(str(temporary / "scene.mrml")):
+            stored.append((storage, name))
+        # Commit writes each file name relative to the folder of the scene file it writes: while the files
+        # are staged beside it, that is just the name, so the folder can be moved
+        scene.SetRootDirectory(str(written.staging))
+        if not scene.Commit(str(written.path("scene.mrml"))):
             raise XAIExplainError(f"could not write the scene into {folder}")
-        for name, data in (json_files or {}).items():
-            (temporary / name).write_text(json.dumps(data, indent=1))
+        written.manifest_data = summary or {}
+    for storage, name in stored:  # the scene in memory now refers to the files where they are
+        storage.SetFileName(str(folder / name))
+    scene.SetRootDirectory(str(folder))
+    scene.SetURL(str(folder / "scene.mrml"))
     return folder / "scene.mrml"
 
 
@@ -650,17 +648,36 @@ def load_scene(path, scene=None):
     return scene
 
 
+def series_output_name(patient_id: str, series_instance_uid: str) -> str:
+    """The batch's folder name for a series: safe, and unique and deterministic through the full
+    SeriesInstanceUID (a UID that is not a plain DICOM UID is replaced by its hash), never run order."""
+    uid = series_instance_uid or ""
+    if not re.fullmatch(r"[0-9]+(\.[0-9]+)*", uid) or len(uid) > 64:
+        uid = "uid-" + hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return f"{safe_name(patient_id, fallback='series')}_{uid}"
+
+
 def explain_series_folder(series_folder, out_root, methods, points_lps=None, bundle=None, cycle_am=None,
-                          device: str = "cpu", series_instance_uid: str | None = None, progress=None) -> Path:
+                          device: str = "cpu", series_instance_uid: str | None = None, progress=None,
+                          allow_gaps: bool = False, written_by_this_run: dict | None = None) -> Path:
     """Read a DICOM series, explain it in a new scene and save that scene with its NRRD files and
-    ``nodules.json`` into ``out_root/<patient>_<series UID tail>`` (whole or not at all). ``points_lps``:
-    nodule locations in LPS mm, as the ``xaiexplain`` command line takes them; None for the LIDC
-    annotations. Returns the scene file."""
+    ``nodules.json`` into ``out_root/<patient>_<SeriesInstanceUID>`` (one output set: whole or absent).
+    ``points_lps``: nodule locations in LPS mm, as the ``xaiexplain`` command line takes them; None for the
+    LIDC annotations. ``written_by_this_run`` (folder name -> series folder) makes a batch refuse a second
+    series that would write the same folder. Returns the scene file."""
     from . import __version__
     from .series import read_series
 
     slicer = _slicer()
-    ct = read_series(series_folder, series_instance_uid)
+    ct = read_series(series_folder, series_instance_uid, allow_gaps=allow_gaps)
+    name = series_output_name(ct.patient_id, ct.series_instance_uid)
+    if written_by_this_run is not None:
+        if name in written_by_this_run:
+            raise XAIExplainError(f"it is the same series (PatientID and SeriesInstanceUID) as "
+                                  f"{written_by_this_run[name]}, already written to {name}")
+        written_by_this_run[name] = str(series_folder)
+    out = Path(out_root) / name
+    check_output_folder(out, "nodules.json")
     scene = slicer.vtkMRMLScene()
     selection = slicer.vtkMRMLSelectionNode()  # every Slicer scene has one; markups look up units in it
     selection.SetSingletonTag("Singleton")
@@ -672,8 +689,8 @@ def explain_series_folder(series_folder, out_root, methods, points_lps=None, bun
     display.SetWindowLevel(1500.0, -550.0)  # lung window
     points = "lidc" if points_lps is None else [_lps_to_ras(p) for p in points_lps]
     result = explain_volume_node(volume, points, methods, bundle, scene, cycle_am, device, progress=progress)
-    out = Path(out_root) / _file_name(f"{ct.patient_id or 'series'}_{ct.series_instance_uid[-12:]}")
-    return save_scene(scene, out, {"nodules.json": {
+    return save_scene(scene, out, {
         "series_folder": str(series_folder), "patient_id": ct.patient_id,
         "series_instance_uid": ct.series_instance_uid, "methods": list(result.relevance),
-        "library_version": __version__, "scene": "scene.mrml", "nodules": result.output.series.nodules}})
+        "library_version": __version__, "scene": "scene.mrml", "slice_gaps_mm": [list(g) for g in ct.gaps],
+        "nodules": result.output.series.nodules})
