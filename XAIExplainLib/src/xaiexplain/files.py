@@ -122,6 +122,7 @@ def atomic_path(path):
     if path.is_dir():
         raise XAIExplainError(f"{path} is a folder, not a file that can be written")
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path.parent)
     temporary = path.parent / temporary_name(path.stem, path.suffix)
     try:
         yield temporary
