@@ -13,7 +13,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 @pytest.fixture(scope="session")
 def nodules_0078():
     """The four nodules of LIDC-IDRI-0078 with their consensus masks."""
-    from xaiexplain import lidc
+    from xaiexplain.data import lidc
 
     return lidc.scan_nodules("LIDC-IDRI-0078", with_masks=True)
 
@@ -25,7 +25,8 @@ TINY_SET_PATIENTS = ["LIDC-IDRI-0078", "LIDC-IDRI-0001", "LIDC-IDRI-0003", "LIDC
 @pytest.fixture(scope="session")
 def tiny_patch_set(tmp_path_factory):
     """A few patients' patches, split by nodule so that each split holds both labels."""
-    from xaiexplain.dataset import SPLITS, load_patch_set, render_patch_set, write_patch_set
+    from xaiexplain.data.patch_set import SPLITS, load_patch_set, write_patch_set
+    from xaiexplain.data.sources.phantom_patches import render_patch_set
 
     root = tmp_path_factory.mktemp("tiny")
     render_patch_set(root / "rendered", seed=0, patient_ids=TINY_SET_PATIENTS, progress=False)

@@ -81,10 +81,12 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.hide()
 
         if self.logic.setupPythonRequirements(confirm=True):
-            import xaiexplain
+            from xaiexplain.explainers import registry
 
-            for method in xaiexplain.available_methods():
+            for method in registry.available_methods():
+                record = registry.get(method)
                 item = qt.QListWidgetItem(method, self.ui.methodsList)
+                item.setToolTip(f"{record.kind}: {record.summary}. {record.reference}")
                 item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
                 item.setCheckState(qt.Qt.Unchecked)
         self.initializeParameterNode()

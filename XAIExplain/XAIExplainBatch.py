@@ -40,9 +40,9 @@ def parse_arguments(argv, parse_point):
 def run(argv) -> int:
     try:
         import xaiexplain.slicer as xs
-        from xaiexplain.cli import parse_point
+        from xaiexplain.apps.cli import parse_point
         from xaiexplain.errors import XAIExplainError
-        from xaiexplain.files import handle_termination_signals, interrupted_exit_status
+        from xaiexplain.io.files import handle_termination_signals, interrupted_exit_status
     except ImportError as error:
         print(f"the xaiexplain library is not installed here ({error}): open the XAIExplain module once in "
               "Slicer, or pip install XAIExplainLib", file=sys.stderr)

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-
 from xaiexplain.errors import XAIExplainError
-from xaiexplain.files import check_output_folder, output_set
+from xaiexplain.io.files import check_output_folder, output_set
 
 TENSORS = "checkpoint.safetensors"
 INFO = "checkpoint.json"

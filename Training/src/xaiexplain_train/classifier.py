@@ -17,16 +17,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import xaiexplain
 from sklearn.metrics import roc_auc_score
 from torch import nn
-
-import xaiexplain
-from xaiexplain import metrics
-from xaiexplain.bundles import save_bundle
-from xaiexplain.dataset import SPLITS, load_patch_set
+from xaiexplain.data.patch_set import SPLITS, load_patch_set
 from xaiexplain.errors import XAIExplainError
-from xaiexplain.files import write_csv_rows
-from xaiexplain.models import CLASS_NAMES, NoduleClassifier
+from xaiexplain.evaluate import classifier_metrics as metrics
+from xaiexplain.io.files import write_csv_rows
+from xaiexplain.models.architectures import CLASS_NAMES, NoduleClassifier
+from xaiexplain.models.bundles import save_bundle
 
 from . import checkpoints
 from .devices import describe, start_run

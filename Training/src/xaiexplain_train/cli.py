@@ -6,8 +6,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from xaiexplain.cli import ArgumentParser, run_reporting_errors
-from xaiexplain.files import handle_termination_signals
+from xaiexplain.apps.cli import ArgumentParser, run_reporting_errors
+from xaiexplain.io.files import handle_termination_signals
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_evaluate_cycle_am(args) -> int:
-    from xaiexplain.metrics import domain_transfer_table
+    from xaiexplain.evaluate.classifier_metrics import domain_transfer_table
 
     from .cycle_am_evaluation import evaluate_cycle_am
 
@@ -115,7 +115,8 @@ def run_evaluate_cycle_am(args) -> int:
 
 
 def run_froc_study(args) -> int:
-    from .froc_study import METHODS, markdown, run_froc_study as study
+    from .froc_study import METHODS, markdown
+    from .froc_study import run_froc_study as study
 
     result = study(args.out, images=args.images, epochs=args.epochs, widths=args.widths, seed=args.seed,
                    device=args.device, command=args.command_line, methods=tuple(args.methods or METHODS))
@@ -168,7 +169,7 @@ def run_classifier(args) -> int:
 
 
 def run_data(args) -> int:
-    from xaiexplain.dataset import SPLITS, load_patch_set
+    from xaiexplain.data.patch_set import SPLITS, load_patch_set
 
     from .devices import describe, select_device
 

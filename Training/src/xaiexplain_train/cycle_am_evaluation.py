@@ -5,14 +5,13 @@ import json
 
 import numpy as np
 import torch
-
-from xaiexplain import cycle_am
-from xaiexplain.bundles import load_bundle
-from xaiexplain.dataset import SPLITS, load_patch_set
+from xaiexplain.data.patch_set import SPLITS, load_patch_set
 from xaiexplain.errors import XAIExplainError
-from xaiexplain.explanation import counterfactuals
-from xaiexplain.files import output_set, write_json_atomic
-from xaiexplain.metrics import domain_transfer, domain_transfer_table
+from xaiexplain.evaluate.classifier_metrics import domain_transfer, domain_transfer_table
+from xaiexplain.explainers.counterfactuals import counterfactuals
+from xaiexplain.io.files import output_set, write_json_atomic
+from xaiexplain.models import cycle_am
+from xaiexplain.models.bundles import load_bundle
 
 
 def evaluate_cycle_am(classifier, generators, data, out, split: str = "test", record: bool = False,

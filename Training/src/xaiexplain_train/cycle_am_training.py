@@ -15,15 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
-
 import xaiexplain
-from xaiexplain import cycle_am
-from xaiexplain.bundles import load_bundle, save_bundle
-from xaiexplain.dataset import SPLITS, load_patch_set
+from torch import nn
+from xaiexplain.data.patch_set import SPLITS, load_patch_set
 from xaiexplain.errors import XAIExplainError
-from xaiexplain.files import write_csv_rows
-from xaiexplain.models import MALIGNANT, CycleAMGenerators
+from xaiexplain.io.files import write_csv_rows
+from xaiexplain.models import cycle_am
+from xaiexplain.models.architectures import MALIGNANT, CycleAMGenerators
+from xaiexplain.models.bundles import load_bundle, save_bundle
 
 from . import checkpoints
 from .devices import describe, start_run
@@ -195,7 +194,7 @@ def loss_curve_files(history: list[dict]) -> dict:
     """``loss_curves.csv`` and ``loss_curves.png``, as ``save_bundle``'s extra files."""
     if not history:
         return {}
-    from xaiexplain.figures import line_plot
+    from xaiexplain.io.figures import line_plot
 
     steps = [row["step"] for row in history]
     return {"loss_curves.csv": lambda path: write_csv_rows(path, history),
@@ -207,7 +206,7 @@ def loss_curve_files(history: list[dict]) -> dict:
 @torch.no_grad()
 def write_sample_grid(plus, minus, classifier, images, path: Path, title: str) -> None:
     """Columns x, G+(x), G-(x), R = G+(x) - G-(x), with the classifier's probabilities."""
-    from xaiexplain.figures import counterfactual_grid
+    from xaiexplain.io.figures import counterfactual_grid
 
     was_training = plus.training
     plus.eval()

@@ -12,14 +12,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from xaiexplain import evaluation
-from xaiexplain.bundles import load_bundle
-from xaiexplain.dataset import SPLITS, load_patch_set
+from xaiexplain.data.patch_set import SPLITS, load_patch_set
+from xaiexplain.data.sources.multi_lesion import render_multi_lesion_set
 from xaiexplain.errors import XAIExplainError
-from xaiexplain.explanation import explain
-from xaiexplain.files import output_set
-from xaiexplain.multi_lesion import render_multi_lesion_set
+from xaiexplain.evaluate import localization
+from xaiexplain.explainers.on_patches import explain
+from xaiexplain.io.files import output_set
+from xaiexplain.models.bundles import load_bundle
 
 # paper 2's methods; Grad-CAM at block 3 as in its Tables II-IV
 METHODS = ("saliency", "guided-backprop", "integrated-gradients", "grad-cam", "guided-grad-cam")
@@ -30,10 +29,10 @@ DETECTION_RADIUS_PX = 4.0
 FALSE_POSITIVES_PER_IMAGE = 10.0
 
 
-def froc_of_maps(maps: np.ndarray, lesions: np.ndarray) -> evaluation.FrocCurve:
-    candidates = [evaluation.local_maxima(np.maximum(m, 0.0), CANDIDATES_PER_IMAGE, DETECTION_RADIUS_PX)
+def froc_of_maps(maps: np.ndarray, lesions: np.ndarray) -> localization.FrocCurve:
+    candidates = [localization.local_maxima(np.maximum(m, 0.0), CANDIDATES_PER_IMAGE, DETECTION_RADIUS_PX)
                   for m in maps]
-    return evaluation.froc(candidates, list(lesions), DETECTION_RADIUS_PX)
+    return localization.froc(candidates, list(lesions), DETECTION_RADIUS_PX)
 
 
 def evaluate(classifier, data: Path, methods=METHODS, progress: bool = True) -> dict:
@@ -95,9 +94,9 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    from xaiexplain.figures import _pyplot, _save
+    from xaiexplain.io.figures import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(1, len(result["methods"]), figsize=(3.2 * len(result["methods"]), 3.2), squeeze=False)
     for axis, (method, entry) in zip(axes[0], result["methods"].items()):
         for name, style in (("initial", "--"), ("augmented", "-")):
@@ -111,7 +110,7 @@ def plot(result: dict, path: Path) -> None:
     axes[0, 0].set_ylabel("sensitivity (malignant nodules)", fontsize=8)
     axes[0, 0].legend(fontsize=8)
     figure.tight_layout()
-    _save(figure, path, dpi=100)
+    save_figure(figure, path, dpi=100)
 
 
 def run_froc_study(out: Path, images: int, epochs: int, widths, seed: int, device: str, command: str,

@@ -5,8 +5,8 @@ used. The Python API: ``load_bundle``, ``explain``, ``explain_series`` (and ``av
 """
 __version__ = "0.1.0"
 
-_API = {"load_bundle": "bundles", "explain": "explanation", "explain_series": "explanation",
-        "available_methods": "explanation"}
+_API = {"load_bundle": "models.bundles", "explain": "explainers.on_patches", "explain_series": "explainers.on_series",
+        "available_methods": "explainers.registry"}
 
 
 def __getattr__(name):

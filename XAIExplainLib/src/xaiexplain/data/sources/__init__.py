@@ -1,0 +1,1 @@
+"""Where images come from without LIDC downloads: the phantom and the multi-lesion images."""

@@ -1,0 +1,128 @@
+"""The training patch set rendered straight from the phantom, region by region around every labelled
+nodule: one 64 x 64 patch covering 45 mm per axial slice through the nodule (bilinear), with its nodule,
+spicule and calcification masks, labels and ratings, split by patient (``xaiexplain phantom --patches``)."""
+from __future__ import annotations
+
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+import SimpleITK as sitk
+
+from xaiexplain import __version__
+from xaiexplain.data import lidc
+from xaiexplain.data.geometry import ScanGeometry
+from xaiexplain.data.patch_set import PATCH_SET_MANIFEST, SPLITS, labelled_scans, split_patients, write_patch_set_files
+from xaiexplain.data.patches import FIELD_OF_VIEW_MM, PATCH_SIZE, extract_patch
+from xaiexplain.data.sources import phantom
+from xaiexplain.io.files import output_set
+
+# Extra pixels rendered around the patch's field of view so bilinear sampling at its border has data.
+REGION_MARGIN_PX = 3
+
+
+def nodule_region(geometry: ScanGeometry, nodule: lidc.LidcNodule, field_of_view_mm: float = FIELD_OF_VIEW_MM):
+    """Half-open (k, i, j) index ranges of the box a nodule's patches need."""
+    half_px = int(np.ceil(field_of_view_mm / 2 / geometry.pixel_spacing)) + REGION_MARGIN_PX
+    ci, cj, _ = (int(round(c)) for c in nodule.centroid_ijk)
+    (_, _), (_, _), (k0, k1) = nodule.bbox_ijk
+    i_range = (max(0, ci - half_px), min(geometry.rows, ci + half_px + 1))
+    j_range = (max(0, cj - half_px), min(geometry.columns, cj + half_px + 1))
+    return (k0, k1), i_range, j_range
+
+
+def nodule_patches(geometry: ScanGeometry, nodule: lidc.LidcNodule, scan_nodules: list[lidc.LidcNodule],
+                   seed: int, size: int = PATCH_SIZE, field_of_view_mm: float = FIELD_OF_VIEW_MM) -> dict:
+    """The patches of one nodule, rendered from the phantom region around it (all arrays (N, size, size))."""
+    k_range, i_range, j_range = nodule_region(geometry, nodule, field_of_view_mm)
+    volume = phantom.render_region(geometry, scan_nodules, seed, k_range, i_range, j_range)
+    center_x, center_y, _ = nodule.centroid_lps
+    layers = {
+        "images": (volume.hu, sitk.sitkLinear, -1024.0),
+        "nodule_mask": (volume.nodule_labels == nodule.nodule_index + 1, sitk.sitkNearestNeighbor, 0.0),
+        "spicule_mask": (volume.spicules, sitk.sitkNearestNeighbor, 0.0),
+        "calcification_mask": (volume.calcification, sitk.sitkNearestNeighbor, 0.0),
+    }
+    origin_x, origin_y, _ = geometry.index_to_lps((i_range[0], j_range[0], 0))
+    out = {name: [] for name in layers}
+    centers = []
+    for n, k in enumerate(range(*k_range)):
+        for name, (array, interpolator, outside) in layers.items():
+            plane = sitk.GetImageFromArray(np.ascontiguousarray(array[n], dtype=np.float32))
+            plane.SetSpacing((geometry.pixel_spacing, geometry.pixel_spacing))
+            plane.SetOrigin((origin_x, origin_y))
+            out[name].append(extract_patch(plane, (center_x, center_y), size, field_of_view_mm, interpolator, outside))
+        centers.append((center_x, center_y, geometry.slice_z[k]))
+    result = {name: np.stack(planes) for name, planes in out.items()}
+    result["images"] = np.round(result["images"]).astype(np.int16)
+    for name in ("nodule_mask", "spicule_mask", "calcification_mask"):
+        result[name] = result[name] > 0.5
+    result["center_lps"] = np.asarray(centers, dtype=np.float32)
+    return result
+
+
+def render_patch_set(out_dir, seed: int = 0, patient_ids: list[str] | None = None, progress: bool = True,
+                     command: str | None = None) -> dict:
+    """Render the patch set into ``out_dir`` (one output set, ``dataset.json`` its manifest) and return its
+    summary."""
+    started = time.time()
+    lidc.nodule_table(progress=progress)  # build the cache with a progress bar on the first run
+    labelled_series = labelled_scans(patient_ids)
+    if not labelled_series:
+        raise lidc.LidcError("none of the requested scans has a nodule with a benign or malignant label")
+    with output_set(out_dir, PATCH_SET_MANIFEST) as written:  # checks that out_dir is writable before rendering
+        summary = _render_patch_set(written, labelled_series, seed, progress, command, started)
+    return summary
+
+
+def _render_patch_set(written, labelled_series, seed, progress, command, started) -> dict:
+    split_of = split_patients([patient for patient, _ in labelled_series], seed)
+
+    arrays = defaultdict(list)
+    rows = []
+    n_patches = 0
+    series_items = sorted(labelled_series.items())
+    if progress:
+        from tqdm import tqdm
+
+        series_items = tqdm(series_items, desc="phantom patches", unit="scan", file=sys.stderr)
+    for (patient_id, series_uid), nodules in series_items:
+        geometry = lidc.scan_geometry(series_uid)
+        for nodule in nodules:
+            lidc.load_consensus(nodule)
+        for nodule in nodules:
+            if nodule.label is None:
+                continue
+            patches = nodule_patches(geometry, nodule, nodules, seed)
+            count = len(patches["images"])
+            for name, value in patches.items():
+                arrays[name].append(value)
+            split = split_of[patient_id]
+            arrays["label"].append(np.full(count, nodule.label == "malignant", np.int8))
+            arrays["nodule"].append(np.full(count, len(rows), np.int32))
+            arrays["split"].append(np.full(count, SPLITS.index(split), np.int8))
+            rows.append({**nodule.to_json(), "split": split, "first_patch": n_patches, "patch_count": count})
+            n_patches += count
+
+    counts = {split: {label: {"nodules": sum(r["split"] == split and r["label"] == label for r in rows),
+                              "patches": sum(r["patch_count"] for r in rows
+                                             if r["split"] == split and r["label"] == label)}
+                      for label in ("benign", "malignant")}
+              for split in SPLITS}
+    summary = {
+        "format": "xaiexplain-patch-set",
+        "version": 1,
+        "library_version": __version__,
+        "command": command,
+        "seed": seed,
+        "patch_size": PATCH_SIZE,
+        "field_of_view_mm": FIELD_OF_VIEW_MM,
+        "patients": len({r["patient_id"] for r in rows}),
+        "nodules": len(rows),
+        "patches": n_patches,
+        "counts": counts,
+        "seconds": round(time.time() - started, 1),
+    }
+    write_patch_set_files(written, {name: np.concatenate(parts) for name, parts in arrays.items()}, rows, summary)
+    return summary

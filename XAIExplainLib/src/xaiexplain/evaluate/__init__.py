@@ -1,0 +1,1 @@
+"""Measuring explanations and classifiers: localization, faithfulness, classifier metrics, the benchmark."""

@@ -1,0 +1,336 @@
+"""``xaiexplain benchmark``: every method measured side by side on held-out phantom nodules.
+
+The nodules are those of the test-split patients of the patch set (never seen in training), one patch
+per nodule: the slice with the largest consensus area. For every method and its ``iterative:`` variant,
+and ``cycle-am``:
+
+- localization of the evidence for the decision (``xaiexplain.evaluation``) against the nodule mask, and
+  separately against the spicule and calcification masks on the patches that have them;
+- faithfulness: RISE deletion and insertion AUC of p(malignant) on the patches called malignant, pixels
+  replaced by the patch's lung parenchyma;
+- sanity: the model-parameter randomization test, Spearman correlation of |map| between the trained
+  classifier and one with all parameters re-initialized (low is good);
+- counterfactual validity for cycle-am (flip rates, probabilities, SSIM);
+- cost: wall time per patch, its ratio to one forward+backward pass of the classifier on the same batch,
+  and the peak resident memory the method added.
+It writes ``benchmark.json``, ``benchmark.md`` (one table, methods as rows) and plots.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xaiexplain import __version__
+from xaiexplain.data.patch_set import held_out_patients, labelled_scans, load_patch_set
+from xaiexplain.data.sources.phantom_patches import render_patch_set
+from xaiexplain.evaluate import faithfulness, localization
+from xaiexplain.evaluate.cost import (
+    FAST_METHOD_REPEATS,
+    REPEAT_BELOW_SECONDS,
+    forward_backward_seconds,
+    generator_forward_seconds,
+    timed,
+    whole_series_seconds,
+)
+from xaiexplain.explainers import registry
+from xaiexplain.explainers.counterfactuals import DEFAULT_CYCLE_AM, Counterfactuals
+from xaiexplain.explainers.on_patches import explain
+from xaiexplain.io.files import output_set
+from xaiexplain.models.architectures import build
+from xaiexplain.models.bundles import Bundle, load_bundle
+
+QUICK_NODULES = 8
+FULL_NODULES = 60
+QUICK_RANDOMIZATION_PATCHES = 4
+FULL_RANDOMIZATION_PATCHES = 16
+POINTING_TOLERANCE_PX = 2
+SERIES_TARGET_SECONDS = 5.0
+
+
+def all_methods() -> list[str]:
+    """The benchmark's rows: every method of the registry."""
+    return registry.available_methods()
+
+
+def cost_targets() -> tuple[dict, dict]:
+    """The registry's cost targets on a CPU (method time / reference time, the reference being that many
+    forward+backward passes of the classifier; for a method of the generators, one pass of G+ and G-)."""
+    records = [registry.get(name) for name in registry.base_methods()]
+    return ({r.name: r.cost_target for r in records if r.cost_target is not None},
+            {r.name: r.reference_passes for r in records if r.reference_passes != 1})
+
+
+def held_out_patches(nodules: int, seed: int = 0, progress: bool = False) -> dict:
+    """One patch per held-out nodule (its largest consensus slice), with masks and the LIDC labels."""
+    patients, chosen = [], 0
+    by_scan = labelled_scans(held_out_patients(seed))
+    for (patient, _), scan_nodules in sorted(by_scan.items()):
+        if chosen >= nodules:
+            break
+        patients.append(patient)
+        chosen += sum(n.label is not None for n in scan_nodules)
+    with tempfile.TemporaryDirectory() as folder:
+        render_patch_set(Path(folder) / "patches", seed=seed, patient_ids=patients, progress=progress)
+        arrays, rows, _ = load_patch_set(Path(folder) / "patches")
+    picked = []
+    for row in rows[:nodules]:
+        span = np.arange(row["first_patch"], row["first_patch"] + row["patch_count"])
+        picked.append(span[np.argmax(arrays["nodule_mask"][span].sum(axis=(1, 2)))])
+    picked = np.array(picked)
+    return {"images": arrays["images"][picked].astype(np.float32),
+            "nodule_mask": arrays["nodule_mask"][picked], "spicule_mask": arrays["spicule_mask"][picked],
+            "calcification_mask": arrays["calcification_mask"][picked], "label": arrays["label"][picked],
+            "names": [f"{r['patient_id']} nodule {r['nodule_index']}" for r in rows[:nodules]]}
+
+
+def randomized(bundle: Bundle, seed: int) -> Bundle:
+    """The classifier with every parameter re-initialized (same architecture and input spec)."""
+    torch.manual_seed(seed)
+    model = build(bundle.config["architecture"], bundle.config.get("arguments", {})).eval()
+    return Bundle(path=bundle.path, config=bundle.config, model=model)
+
+
+# -- one method --------------------------------------------------------------------------------------------
+
+def _mean(values) -> float | None:
+    values = np.asarray(values, float)
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else None
+
+
+def measure_method(method: str, bundle: Bundle, data: dict, decisions: np.ndarray,
+                   random_bundle: Bundle, randomization_patches: int, reference_seconds: float,
+                   options: dict | None = None) -> dict:
+    images = data["images"]
+    options = options or {}
+    explain(bundle, images[:1], method, **options)  # warm-up: imports and first-call set-up are not its cost
+    (maps, details), seconds, memory = timed(lambda: explain(bundle, images, method, return_details=True, **options),
+                                              FAST_METHOD_REPEATS, REPEAT_BELOW_SECONDS)
+    evidence = localization.evidence_for_decision(maps, decisions)
+    entry = {"seconds_per_patch": seconds / len(images), "ratio_to_forward_backward": seconds / reference_seconds,
+             "peak_memory_mb": memory}
+    explained = [n for n in range(len(images)) if (evidence[n] > 0).any()]
+    entry["patches_with_evidence"] = len(explained)
+    for mask_name in ("nodule_mask", "spicule_mask", "calcification_mask"):
+        masks = data[mask_name]
+        with_mask = [n for n in explained if masks[n].any()]
+        key = mask_name.removesuffix("_mask")
+        entry[key] = {
+            "patches": len(with_mask),
+            "pointing_game": _mean([localization.pointing_game(evidence[n], masks[n], POINTING_TOLERANCE_PX)
+                                    for n in with_mask]),
+            "mass_accuracy": _mean([localization.relevance_mass_accuracy(evidence[n], masks[n]) for n in with_mask]),
+            "rank_accuracy": _mean([localization.relevance_rank_accuracy(evidence[n], masks[n]) for n in with_mask]),
+        }
+    # faithfulness on the same patches for every method: those called malignant (iterative methods
+    # augment malignant evidence only, so they leave benign decisions without a map)
+    called_malignant = np.flatnonzero(decisions)
+    if called_malignant.size:
+        curves = faithfulness.deletion_insertion(images[called_malignant], evidence[called_malignant], bundle.predict)
+        entry.update({"faithfulness_patches": int(called_malignant.size),
+                      "deletion_auc": float(curves.deletion_auc.mean()),
+                      "insertion_auc": float(curves.insertion_auc.mean()),
+                      "deletion_curve": curves.deletion.mean(axis=0).tolist(),
+                      "insertion_curve": curves.insertion.mean(axis=0).tolist(),
+                      "curve_fractions": curves.fractions.tolist()})
+    subset = images[:randomization_patches]
+    random_maps = explain(random_bundle, subset, method, **options)
+    entry["randomization_spearman"] = _mean([faithfulness.rank_correlation(maps[n], random_maps[n])
+                                             for n in range(len(subset))])
+    # e.g. an iterative method with a randomized classifier that calls nothing malignant: no map to compare
+    entry["randomized_maps_empty"] = int(sum(not random_map.any() for random_map in random_maps))
+    if isinstance(details, Counterfactuals):
+        entry["counterfactuals"] = _counterfactual_validity(bundle, images, details)
+    return entry
+
+
+def _counterfactual_validity(bundle: Bundle, images: np.ndarray, pair) -> dict:
+    from xaiexplain.evaluate.classifier_metrics import domain_transfer
+    from xaiexplain.models.cycle_am import ssim_per_image
+
+    x = bundle.to_tensor(images)
+    ssim_plus = ssim_per_image(x, bundle.to_tensor(pair.malignant)).numpy()
+    ssim_minus = ssim_per_image(x, bundle.to_tensor(pair.benign)).numpy()
+    return domain_transfer(bundle.predict(images), pair.malignant_probability, pair.benign_probability,
+                           ssim_plus, ssim_minus, bundle.threshold)
+
+
+# -- the whole benchmark -----------------------------------------------------------------------------------
+
+def machine() -> str:
+    return (f"{platform.machine()} {platform.processor() or ''}".strip() + f", {os.cpu_count()} cores, "
+            f"torch {torch.__version__} with {torch.get_num_threads()} threads, Python {platform.python_version()}")
+
+
+def run_benchmark(out, quick: bool = False, methods=None, model=None, cycle_am=None, nodules: int | None = None,
+                  seed: int = 0, progress: bool = True, command: str = "", data: dict | None = None) -> dict:
+    """``data``: the ``held_out_patches`` to use when the caller has them already."""
+    started = time.time()
+    bundle = load_bundle(model) if model else load_bundle()
+    with output_set(out, "benchmark.json") as written:  # checks that out is writable before measuring
+        methods = list(methods or all_methods())
+        count = nodules or (QUICK_NODULES if quick else FULL_NODULES)
+        data = data or held_out_patches(count, seed, progress=progress)
+        images = data["images"]
+        probabilities = bundle.predict(images)
+        decisions = probabilities >= bundle.threshold
+
+        series = whole_series_seconds(bundle)
+        reference = forward_backward_seconds(bundle, images)
+        generators = load_bundle(cycle_am or DEFAULT_CYCLE_AM, role="cycle-am")
+        generator_reference = generator_forward_seconds(generators, bundle, images)
+        random_bundle = randomized(bundle, seed)
+        targets, reference_passes = cost_targets()
+        randomization_patches = QUICK_RANDOMIZATION_PATCHES if quick else FULL_RANDOMIZATION_PATCHES
+        results = {}
+        iterator = methods
+        if progress:
+            from tqdm import tqdm
+
+            iterator = tqdm(methods, desc="benchmark", unit="method", file=sys.stderr)
+        for method in iterator:
+            takes_generators = "generators" in registry.get(method).defaults
+            results[method] = measure_method(method, bundle, data, decisions, random_bundle, randomization_patches,
+                                             reference, {"generators": generators} if takes_generators else {})
+            if "counterfactuals" in results[method]:
+                seconds = results[method]["seconds_per_patch"] * len(images)
+                results[method]["ratio_to_two_generator_passes"] = seconds / generator_reference
+        summary = {
+            "command": command, "library_version": __version__, "machine": machine(), "quick": quick, "seed": seed,
+            "model": str(bundle.path), "cycle_am": str(generators.path), "patches": int(len(images)),
+            "patch_names": data["names"], "labels": {"malignant": int(data["label"].sum()),
+                                                     "benign": int((1 - data["label"]).sum())},
+            "decided_malignant": int(decisions.sum()), "threshold": bundle.threshold,
+            "pointing_tolerance_px": POINTING_TOLERANCE_PX, "randomization_patches": randomization_patches,
+            "forward_backward_seconds": reference, "two_generator_passes_seconds": generator_reference,
+            "targets": targets, "reference_passes": reference_passes, "whole_series": series,
+            "methods": results, "seconds": round(time.time() - started, 1),
+        }
+        write_outputs(written, summary)
+    return summary
+
+
+def _format(value, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+TABLE_HEADER = ("method", "explained", "pointing", "mass acc.", "rank acc.", "spicule mass", "calcification mass",
+                "deletion AUC (lower)", "insertion AUC (higher)", "randomization rho (lower)", "ms / patch",
+                "x fwd+bwd", "peak MB added")
+
+
+def table_rows(summary: dict) -> list[list[str]]:
+    """The benchmark table's cells, one row per method, in TABLE_HEADER's order."""
+    rows = []
+    for method, entry in summary["methods"].items():
+        nodule = entry["nodule"]
+        randomization = _format(entry["randomization_spearman"], 2)
+        if entry["randomization_spearman"] is None and entry["randomized_maps_empty"] == summary["randomization_patches"]:
+            randomization = "no map"
+        rows.append([method, f"{entry['patches_with_evidence']}/{summary['patches']}", _format(nodule["pointing_game"], 2), _format(nodule["mass_accuracy"]),
+                     _format(nodule["rank_accuracy"]), _format(entry["spicule"]["mass_accuracy"]),
+                     _format(entry["calcification"]["mass_accuracy"]), _format(entry.get("deletion_auc")),
+                     _format(entry.get("insertion_auc")), randomization,
+                     f"{1000 * entry['seconds_per_patch']:.1f}", f"{entry['ratio_to_forward_backward']:.1f}",
+                     f"{entry['peak_memory_mb']:.0f}"])
+    return rows
+
+
+def markdown_table(summary: dict) -> str:
+    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(summary)]
+    return "\n".join(lines) + "\n"
+
+
+def markdown_report(summary: dict) -> str:
+    lines = [f"# Explanation benchmark ({'quick' if summary['quick'] else 'full'})", "",
+             f"{summary['patches']} held-out phantom nodules (one patch each: {summary['labels']['malignant']} "
+             f"malignant, {summary['labels']['benign']} benign by the LIDC readers; the classifier calls "
+             f"{summary['decided_malignant']} malignant at threshold {summary['threshold']:.3f}). Localization uses "
+             f"the evidence for the decision on the patches where a method gives any (*explained*), pointing with a "
+             f"{summary['pointing_tolerance_px']} px tolerance; faithfulness (RISE, pixels replaced by the patch's "
+             f"lung parenchyma) uses the {summary['decided_malignant']} patches called malignant for every method; "
+             f"randomization compares maps on {summary['randomization_patches']} patches (*no map*: the "
+             f"randomized classifier calls none of them malignant, so an iterative method has nothing to augment). "
+             f"Peak MB added: resident memory above what the process already held. One forward+backward pass "
+             f"of the classifier on the batch: {1000 * summary['forward_backward_seconds']:.1f} ms; "
+             f"G+ and G- forward: {1000 * summary['two_generator_passes_seconds']:.1f} ms.", "",
+             markdown_table(summary)]
+    for name, cycle in summary["methods"].items():
+        if "counterfactuals" not in cycle:
+            continue
+        flips = cycle["counterfactuals"]["flip_rate"]
+        p = cycle["counterfactuals"]["probability"]
+        ssim = cycle["counterfactuals"]["ssim"]
+        lines += [f"Counterfactual validity of {name}: mean p(malignant) {p['x']['mean']:.3f} on x, "
+                  f"{p['G+(x)']['mean']:.3f} on G+(x), {p['G-(x)']['mean']:.3f} on G-(x); flip rates G+ to malignant "
+                  f"{flips['G+ to malignant']:.2f}, G- to benign {flips['G- to benign']:.2f}, both {flips['both']:.2f}; "
+                  f"SSIM(x, G+(x)) {ssim['x, G+(x)']['mean']:.3f}, SSIM(x, G-(x)) {ssim['x, G-(x)']['mean']:.3f}; "
+                  f"{cycle['ratio_to_two_generator_passes']:.2f} x two generator passes.", ""]
+    lines += ["Cost against the targets (method time / reference time):", ""]
+    for method, target in summary["targets"].items():
+        entry = summary["methods"].get(method)
+        if entry:
+            passes = summary["reference_passes"].get(method, 1)
+            if "ratio_to_two_generator_passes" in entry:
+                ratio, reference = entry["ratio_to_two_generator_passes"], "one forward pass of G+ and G-"
+            else:
+                ratio = entry["ratio_to_forward_backward"] / passes
+                reference = f"{passes} forward+backward passes" if passes > 1 else "one forward+backward pass"
+            lines.append(f"- {method}: {ratio:.2f} x {reference} (target at most {target:g}): "
+                         f"{'met' if ratio <= target else 'not met'}")
+    series = summary["whole_series"]
+    lines.append(f"- a whole phantom series ({series['scan']}, {series['slices']} slices, {series['nodules']} "
+                 f"nodules; read, explain with {series['method']}, write NRRD and JSON): "
+                 f"{series['repeat_seconds']:.1f} s, the first call in the process {series['first_seconds']:.1f} s "
+                 f"(target under {SERIES_TARGET_SECONDS:g} s): "
+                 f"{'met' if series['repeat_seconds'] < SERIES_TARGET_SECONDS else 'not met'}")
+    lines += ["", f"Machine: {summary['machine']}. Command: `{summary['command']}`. {summary['seconds']} s.", ""]
+    return "\n".join(lines)
+
+
+def write_outputs(written, summary: dict) -> None:
+    """benchmark.md and the plots into an output set; ``summary`` becomes its manifest, benchmark.json."""
+    from xaiexplain.io.figures import line_plot
+
+    written.manifest_data = summary
+    written.path("benchmark.md").write_text(markdown_report(summary))
+    for kind in ("deletion", "insertion"):
+        curves = {method: (entry["curve_fractions"], entry[f"{kind}_curve"])
+                  for method, entry in summary["methods"].items() if f"{kind}_curve" in entry
+                  and not registry.get(method).is_iterative}
+        if curves:
+            line_plot(curves, written.path(f"{kind}_curves.png"), "share of pixels " + ("removed" if kind == "deletion"
+                                                                                else "restored"),
+                      "p(malignant)", f"RISE {kind}, most evidence first (patches called malignant)")
+    _bar_plot(summary, written.path("localization.png"))
+
+
+def _bar_plot(summary: dict, path: Path) -> None:
+    from xaiexplain.io.figures import pyplot, save_figure
+
+    plt = pyplot()
+    methods = list(summary["methods"])
+    measures = [("pointing game", lambda e: e["nodule"]["pointing_game"]),
+                ("mass accuracy", lambda e: e["nodule"]["mass_accuracy"]),
+                ("rank accuracy", lambda e: e["nodule"]["rank_accuracy"]),
+                ("insertion AUC", lambda e: e.get("insertion_auc"))]
+    figure, axis = plt.subplots(figsize=(max(7, 0.55 * len(methods)), 4))
+    width = 0.8 / len(measures)
+    for n, (name, value) in enumerate(measures):
+        values = [value(summary["methods"][m]) or 0.0 for m in methods]
+        axis.bar(np.arange(len(methods)) + n * width, values, width, label=name)
+    axis.set_xticks(np.arange(len(methods)) + 0.4 - width / 2)
+    axis.set_xticklabels([registry.get(m).file_name for m in methods], rotation=60, ha="right", fontsize=7)
+    axis.set_ylim(0, 1)
+    axis.legend(fontsize=7, ncol=4)
+    axis.set_title("Localization on the nodule and insertion AUC (held-out phantom nodules)", fontsize=9)
+    figure.tight_layout()
+    save_figure(figure, path, dpi=100)

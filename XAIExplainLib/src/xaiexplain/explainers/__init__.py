@@ -1,0 +1,1 @@
+"""Explanations: the method registry, captum methods, counterfactuals, iterative augmentation, whole-series explanation."""

@@ -1,0 +1,70 @@
+"""Explaining a classifier's decisions on patches, with any method of the registry."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from xaiexplain.errors import XAIExplainError
+from xaiexplain.explainers import registry
+from xaiexplain.models.bundles import load_bundle
+
+
+def explain(bundle, patches_hu: np.ndarray, method: str, return_details: bool = False, cycle_am=None, **options):
+    """Relevance maps of a classifier's decision on nodule patches.
+
+    Parameters
+    ----------
+    bundle : Bundle, str or path
+        A classifier bundle, or the name of a shipped one / a bundle folder for ``load_bundle``.
+    patches_hu : array (N, H, W)
+        Patches in Hounsfield units, as ``xaiexplain.data.patches.extract_stack`` takes them.
+    method : str
+        A name from ``available_methods()``, e.g. ``"lrp"`` or ``"iterative:grad-cam"``.
+    return_details : bool
+        Also return the method's details: the ``IterativeResult`` (every pass) of ``iterative:<m>``, the
+        ``Counterfactuals`` of ``cycle-am``; None for the others.
+    cycle_am : Bundle, str or path, optional
+        The cycle-am bundle of ``cycle-am`` (the ``generators`` option; default the shipped one).
+    **options
+        The method's options, as its registry record declares them (``registry.get(method).defaults``),
+        e.g. ``layer="block2"`` for Grad-CAM or ``steps=100`` for integrated gradients. An option the
+        method does not take raises XAIExplainError.
+
+    Returns
+    -------
+    maps : array (N, H, W) float32
+        In the meaning of the method's kind (``registry.get(method).kind``): for evidence maps > 0 speaks
+        for malignant.
+    details : object, only with ``return_details``
+
+    Examples
+    --------
+    >>> import numpy as np, xaiexplain
+    >>> patches = np.full((2, 64, 64), -850.0, np.float32)
+    >>> xaiexplain.explain("demo-classifier", patches, "grad-cam", layer="block2").shape
+    (2, 64, 64)
+    """
+    record = registry.get(method)
+    if cycle_am is not None:
+        options = {**options, "generators": cycle_am}
+    settings = record.options(options)
+    bundle = load_bundle(bundle)
+    patches_hu = np.asarray(patches_hu, np.float32)
+    if patches_hu.ndim != 3:
+        raise XAIExplainError(f"patches must be (N, H, W), not of shape {patches_hu.shape}")
+    if not np.isfinite(patches_hu).all():
+        raise XAIExplainError("the patches hold NaN or infinite values")
+    maps, details = record.compute(bundle, patches_hu, settings)
+    return (maps, details) if return_details else maps
+
+
+def split_options(methods, options: Mapping[str, Any]) -> dict[str, dict]:
+    """Each method's share of options given for several methods at once: an option goes to the methods
+    that take it, and one that none of them takes is refused with one sentence."""
+    records = [registry.get(method) for method in methods]
+    for name in options:
+        if not any(name in record.defaults for record in records):
+            raise XAIExplainError(f"none of the methods {', '.join(methods)} takes the option {name!r}")
+    return {record.name: {key: value for key, value in options.items() if key in record.defaults}
+            for record in records}

@@ -1,0 +1,156 @@
+"""Explaining every nodule of a whole series: patches through each nodule, the classifier's probability,
+each method's maps put back into the series' exact geometry, label images and per-nodule results."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+
+from xaiexplain.data.nodule_sites import NoduleSite, lidc_sites, point_sites
+from xaiexplain.data.patches import DEFAULT_HALF_HEIGHT_MM, PatchStack, backproject, extract_stack
+from xaiexplain.data.series import CTSeries
+from xaiexplain.errors import XAIExplainError
+from xaiexplain.explainers import iterative, registry
+from xaiexplain.explainers.counterfactuals import Counterfactuals
+from xaiexplain.explainers.labels import evidence_labels
+from xaiexplain.explainers.on_patches import explain, split_options
+from xaiexplain.models.bundles import load_bundle
+
+
+@dataclass
+class SeriesExplanation:
+    """Relevance and label images in the series' exact geometry, per method, and per-nodule results."""
+
+    relevance: dict[str, sitk.Image]
+    labels: dict[str, sitk.Image]
+    nodules: list[dict]
+    sites: list[NoduleSite]
+    stacks: list[PatchStack]
+    maps: dict[str, list[np.ndarray]] = field(default_factory=dict)  # per method, per nodule (slices, H, W)
+    # for cycle-am: the series with each nodule's patches replaced by G+(x) ("malignant") and G-(x) ("benign")
+    counterfactuals: dict[str, sitk.Image] = field(default_factory=dict)
+
+
+def explain_series(image, points, bundle=None, methods=("saliency",), progress=None,
+                   half_height_mm: float = DEFAULT_HALF_HEIGHT_MM, cycle_am=None, **options) -> SeriesExplanation:
+    """Explain every nodule of a series, each method's maps put back into the series' exact geometry.
+
+    Parameters
+    ----------
+    image : CTSeries or SimpleITK.Image
+        The series in Hounsfield units with its LPS geometry (``xaiexplain.data.series.read_series``).
+    points : list of (x, y, z), "lidc" or list of NoduleSite
+        Nodule locations in LPS millimetres, or ``"lidc"``: the nodules the LIDC readers annotated (for a
+        CTSeries of an LIDC scan, found by its SeriesInstanceUID).
+    bundle : Bundle, str or path, optional
+        The classifier (default the shipped ``demo-classifier``).
+    methods : sequence of str
+        Names from ``available_methods()``.
+    progress : callable, optional
+        Called with each method's name as it finishes.
+    half_height_mm : float
+        With points: the slices within this distance of a point are its nodule's.
+    cycle_am : Bundle, str or path, optional
+        The cycle-am bundle (the ``generators`` option).
+    **options
+        Options of the methods; each goes to the methods that take it, and one that none of them takes
+        raises XAIExplainError.
+
+    Returns
+    -------
+    SeriesExplanation
+        ``relevance`` and ``labels`` (SimpleITK images per method, the series' geometry), ``nodules``
+        (per nodule: probability, decision, threshold, per method the peak and, for iterative methods,
+        the passes), ``maps`` (per method, per nodule), ``counterfactuals`` (cycle-am).
+
+    Examples
+    --------
+    >>> import xaiexplain
+    >>> from xaiexplain.data.series import read_series
+    >>> ct = read_series("phantom/LIDC-IDRI-0078")  # doctest: +SKIP
+    >>> result = xaiexplain.explain_series(ct, "lidc", methods=["lrp", "grad-cam"])  # doctest: +SKIP
+    >>> result.relevance["lrp"].GetSize() == ct.image.GetSize()  # doctest: +SKIP
+    True
+    """
+    if cycle_am is not None:
+        options = {**options, "generators": cycle_am}
+    options_of = split_options(methods, options)  # also refuses unknown methods and options
+    bundle = load_bundle(bundle) if bundle is not None else load_bundle()
+    sitk_image = image.image if isinstance(image, CTSeries) else image
+    if isinstance(points, str):
+        if points != "lidc" or not isinstance(image, CTSeries):
+            raise XAIExplainError("points must be LPS points, or 'lidc' with a CTSeries read from an LIDC scan")
+        sites = lidc_sites(image)
+    elif len(points) and all(isinstance(p, NoduleSite) for p in points):
+        sites = list(points)
+    else:
+        sites = point_sites(sitk_image, points, half_height_mm)
+    if not sites:
+        raise XAIExplainError("there is no nodule to explain")
+    stacks = [extract_stack(sitk_image, site.center_lps, site.z_range) for site in sites]
+    all_patches = np.concatenate([s.patches for s in stacks])
+    bounds = np.cumsum([0] + [len(s.patches) for s in stacks])
+    probabilities = bundle.predict(all_patches)
+    if not np.isfinite(probabilities).all():  # finite weights and inputs can still overflow
+        raise XAIExplainError(f"the classifier {bundle.path} gives no finite probability for some patches of this "
+                              "series, so they cannot be explained")
+    nodules = []
+    for n, site in enumerate(sites):
+        slice_p = probabilities[bounds[n]:bounds[n + 1]]
+        row = {"name": site.name, "center_lps": list(site.center_lps), "slices": int(len(slice_p)),
+               "slice_z": stacks[n].centers_lps[:, 2].tolist(), "probability": float(slice_p.mean()),
+               "slice_probabilities": slice_p.tolist(), "threshold": bundle.threshold,
+               "decision": "malignant" if slice_p.mean() >= bundle.threshold else "benign", "methods": {}}
+        if site.lidc is not None:
+            row["lidc"] = {k: v for k, v in site.lidc.to_json().items() if k not in ("annotation_ids",)}
+        nodules.append(row)
+
+    relevance, labels, per_method_maps, series_counterfactuals = {}, {}, {}, {}
+    for method in methods:
+        maps, details = explain(bundle, all_patches, method, return_details=True, **options_of[method])
+        per_nodule = [maps[bounds[n]:bounds[n + 1]] for n in range(len(sites))]
+        per_method_maps[method] = per_nodule
+        volume = backproject(stacks, per_nodule, sitk_image)
+        relevance[method] = volume
+        label_image = sitk.GetImageFromArray(evidence_labels(sitk.GetArrayViewFromImage(volume),
+                                                             registry.get(method).map_kind.labels))
+        label_image.CopyInformation(sitk_image)
+        labels[method] = label_image
+        for n, row in enumerate(nodules):
+            nodule_maps = per_nodule[n]
+            # the peak of the evidence for the decision: most malignant or most benign relevance
+            evidence = nodule_maps if row["decision"] == "malignant" else -nodule_maps
+            peak = np.unravel_index(np.argmax(evidence), nodule_maps.shape)
+            stack = stacks[n]
+            middle = (stack.size - 1) / 2
+            peak_lps = stack.centers_lps[peak[0]] + (np.array([peak[2], peak[1], middle]) - middle) * \
+                np.array([stack.pixel_mm, stack.pixel_mm, 0.0])
+            entry = {"peak_lps": peak_lps.tolist(), "peak_relevance": float(nodule_maps[peak])}
+            rows = slice(bounds[n], bounds[n + 1])
+            if isinstance(details, iterative.IterativeResult):
+                entry.update({"iterations": details.iterations[rows].tolist(),
+                              "final_probabilities": details.final_probability[rows].tolist()})
+            elif isinstance(details, Counterfactuals):
+                entry.update({"counterfactual_malignant_probability": float(details.malignant_probability[rows].mean()),
+                              "counterfactual_benign_probability": float(details.benign_probability[rows].mean()),
+                              "counterfactual_malignant_slice_probabilities": details.malignant_probability[rows].tolist(),
+                              "counterfactual_benign_slice_probabilities": details.benign_probability[rows].tolist()})
+            row["methods"][method] = entry
+        if isinstance(details, Counterfactuals):
+            series_counterfactuals = {
+                name: _replace_patches(sitk_image, stacks, [images[bounds[n]:bounds[n + 1]] for n in range(len(sites))])
+                for name, images in (("malignant", details.malignant), ("benign", details.benign))}
+        if progress is not None:
+            progress(method)
+    return SeriesExplanation(relevance=relevance, labels=labels, nodules=nodules, sites=sites, stacks=stacks,
+                             maps=per_method_maps, counterfactuals=series_counterfactuals)
+
+
+def _replace_patches(image: sitk.Image, stacks: list[PatchStack], values: list[np.ndarray]) -> sitk.Image:
+    """The image with the voxels the patches cover replaced by the patches' values (float32)."""
+    patched = sitk.GetArrayFromImage(backproject(stacks, values, image, background=np.nan))
+    original = sitk.GetArrayFromImage(image).astype(np.float32)
+    result = sitk.GetImageFromArray(np.where(np.isnan(patched), original, patched).astype(np.float32))
+    result.CopyInformation(image)
+    return result

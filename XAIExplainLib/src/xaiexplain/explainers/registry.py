@@ -1,0 +1,213 @@
+"""The explanation methods: one record each, and the only list of them.
+
+A record says what a method computes (its published definition and reference), what its map means (its
+kind), which options it takes and their defaults, what it needs, and how it is shown and measured. The
+command line's help, the Slicer module's method list, the demo's figure, the benchmark's rows and cost
+targets, the output file names, label values and colour maps all read it. ``iterative:<m>`` is derived
+from every base method ``m`` (paper 2, Algorithm 1); ``cycle-am`` is a method like the others.
+
+Kinds (what a map means, see docs/design.md):
+- ``evidence``: signed; > 0 speaks for malignant, < 0 for benign;
+- ``sensitivity``: how strongly the decision reacts to a pixel (paper 2, Table I);
+- ``change``: cycle-am's R = G+(x) - G-(x) in HU, brighter or darker in the malignant version.
+
+A method's ``compute(bundle, patches_hu, options)`` returns (maps (N, H, W) float32, details or None).
+New methods are added with ``register``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from xaiexplain.errors import XAIExplainError
+from xaiexplain.explainers import captum_methods, iterative
+from xaiexplain.explainers.counterfactuals import DEFAULT_CYCLE_AM, counterfactuals
+
+ITERATIVE_PREFIX = "iterative:"
+PAPER_1 = ("A. Katzmann et al., Explaining clinical decision support systems in medical imaging using "
+           "cycle-consistent activation maximization, Neurocomputing 458:141-156, 2021, arXiv:2010.05759")
+PAPER_2 = ("C. Gonzalez-Gonzalo et al., Iterative augmentation of visual evidence for weakly-supervised lesion "
+           "localization in deep interpretability frameworks, IEEE TMI 2020, arXiv:1910.07373, Algorithm 1")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How the maps of a kind are labelled and drawn."""
+
+    name: str
+    meaning: str
+    labels: Mapping[str, int]  # label image values
+    colour_map: str  # "diverging": blue benign / low, red malignant / high
+
+
+EVIDENCE_LABELS = MappingProxyType({"malignant evidence": 1, "benign evidence": 2})
+KINDS = {kind.name: kind for kind in (
+    Kind("evidence", "signed evidence: > 0 for malignant, < 0 for benign", EVIDENCE_LABELS, "diverging"),
+    Kind("sensitivity", "how strongly the decision reacts to each pixel", EVIDENCE_LABELS, "diverging"),
+    Kind("change", "G+(x) - G-(x) in HU: brighter (> 0) or darker (< 0) in the malignant version",
+         EVIDENCE_LABELS, "diverging"),
+)}
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    kind: str
+    summary: str  # one line for help texts
+    reference: str
+    compute: Callable[[Any, np.ndarray, dict], tuple[np.ndarray, Any]]
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # the options it takes
+    needs: tuple[str, ...] = ()  # "layer" (a Grad-CAM layer), "generators" (a cycle-am bundle)
+    figure_rank: int = 100  # order in paper 1's Fig. 6 panels
+    cost_target: float | None = None  # at most this many reference times (benchmark)
+    reference_passes: int = 1  # forward+backward passes of the classifier the method's time is divided by
+
+    @property
+    def file_name(self) -> str:
+        """The method in file names (``iterative:lrp`` -> ``iterative_lrp``)."""
+        return self.name.replace(":", "_")
+
+    @property
+    def is_iterative(self) -> bool:
+        return self.name.startswith(ITERATIVE_PREFIX)
+
+    @property
+    def map_kind(self) -> Kind:
+        return KINDS[self.kind]
+
+    def options(self, given: Mapping[str, Any]) -> dict:
+        """The defaults updated with ``given``; an option the method does not take is refused."""
+        unknown = sorted(set(given) - set(self.defaults))
+        if unknown:
+            takes = ", ".join(self.defaults) or "no options"
+            raise XAIExplainError(f"{self.name} has no option {unknown[0]!r} (it takes {takes})")
+        return {**self.defaults, **given}
+
+
+_METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add a base method; ``iterative:<name>`` comes with it."""
+    if method.name in _METHODS or method.name.startswith(ITERATIVE_PREFIX) or ":" in method.name:
+        raise ValueError(f"{method.name!r} is taken or not a base method name")
+    if method.kind not in KINDS:
+        raise ValueError(f"unknown kind {method.kind!r}; known: {', '.join(KINDS)}")
+    _METHODS[method.name] = method
+    return method
+
+
+def unregister(name: str) -> None:
+    _METHODS.pop(name, None)
+
+
+def base_methods() -> list[str]:
+    """The base methods, in the order they were registered."""
+    return list(_METHODS)
+
+
+def available_methods() -> list[str]:
+    """Every method name: the base methods, then ``iterative:`` of each.
+
+    Returns
+    -------
+    list of str
+
+    Examples
+    --------
+    >>> import xaiexplain
+    >>> "iterative:lrp" in xaiexplain.available_methods()
+    True
+    """
+    return base_methods() + [ITERATIVE_PREFIX + name for name in _METHODS]
+
+
+def get(name: str) -> Method:
+    """The record of a method name; an unknown name is refused with one sentence."""
+    base = _METHODS.get(name.removeprefix(ITERATIVE_PREFIX))
+    if base is None or (name.startswith(ITERATIVE_PREFIX) and name.count(":") > 1):
+        raise XAIExplainError(f"unknown method {name!r}; choose one of {', '.join(available_methods())}")
+    return _iterative(base) if name.startswith(ITERATIVE_PREFIX) else base
+
+
+def check_method(name: str) -> None:
+    get(name)
+
+
+def method_file_name(name: str) -> str:
+    return get(name).file_name
+
+
+# -- the built-in methods ---------------------------------------------------------------------------------
+
+def _captum(function) -> Callable:
+    """A captum method of ``captum_methods`` as a registry ``compute``."""
+    def compute(bundle, patches_hu, options):
+        low, high = bundle.input_spec["hu_window"]
+        context = captum_methods.AttributionContext(
+            bundle.model, lambda hu: float(np.clip((hu - low) / (high - low), 0, 1)), options)
+        return captum_methods.attribute(function, bundle.to_tensor(patches_hu), context), None
+    return compute
+
+
+def _cycle_am(bundle, patches_hu, options):
+    pair = counterfactuals(bundle, patches_hu, options["generators"])
+    return (pair.malignant - pair.benign).astype(np.float32), pair
+
+
+ITERATIVE_DEFAULTS = MappingProxyType({"max_iterations": iterative.MAX_ITERATIONS, "decay": iterative.DECAY,
+                                       "inpaint_radius": iterative.INPAINT_RADIUS})
+
+
+def _iterative(base: Method) -> Method:
+    """Paper 2's Algorithm 1 around ``base``: its options, and T, alpha and the inpainting radius."""
+    def compute(bundle, patches_hu, options):
+        base_options = {key: value for key, value in options.items() if key in base.defaults}
+        result = iterative.augment_evidence(
+            patches_hu, lambda images: base.compute(bundle, images, base_options)[0], bundle.predict,
+            bundle.threshold, max_iterations=int(options["max_iterations"]), decay=float(options["decay"]),
+            radius=int(options["inpaint_radius"]))
+        return result.augmented, result
+
+    return Method(name=ITERATIVE_PREFIX + base.name, kind=base.kind,
+                  summary=f"iterative augmentation of visual evidence around {base.name}",
+                  reference=f"{PAPER_2}; around {base.reference}", compute=compute,
+                  defaults=MappingProxyType({**base.defaults, **ITERATIVE_DEFAULTS}), needs=base.needs,
+                  figure_rank=base.figure_rank + 100)
+
+
+GRAD_CAM_DEFAULTS = MappingProxyType({"layer": captum_methods.DEFAULT_GRAD_CAM_LAYER})
+for _record in (
+    Method("saliency", "sensitivity", "gradient of the decision", "K. Simonyan et al., Deep inside convolutional "
+           "networks, ICLR workshop 2014", _captum(captum_methods.saliency), figure_rank=5, cost_target=2.0),
+    Method("guided-backprop", "sensitivity", "guided backpropagation", "J. T. Springenberg et al., Striving for "
+           "simplicity: the all convolutional net, ICLR workshop 2015", _captum(captum_methods.guided_backprop),
+           figure_rank=6, cost_target=2.0),
+    Method("integrated-gradients", "evidence", "integrated gradients from a lung-parenchyma baseline",
+           "M. Sundararajan et al., Axiomatic attribution for deep networks, ICML 2017",
+           _captum(captum_methods.integrated_gradients),
+           defaults=MappingProxyType({"steps": captum_methods.INTEGRATED_GRADIENTS_STEPS,
+                                      "internal_batch_size": captum_methods.INTEGRATED_GRADIENTS_BATCH}),
+           figure_rank=4, cost_target=1.3, reference_passes=captum_methods.INTEGRATED_GRADIENTS_STEPS),
+    Method("grad-cam", "evidence", "Grad-CAM of the logit difference", "R. R. Selvaraju et al., Grad-CAM, ICCV 2017",
+           _captum(captum_methods.grad_cam), defaults=GRAD_CAM_DEFAULTS, needs=("layer",), figure_rank=7,
+           cost_target=2.0),
+    Method("guided-grad-cam", "sensitivity", "guided backpropagation times Grad-CAM",
+           "R. R. Selvaraju et al., Grad-CAM, ICCV 2017", _captum(captum_methods.guided_grad_cam),
+           defaults=GRAD_CAM_DEFAULTS, needs=("layer",), figure_rank=8),
+    Method("deep-shap", "evidence", "DeepLiftShap over lung-parenchyma baselines", "S. M. Lundberg, S.-I. Lee, A "
+           "unified approach to interpreting model predictions, NeurIPS 2017", _captum(captum_methods.deep_shap),
+           figure_rank=1),
+    Method("lrp", "evidence", "layer-wise relevance propagation", "S. Bach et al., On pixel-wise explanations by "
+           "layer-wise relevance propagation, PLoS ONE 2015", _captum(captum_methods.lrp), figure_rank=3),
+    Method("deep-taylor", "evidence", "deep Taylor decomposition (LRP z+)", "G. Montavon et al., Explaining "
+           "nonlinear classification decisions with deep Taylor decomposition, Pattern Recognition 2017",
+           _captum(captum_methods.deep_taylor), figure_rank=2),
+    Method("cycle-am", "change", "cycle-consistent activation maximization: G+(x) - G-(x) in HU", PAPER_1,
+           _cycle_am, defaults=MappingProxyType({"generators": DEFAULT_CYCLE_AM}), needs=("generators",),
+           figure_rank=0, cost_target=1.5),
+):
+    register(_record)

@@ -1,0 +1,59 @@
+"""The files ``xaiexplain explain`` writes for a series: relevance and label NRRDs in the series'
+geometry, ``nodules.json`` and a PNG panel per nodule, written as one output set (whole or absent)."""
+from __future__ import annotations
+
+import SimpleITK as sitk
+
+from xaiexplain import __version__
+from xaiexplain.data.series import read_series
+from xaiexplain.explainers import registry
+from xaiexplain.explainers.on_patches import split_options
+from xaiexplain.explainers.on_series import explain_series
+from xaiexplain.io.figures import explanation_panel
+from xaiexplain.io.files import output_set, safe_name
+from xaiexplain.models.bundles import load_bundle
+
+
+def panel_file_name(nodule_name: str) -> str:
+    return f"panel_{safe_name(nodule_name)}.png"
+
+
+def write_series_explanation(series_folder, out, methods, model=None, series_uid=None, use_lidc=False, points=None,
+                             half_height_mm=5.0, options: dict | None = None, command: str = "",
+                             progress=None, panels: bool = True, allow_gaps: bool = False):
+    """Explain a series and write its files into ``out`` as one output set with ``nodules.json`` as its
+    manifest (see ``files.output_set``: an existing ``out`` keeps every file that no earlier explanation
+    wrote); returns (the nodules.json summary, the SeriesExplanation). ``options``: the methods' options
+    (each goes to the methods that take it, e.g. ``layer``, ``generators``). ``progress(method)`` is called as
+    each method finishes; ``panels=False`` leaves out the PNG panels; ``allow_gaps`` explains a series with
+    missing slices on interpolated ones and records the gaps."""
+    split_options(methods, options or {})  # before any reading: a typo costs nothing
+    bundle = load_bundle(model) if model else load_bundle()
+    ct = read_series(series_folder, series_uid, allow_gaps=allow_gaps)
+    with output_set(out, "nodules.json") as written:  # checks that out is writable before computing
+        result = explain_series(ct, "lidc" if use_lidc else points, bundle, methods, half_height_mm=half_height_mm,
+                                progress=progress, **(options or {}))
+        files = {}
+        for method in methods:
+            files[method] = {kind: f"{kind}_{registry.get(method).file_name}.nrrd" for kind in ("relevance", "labels")}
+            for kind, images in (("relevance", result.relevance), ("labels", result.labels)):
+                sitk.WriteImage(images[method], str(written.path(files[method][kind])), useCompression=True)
+        for name, image in result.counterfactuals.items():
+            files[f"counterfactual_{name}"] = f"counterfactual_{name}.nrrd"
+            sitk.WriteImage(image, str(written.path(files[f"counterfactual_{name}"])), useCompression=True)
+        for n, (site, stack) in enumerate(zip(result.sites, result.stacks) if panels else ()):
+            titles = [f"z {z:.1f}  p {p:.2f}" for z, p in zip(stack.centers_lps[:, 2],
+                                                              result.nodules[n]["slice_probabilities"])]
+            row = result.nodules[n]
+            explanation_panel(stack.patches, {m: result.maps[m][n] for m in methods},
+                              written.path(panel_file_name(site.name)), titles,
+                              title=f"{ct.patient_id} {site.name}: p(malignant) {row['probability']:.2f} "
+                                    f"({row['decision']}, threshold {row['threshold']:.2f})")
+        written.manifest_data = {
+            "series_folder": str(series_folder), "patient_id": ct.patient_id,
+            "series_instance_uid": ct.series_instance_uid, "model": str(bundle.path),
+            "methods": list(methods), "command": command, "library_version": __version__,
+            "files": files, "label_values": {m: dict(registry.get(m).map_kind.labels) for m in methods},
+            "slice_gaps_mm": [list(gap) for gap in ct.gaps],
+            "nodules": result.nodules}
+    return written.manifest_data, result

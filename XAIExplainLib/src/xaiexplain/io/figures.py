@@ -1,0 +1,138 @@
+"""PNG figures (matplotlib, no display needed)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from xaiexplain.io.files import atomic_path
+
+LUNG_WINDOW = (-600.0, 1500.0)  # level, width in HU
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(figure, path, dpi: int) -> Path:
+    """Write the figure as PNG, whole or not at all, and close it."""
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=dpi)
+    pyplot().close(figure)
+    return path
+
+
+def contact_sheet(rows: list[np.ndarray], row_titles: list[str], path, masks: list[np.ndarray] | None = None,
+                  window=LUNG_WINDOW, max_columns: int = 12, title: str | None = None) -> Path:
+    """One row per patch stack (N, H, W) in HU, at most ``max_columns`` slices each (evenly chosen),
+    at the given (level, width) window; ``masks`` outline ground truth in the same layout."""
+    plt = pyplot()
+    level, width = window
+    columns = min(max_columns, max(len(r) for r in rows))
+    tile = 1.5  # inches
+    figure, axes = plt.subplots(len(rows), columns, figsize=(tile * columns, (tile + 0.3) * len(rows) + 0.5),
+                                squeeze=False)
+    for r, stack in enumerate(rows):
+        chosen = np.unique(np.linspace(0, len(stack) - 1, min(columns, len(stack))).round().astype(int))
+        for c in range(columns):
+            axis = axes[r, c]
+            axis.set_axis_off()
+            if c >= len(chosen):
+                continue
+            axis.imshow(stack[chosen[c]], cmap="gray", vmin=level - width / 2, vmax=level + width / 2,
+                        interpolation="nearest")
+            if masks is not None and masks[r][chosen[c]].any():
+                axis.contour(masks[r][chosen[c]], levels=[0.5], colors="#ffb000", linewidths=0.6)
+        # the row title may be wider than a tile: let it run across the row
+        axes[r, 0].text(0.0, 1.04, row_titles[r], transform=axes[r, 0].transAxes, fontsize=8, ha="left",
+                        va="bottom", clip_on=False)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    top = 1.0 - 0.5 / ((tile + 0.3) * len(rows) + 0.5)
+    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=top, wspace=0.04, hspace=0.22)
+    return save_figure(figure, path, dpi=110)
+
+
+def explanation_panel(patches_hu: np.ndarray, maps: dict[str, np.ndarray], path, row_titles: list[str],
+                      title: str | None = None, window=LUNG_WINDOW) -> Path:
+    """Rows: slices; columns: the original patch and each method's map over it, in a diverging colour map
+    centred at zero (red: malignant evidence, blue: benign evidence), each method on its own symmetric
+    scale: the 99th percentile of its |relevance|, so a few extreme pixels do not wash out the rest."""
+    plt = pyplot()
+    level, width = window
+    columns = 1 + len(maps)
+    tile = 1.6
+    figure, axes = plt.subplots(len(patches_hu), columns, figsize=(tile * columns, tile * len(patches_hu) + 0.6),
+                                squeeze=False)
+    for c, (method, values) in enumerate([("original", None), *maps.items()]):
+        scale = display_scale(values) if values is not None else 1.0
+        for r in range(len(patches_hu)):
+            axis = axes[r, c]
+            axis.set_xticks([])
+            axis.set_yticks([])
+            axis.imshow(patches_hu[r], cmap="gray", vmin=level - width / 2, vmax=level + width / 2)
+            if values is not None:
+                relative = np.clip(values[r] / scale, -1, 1)
+                colours = plt.get_cmap("RdBu_r")((relative + 1) / 2)
+                colours[..., 3] = np.clip(np.abs(relative) * 1.2, 0, 0.85)
+                axis.imshow(colours)
+            if r == 0:
+                axis.set_title(method, fontsize=8)
+            if c == 0:
+                axis.set_ylabel(row_titles[r], fontsize=7)
+    if title:
+        figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    return save_figure(figure, path, dpi=100)
+
+
+def display_scale(values: np.ndarray, percentile: float = 99.0) -> float:
+    """A robust symmetric colour scale for a relevance map: a percentile of its non-zero |values|."""
+    magnitude = np.abs(values[values != 0])
+    return float(np.percentile(magnitude, percentile)) if magnitude.size else 1.0
+
+
+def line_plot(series: dict[str, tuple[list, list]], path, x_label: str, y_label: str, title: str) -> Path:
+    """One line per named (x, y) series."""
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for name, (x, y) in series.items():
+        axis.plot(x, y, label=name)
+    axis.set_xlabel(x_label)
+    axis.set_ylabel(y_label)
+    axis.set_title(title, fontsize=10)
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    return save_figure(figure, path, dpi=100)
+
+
+def counterfactual_grid(images, plus, minus, probabilities, path, title: str) -> Path:
+    """Rows: images; columns x, G+(x), G-(x) (network inputs in [0, 1], shown at the lung window of the
+    HU window -1000..400) and R = G+(x) - G-(x); each image column titled with p(malignant)."""
+    plt = pyplot()
+    rows = len(images)
+    figure, axes = plt.subplots(rows, 4, figsize=(6.4, 1.6 * rows + 0.5), squeeze=False)
+    relevance = plus - minus
+    scale = float(np.abs(relevance).max()) or 1.0
+    for r in range(rows):
+        for c, (name, array) in enumerate((("x", images), ("G+(x)", plus), ("G-(x)", minus), ("R", relevance))):
+            axis = axes[r, c]
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if name == "R":
+                axis.imshow(array[r], cmap="RdBu_r", vmin=-scale, vmax=scale)
+            else:
+                axis.imshow(array[r], cmap="gray", vmin=0.0, vmax=0.8)
+                axis.set_xlabel(f"p {probabilities[c][r]:.2f}", fontsize=7)
+            if r == 0:
+                axis.set_title(name, fontsize=8)
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    return save_figure(figure, path, dpi=90)

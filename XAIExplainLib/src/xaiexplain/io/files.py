@@ -1,0 +1,316 @@
+"""Writing outputs without ever losing a user's data.
+
+The rules every command that writes follows:
+- A single file appears whole or not at all: it is written to a temporary name beside it and renamed.
+- An **output set** (the files one command writes into one folder, listed by a manifest written last)
+  is whole or absent under its final name. A new folder is written as a hidden temporary sibling and
+  renamed in one step. Into an existing folder the set's files are staged in a hidden temporary folder
+  inside it, then renamed into place one by one with the manifest last; a re-run removes only the files
+  that the earlier manifest lists, and refuses to replace a file that no earlier set of this kind wrote.
+- Nothing is ever removed that the library did not create: temporaries of its own (left by a process
+  that is known to be dead, on this host) and files its own earlier manifests list.
+- Catchable signals (SIGINT, SIGTERM, SIGHUP) end the computation through the normal clean-up, and are
+  held back while a set is being committed, so that a commit is never half done.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+from pathlib import Path
+from typing import Callable
+
+from xaiexplain.errors import XAIExplainError
+
+# Temporary names: ".<name>.xaiexplain-partial~<host>~<pid>~<token><suffix>" beside the target, or
+# ".xaiexplain-partial~<host>~<pid>~<token>" inside an existing output folder. Host and pid tell
+# whether the owner may still be running; the suffix keeps writers that choose a format by it working.
+_TEMPORARY = re.compile(r"\.xaiexplain-partial~(?P<host>[^~/]+)~(?P<pid>\d+)~(?P<token>[A-Za-z0-9]+)(\.[^~/]*)?$")
+MANIFEST_FILES_KEY = "output_files"
+_HELD_SIGNALS = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None),
+                                  getattr(signal, "SIGHUP", None)) if s is not None)
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "host"
+
+
+def temporary_name(name: str, suffix: str = "", inside: bool = False) -> str:
+    """A hidden temporary name owned by this process (see ``remove_stale_temporaries``)."""
+    tag = f".xaiexplain-partial~{_host()}~{os.getpid()}~{secrets.token_hex(4)}{suffix}"
+    return tag if inside else f".{name}{tag}"
+
+
+def _owner_is_dead(name: str) -> bool:
+    match = _TEMPORARY.search(name)
+    if match is None or match["host"] != _host():
+        return False  # not ours, or another machine's (a shared disk): its owner may be alive
+    pid = int(match["pid"])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, someone else's
+    return False
+
+
+def remove_stale_temporaries(folder) -> list[Path]:
+    """Remove the temporaries in ``folder`` that a process of this library left when it was killed;
+    never those of a process that may still be running. Returns what was removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if _TEMPORARY.search(entry.name) and _owner_is_dead(entry.name):
+            path = Path(entry.path)
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def safe_name(text: str, fallback: str = "unnamed", max_length: int = 80) -> str:
+    """A file name made from untrusted text (a DICOM header): letters, digits and ``._+-`` only, no
+    separators or control characters, never ``.``, ``..`` or hidden, never empty."""
+    name = re.sub(r"[^A-Za-z0-9._+-]+", "_", str(text)).strip("._-")[:max_length].strip("._-")
+    return name or fallback
+
+
+# -- single files ---------------------------------------------------------------------------------------
+
+def json_text(data) -> str:
+    """``data`` as strict JSON: a NaN or infinite float (an undefined metric) becomes null, since JSON has
+    no NaN and readers other than Python's refuse it. (Values a user acts on, such as probabilities, are
+    checked to be finite where they are computed.)"""
+    def strict(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {key: strict(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [strict(item) for item in value]
+        return value
+
+    return json.dumps(strict(data), indent=1, allow_nan=False)
+
+
+def write_json_atomic(path, data) -> None:
+    """Write ``data`` as JSON (``json_text``) to ``path`` through a temporary file and a rename."""
+    text = json_text(data)
+    with atomic_path(path) as temporary:
+        temporary.write_text(text)
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary file path beside ``path``; on success it is renamed to ``path``, on error removed.
+    ``path`` must not be an existing folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise XAIExplainError(f"{path} is a folder, not a file that can be written")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path.parent)
+    temporary = path.parent / temporary_name(path.stem, path.suffix)
+    try:
+        yield temporary
+        _give_default_permissions(temporary)
+        os.replace(temporary, path)
+    finally:
+        _remove_temporary(temporary)
+
+
+def _remove_temporary(temporary: Path) -> None:
+    if temporary.is_dir() and not temporary.is_symlink():
+        shutil.rmtree(temporary, ignore_errors=True)
+    elif temporary.exists() or temporary.is_symlink():
+        temporary.unlink()
+
+
+def _give_default_permissions(path: Path) -> None:
+    """Files made through temporary files (mkstemp, some writers) are private; give them the user's default."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if item.is_file():
+            os.chmod(item, 0o666 & ~umask)
+
+
+# -- output sets ----------------------------------------------------------------------------------------
+
+class OutputSet:
+    """The files of one output set while they are written: ``path(name)`` gives where to write a file
+    of the set (a plain relative name), ``write_json`` writes one; the manifest is written by the commit."""
+
+    def __init__(self, folder: Path, staging: Path, manifest: str | None):
+        self.folder = folder
+        self.staging = staging
+        self.manifest = manifest
+        self.names: list[str] = []
+
+    def path(self, name: str) -> Path:
+        parts = Path(name).parts
+        if not parts or Path(name).is_absolute() or any(p in ("", ".", "..") for p in parts) or name == self.manifest:
+            raise ValueError(f"{name!r} is not a file name of this output set")
+        if name not in self.names:
+            self.names.append(name)
+        target = self.staging / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+    def write_json(self, name: str, data) -> Path:
+        path = self.path(name)
+        path.write_text(json_text(data))
+        return path
+
+
+def _earlier_set(folder: Path, manifest: str | None) -> list[str] | None:
+    """The files an earlier set of this kind in ``folder`` lists; None where there is none."""
+    if manifest is None or not (folder / manifest).exists():
+        return None
+    try:
+        data = json.loads((folder / manifest).read_text())
+        names = data[MANIFEST_FILES_KEY]
+        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            raise TypeError
+    except (OSError, ValueError, TypeError, KeyError):
+        raise XAIExplainError(f"{folder} already holds a {manifest} that this library did not write; choose a "
+                              "new or empty output folder") from None
+    return [n for n in names if ".." not in Path(n).parts and not Path(n).is_absolute()]
+
+
+@contextlib.contextmanager
+def output_set(folder, manifest: str | None, written_by_us: Callable[[Path], bool] | None = None):
+    """Write one output set into ``folder``; yields an :class:`OutputSet`. On success the caller's
+    ``manifest_data`` (set as ``writer.manifest_data``) is written last as ``manifest`` with the list of
+    the set's files under ``"output_files"``; on any error or signal nothing of the set is left.
+
+    The folder is created new, or, if it exists, only the set's own files are written into it. The earlier
+    set there is what the earlier manifest lists, or, for sets without a manifest (a DICOM series), the
+    files directly in the folder for which ``written_by_us(path)`` is true; its files are replaced or, if
+    this set lacks them, removed. Any other file of the same name as one of this set's refuses the commit
+    with one sentence. Writability is checked here, before the caller computes anything.
+    """
+    folder = Path(folder)
+    existing, earlier, staging = _start(folder, manifest)
+    if existing and written_by_us is not None:
+        earlier = (earlier or []) + [p.name for p in folder.iterdir() if p.is_file() and written_by_us(p)]
+    writer = OutputSet(folder, staging, manifest)
+    writer.manifest_data = None
+    try:
+        yield writer
+        with _signals_held():
+            if manifest is not None:
+                data = dict(writer.manifest_data or {})
+                data[MANIFEST_FILES_KEY] = sorted(writer.names)
+                (staging / manifest).write_text(json_text(data))
+            _give_default_permissions(staging)
+            if not existing and not folder.exists():
+                os.rename(staging, folder)
+            else:
+                _commit_into(folder, writer, earlier or [])
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _start(folder: Path, manifest: str | None):
+    """Whether ``folder`` exists, the files of its earlier set, and a new staging folder for this set."""
+    if folder.exists() and not folder.is_dir():
+        raise XAIExplainError(f"{folder} exists and is not a folder; give a folder to write into")
+    existing = folder.is_dir()
+    earlier = _earlier_set(folder, manifest) if existing else None
+    home = folder if existing else folder.parent
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(home)
+        staging = home / temporary_name(folder.name, inside=existing)
+        staging.mkdir()
+    except OSError as error:
+        raise XAIExplainError(f"cannot write into {home} ({error.strerror or error})") from None
+    return existing, earlier, staging
+
+
+def check_output_folder(folder, manifest: str | None) -> None:
+    """Fail now, with one sentence, where ``output_set(folder, manifest)`` would fail to start: for commands
+    that compute long before they write (training)."""
+    _, _, staging = _start(Path(folder), manifest)
+    staging.rmdir()
+
+
+def _commit_into(folder: Path, writer: OutputSet, earlier: list[str]) -> None:
+    new = set(writer.names)
+    foreign = [n for n in writer.names if (folder / n).exists() and n not in earlier]
+    if foreign:
+        raise XAIExplainError(f"{folder} already holds {foreign[0]}, which no earlier run of this command wrote; "
+                              "choose a new or empty output folder")
+    if writer.manifest is not None and (folder / writer.manifest).exists():
+        (folder / writer.manifest).unlink()  # from here until the new manifest the earlier set is absent
+    for name in writer.names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(writer.staging / name, folder / name)
+    for name in earlier:
+        stale = folder / name
+        if name not in new and stale.is_file() and not stale.is_symlink():
+            stale.unlink()
+    if writer.manifest is not None:
+        os.replace(writer.staging / writer.manifest, folder / writer.manifest)
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Hold back catchable signals for the few renames of a commit (they arrive right after it)."""
+    try:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+    except (AttributeError, ValueError, OSError):  # no pthread_sigmask (Windows)
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread like SIGINT so that every clean-up runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(signum)
+
+
+def handle_termination_signals() -> None:
+    """Make SIGTERM and SIGHUP end the program through the same clean-up as Ctrl-C (command lines call it)."""
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _raise_terminated)
+
+
+def interrupted_exit_status(error: KeyboardInterrupt) -> int:
+    return 128 + (error.signum if isinstance(error, Terminated) else signal.SIGINT)
+
+
+def write_csv_rows(path, rows: list[dict]) -> None:
+    """``rows`` (dicts with the same keys) as a CSV file with a header line."""
+    import csv
+
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
+        writer.writeheader()
+        writer.writerows(rows)

@@ -1,0 +1,1 @@
+"""Models: the classifier and cycle-am architectures, and model bundles (safetensors + JSON)."""

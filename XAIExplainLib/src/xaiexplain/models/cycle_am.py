@@ -1,0 +1,183 @@
+"""Cycle-consistent activation maximization (paper 1, sections 2 and 3.2): the networks and the losses.
+
+Two U-Net generators G+ and G- are trained on the same image domain, G+ to make the frozen classifier
+say malignant, G- benign, each changing the image as little as possible and staying cycle-consistent
+(G-(G+(x)) ~ x); a discriminator per generator compares a real and a fake image patch by patch. The
+relevance is R = G+(x) - G-(x).
+
+Images are the classifier's inputs: one channel in [0, 1] (the bundle's HU window).
+"""
+from __future__ import annotations
+
+import torch
+from pytorch_msssim import ssim
+from torch import nn
+from torch.nn import functional
+
+PAPER_WIDTHS = (48, 96, 192, 384)
+CONVOLUTIONS_PER_STAGE = 3
+# Inputs are clamped this far inside [0, 1] before their logit is taken.
+LOGIT_EPSILON = 1e-4
+# SSIM's stabilising constants (paper: c1 = .01, c2 = .03) and a Gaussian window (sigma 1.5) that fits
+# 64 x 64 images at three scales (64, 32, 16 pixels).
+SSIM_K = (0.01, 0.03)
+SSIM_WINDOW = 7
+SSIM_SIGMA = 1.5
+# The first three of Wang et al.'s five scale weights, renormalised to sum to one.
+MS_SSIM_WEIGHTS = tuple(w / (0.0448 + 0.2856 + 0.3001) for w in (0.0448, 0.2856, 0.3001))
+
+
+def _stage(in_channels: int, width: int, stride: int) -> nn.Sequential:
+    """Three 3 x 3 convolutions, each followed by LeakyReLU and batch norm (paper 1, Fig. 4); the first
+    one strided when the stage goes down in resolution."""
+    layers = []
+    for n in range(CONVOLUTIONS_PER_STAGE):
+        layers += [nn.Conv2d(in_channels if n == 0 else width, width, 3, stride=stride if n == 0 else 1, padding=1),
+                   nn.LeakyReLU(0.2), nn.BatchNorm2d(width)]
+    return nn.Sequential(*layers)
+
+
+class Encoder(nn.Module):
+    """Stages 0..depth: full resolution, then halved by a strided convolution at each stage."""
+
+    def __init__(self, widths=PAPER_WIDTHS, in_channels: int = 1):
+        super().__init__()
+        stages, channels = [], in_channels
+        for n, width in enumerate(widths):
+            stages.append(_stage(channels, width, 1 if n == 0 else 2))
+            channels = width
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, x) -> list[torch.Tensor]:
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+
+class Generator(nn.Module):
+    """U-Net of depth 3 (stages 0-3), nearest-neighbour upsampling, skip connections.
+
+    The U-Net's output is added to the input in logit space and squashed back: G(x) = sigmoid(logit(x) +
+    U(x)). With the last convolution starting at zero every generator starts as the identity, which the
+    similarity and cycle losses want anyway, and generated images stay in the classifier's input range.
+    (The paper does not say how its generators end.)"""
+
+    def __init__(self, widths=PAPER_WIDTHS, in_channels: int = 1):
+        super().__init__()
+        self.encoder = Encoder(widths, in_channels)
+        self.decoder = nn.ModuleList(
+            _stage(widths[n + 1] + widths[n], widths[n], 1) for n in reversed(range(len(widths) - 1)))
+        self.output = nn.Conv2d(widths[0], in_channels, 1)
+        nn.init.zeros_(self.output.weight)
+        nn.init.zeros_(self.output.bias)
+
+    def forward(self, x):
+        skips = self.encoder(x)
+        y = skips[-1]
+        for stage, skip in zip(self.decoder, reversed(skips[:-1])):
+            y = stage(torch.cat([functional.interpolate(y, scale_factor=2, mode="nearest"), skip], dim=1))
+        return torch.sigmoid(torch.logit(x.clamp(LOGIT_EPSILON, 1 - LOGIT_EPSILON)) + self.output(y))
+
+
+class PairDiscriminator(nn.Module):
+    """The generator's encoder cut after stages 2 and 3 (two patch scales). A real and a fake image go
+    through it with shared weights; at each patch position the two feature vectors are concatenated, in
+    an order drawn at random per position, and a two-way softmax says which of the two is the real one.
+    The random order keeps a "real neuron" from emerging (paper 1, 2.3)."""
+
+    def __init__(self, widths=PAPER_WIDTHS, in_channels: int = 1, scales=(2, 3)):
+        super().__init__()
+        self.encoder = Encoder(widths[:max(scales) + 1], in_channels)
+        self.scales = scales
+        self.heads = nn.ModuleList(nn.Conv2d(2 * widths[s], 2, 1) for s in scales)
+
+    def forward(self, real, fake, generator: torch.Generator | None = None, fake_is_real: bool = False):
+        """Cross entropy of telling the real image from the fake one at every patch position of both
+        scales. With ``fake_is_real`` the labels are inverted: the generators' adversarial loss."""
+        features = self.encoder(torch.cat([real, fake]))
+        n = len(real)
+        losses = []
+        for s, head in zip(self.scales, self.heads):
+            real_features, fake_features = features[s][:n], features[s][n:]
+            fake_first = torch.rand(n, 1, *real_features.shape[2:], generator=generator).to(real.device) < 0.5
+            pair = torch.cat([torch.where(fake_first, fake_features, real_features),
+                              torch.where(fake_first, real_features, fake_features)], dim=1)
+            logits = head(pair).float()
+            real_slot = fake_first[:, 0].long()  # class 0: the first vector is the real image's, 1: the second
+            target = 1 - real_slot if fake_is_real else real_slot
+            losses.append(functional.cross_entropy(logits, target))
+        return torch.stack(losses).mean()
+
+
+def dssim(x, y) -> torch.Tensor:
+    """Structural dissimilarity (1 - SSIM) / 2 of images in [0, 1]: 0 for identical images.
+
+    Paper 1's eq. 1 prints the 2 inside the SSIM fraction, which would make DSSIM(x, x) = 1/2; the usual
+    (1 - SSIM) / 2 is meant."""
+    return (1 - ssim(x.float(), y.float(), data_range=1.0, win_size=SSIM_WINDOW, win_sigma=SSIM_SIGMA, K=SSIM_K)) / 2
+
+
+def ssim_per_image(x, y) -> torch.Tensor:
+    """SSIM of each pair of images in [0, 1] (N,), with the losses' window and constants."""
+    return ssim(x.float(), y.float(), data_range=1.0, win_size=SSIM_WINDOW, win_sigma=SSIM_SIGMA, K=SSIM_K,
+                size_average=False)
+
+
+def ssim_and_contrast_structure(x, y) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image and channel (N, C): SSIM and its contrast-structure term, with the losses' Gaussian window
+    (valid convolution, as pytorch-msssim computes them) and constants, for images in [0, 1]."""
+    coordinates = torch.arange(SSIM_WINDOW, dtype=x.dtype, device=x.device) - SSIM_WINDOW // 2
+    gauss = torch.exp(-coordinates ** 2 / (2 * SSIM_SIGMA ** 2))
+    gauss = gauss / gauss.sum()
+    window = (gauss[:, None] * gauss[None, :]).expand(x.shape[1], 1, SSIM_WINDOW, SSIM_WINDOW)
+
+    def local_mean(image):
+        return functional.conv2d(image, window, groups=x.shape[1])
+
+    c1, c2 = SSIM_K[0] ** 2, SSIM_K[1] ** 2  # data range 1
+    mean_x, mean_y = local_mean(x), local_mean(y)
+    variance_x = local_mean(x * x) - mean_x ** 2
+    variance_y = local_mean(y * y) - mean_y ** 2
+    covariance = local_mean(x * y) - mean_x * mean_y
+    contrast_structure = (2 * covariance + c2) / (variance_x + variance_y + c2)
+    luminance = (2 * mean_x * mean_y + c1) / (mean_x ** 2 + mean_y ** 2 + c1)
+    return (luminance * contrast_structure).flatten(2).mean(-1), contrast_structure.flatten(2).mean(-1)
+
+
+def ms_ssim_three_scales(x, y) -> torch.Tensor:
+    """MS-SSIM (Wang et al. 2003) over three scales: pytorch-msssim's ``ms_ssim`` refuses images smaller
+    than (window - 1) * 16 pixels because it assumes five scales; this is the same product of
+    contrast-structure terms and a last-scale SSIM at the three scales a 64 x 64 image has room for."""
+    x, y = x.float(), y.float()
+    terms = []
+    for level in range(len(MS_SSIM_WEIGHTS)):
+        ssim_per_channel, contrast_structure = ssim_and_contrast_structure(x, y)
+        if level < len(MS_SSIM_WEIGHTS) - 1:
+            terms.append(torch.relu(contrast_structure))
+            x, y = functional.avg_pool2d(x, 2), functional.avg_pool2d(y, 2)
+    terms.append(torch.relu(ssim_per_channel))
+    weights = x.new_tensor(MS_SSIM_WEIGHTS).view(-1, 1, 1)
+    return torch.prod(torch.stack(terms) ** weights, dim=0).mean()
+
+
+def ms_dssim(x, y) -> torch.Tensor:
+    """Multi-scale DSSIM (1 - MS-SSIM) / 2 at three scales."""
+    return (1 - ms_ssim_three_scales(x, y)) / 2
+
+
+def cycle_loss(x, reconstructed) -> torch.Tensor:
+    """Eq. 2: (L1 + MS-DSSIM) / 2."""
+    return (functional.l1_loss(reconstructed.float(), x.float()) + ms_dssim(x, reconstructed)) / 2
+
+
+def similarity_loss(x, generated) -> torch.Tensor:
+    """The similarity loss: DSSIM between an image and its generated version."""
+    return dssim(x, generated)
+
+
+def activation_maximization_loss(classifier: nn.Module, generated, target_class: int) -> torch.Tensor:
+    """Cross entropy of the frozen classifier's output towards the generator's class (no image labels)."""
+    logits = classifier(generated).float()
+    return functional.cross_entropy(logits, torch.full((len(generated),), target_class, device=logits.device))

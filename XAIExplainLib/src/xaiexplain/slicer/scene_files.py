@@ -1,0 +1,118 @@
+"""Scenes as files: saving a scene with its data (one output set, file names relative to the scene),
+loading it back, and the batch's explanation of a DICOM series folder into a saved scene."""
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+from xaiexplain.errors import XAIExplainError
+from xaiexplain.io.files import check_output_folder, output_set, safe_name
+from xaiexplain.slicer.conversion import SERIES_UID, add_volume_node, lps_to_ras, slicer_module
+from xaiexplain.slicer.display import explain_volume_node, nodes_of_class
+
+
+def save_scene(scene, folder, summary: dict | None = None, manifest: str = "nodules.json") -> Path:
+    """Write every storable node of the scene beside a ``scene.mrml`` in ``folder``, as one output set with
+    ``manifest`` (``summary``, JSON) written last: volumes as NRRD, segmentations as .seg.nrrd, tables as
+    TSV, point lists as JSON. The scene refers to its files relative to its own folder, so the folder can be
+    moved; an existing folder keeps every file that no earlier scene of this kind wrote."""
+    folder = Path(folder).absolute()
+    with output_set(folder, manifest) as written:
+        used, stored = set(), []
+        for node in nodes_of_class(scene, "vtkMRMLStorableNode"):
+            if node.GetHideFromEditors() and not node.IsA("vtkMRMLColorTableNode"):
+                continue
+            if node.IsA("vtkMRMLColorTableNode") and node.GetType() != node.User:
+                continue  # built-in tables are not files
+            storage = node.GetStorageNode()
+            if storage is None:
+                storage = node.CreateDefaultStorageNode()
+                if storage is None and node.IsA("vtkMRMLMarkupsNode"):
+                    # needs Slicer's markups logic in the application; the storage class itself is in MRML
+                    storage = slicer_module().vtkMRMLMarkupsJsonStorageNode()
+                if storage is None:
+                    continue
+                scene.AddNode(storage)
+                node.SetAndObserveStorageNodeID(storage.GetID())
+            stem = safe_name(node.GetName(), fallback=safe_name(node.GetID()))
+            while stem in used:
+                stem += "_"
+            used.add(stem)
+            name = f"{stem}.{storage.GetDefaultWriteFileExtension()}"
+            storage.SetFileName(str(written.path(name)))
+            if not storage.WriteData(node):
+                raise XAIExplainError(f"could not write {node.GetName()!r} into {folder}")
+            stored.append((storage, name))
+        # Commit writes each file name relative to the folder of the scene file it writes: while the files
+        # are staged beside it, that is just the name, so the folder can be moved
+        scene.SetRootDirectory(str(written.staging))
+        if not scene.Commit(str(written.path("scene.mrml"))):
+            raise XAIExplainError(f"could not write the scene into {folder}")
+        written.manifest_data = summary or {}
+    for storage, name in stored:  # the scene in memory now refers to the files where they are
+        storage.SetFileName(str(folder / name))
+    scene.SetRootDirectory(str(folder))
+    scene.SetURL(str(folder / "scene.mrml"))
+    return folder / "scene.mrml"
+
+
+def load_scene(path, scene=None):
+    """Read a scene file into ``scene`` (a new vtkMRMLScene by default), its nodes' data included."""
+    slicer = slicer_module()
+    scene = scene if scene is not None else slicer.vtkMRMLScene()
+    if scene.GetTagByClassName("vtkMRMLMarkupsJsonStorageNode") is None:
+        # Slicer's markups module registers it at start-up; a bare slicer-core scene has not
+        scene.RegisterNodeClass(slicer.vtkMRMLMarkupsJsonStorageNode())
+    scene.SetURL(str(path))
+    if not scene.Connect():
+        raise XAIExplainError(f"{path} could not be read as an MRML scene")
+    return scene
+
+
+def series_output_name(patient_id: str, series_instance_uid: str) -> str:
+    """The batch's folder name for a series: safe, and unique and deterministic through the full
+    SeriesInstanceUID (a UID that is not a plain DICOM UID is replaced by its hash), never run order."""
+    uid = series_instance_uid or ""
+    if not re.fullmatch(r"[0-9]+(\.[0-9]+)*", uid) or len(uid) > 64:
+        uid = "uid-" + hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return f"{safe_name(patient_id, fallback='series')}_{uid}"
+
+
+def explain_series_folder(series_folder, out_root, methods, points_lps=None, bundle=None, cycle_am=None,
+                          device: str = "cpu", series_instance_uid: str | None = None, progress=None,
+                          allow_gaps: bool = False, written_by_this_run: dict | None = None) -> Path:
+    """Read a DICOM series, explain it in a new scene and save that scene with its NRRD files and
+    ``nodules.json`` into ``out_root/<patient>_<SeriesInstanceUID>`` (one output set: whole or absent).
+    ``points_lps``: nodule locations in LPS mm, as the ``xaiexplain`` command line takes them; None for the
+    LIDC annotations. ``written_by_this_run`` (folder name -> series folder) makes a batch refuse a second
+    series that would write the same folder. Returns the scene file."""
+    from xaiexplain import __version__
+    from xaiexplain.data.series import read_series
+
+    slicer = slicer_module()
+    ct = read_series(series_folder, series_instance_uid, allow_gaps=allow_gaps)
+    name = series_output_name(ct.patient_id, ct.series_instance_uid)
+    if written_by_this_run is not None:
+        if name in written_by_this_run:
+            raise XAIExplainError(f"it is the same series (PatientID and SeriesInstanceUID) as "
+                                  f"{written_by_this_run[name]}, already written to {name}")
+        written_by_this_run[name] = str(series_folder)
+    out = Path(out_root) / name
+    check_output_folder(out, "nodules.json")
+    scene = slicer.vtkMRMLScene()
+    selection = slicer.vtkMRMLSelectionNode()  # every Slicer scene has one; markups look up units in it
+    selection.SetSingletonTag("Singleton")
+    scene.AddNode(selection)
+    volume = add_volume_node(ct.image, ct.patient_id or "CT", scene)
+    volume.SetAttribute(SERIES_UID, ct.series_instance_uid)
+    display = volume.GetDisplayNode()
+    display.AutoWindowLevelOff()
+    display.SetWindowLevel(1500.0, -550.0)  # lung window
+    points = "lidc" if points_lps is None else [lps_to_ras(p) for p in points_lps]
+    result = explain_volume_node(volume, points, methods, bundle, scene, cycle_am, device, progress=progress)
+    return save_scene(scene, out, {
+        "series_folder": str(series_folder), "patient_id": ct.patient_id,
+        "series_instance_uid": ct.series_instance_uid, "methods": list(result.relevance),
+        "library_version": __version__, "scene": "scene.mrml", "slice_gaps_mm": [list(g) for g in ct.gaps],
+        "nodules": result.output.series.nodules})
