@@ -14,6 +14,13 @@ def test_quick_benchmark_measures_every_method(tmp_path):
     summary = json.loads((out / "benchmark.json").read_text())
     assert list(summary["methods"]) == all_methods() and len(all_methods()) == 18
     assert summary["patches"] == 8 and summary["forward_backward_seconds"] > 0
+    # base methods and their iterative variants side by side, measured on the same patches: those called malignant
+    assert all_methods()[:2] == ["saliency", "iterative:saliency"]
+    called = summary["methods"]["saliency"]["measured_patches"]
+    assert len(called) == summary["decided_malignant"]
+    assert all(entry["measured_patches"] == called for entry in summary["methods"].values())
+    for method in ("iterative:saliency", "iterative:grad-cam", "iterative:lrp"):
+        assert summary["methods"][method]["iterations_mean"] >= 1 and summary["methods"][method]["mask_fraction_median"] <= 0.25
     for method, entry in summary["methods"].items():
         nodule = entry["nodule"]
         if entry["patches_with_evidence"]:

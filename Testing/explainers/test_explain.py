@@ -12,7 +12,7 @@ from xaiexplain.data.sources.phantom_patches import render_patch_set
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.explainers import iterative, registry
 
-CAPTUM_METHODS = [m for m in registry.base_methods() if "generators" not in registry.get(m).needs]
+CLASSIFIER_ONLY_METHODS = [m for m in registry.base_methods() if "generators" not in registry.get(m).needs]
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +30,12 @@ def held_out(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def maps(bundle, held_out):
-    return {method: xaiexplain.explain(bundle, held_out["images"], method) for method in CAPTUM_METHODS}
+    return {method: xaiexplain.explain(bundle, held_out["images"], method) for method in CLASSIFIER_ONLY_METHODS}
 
 
 def test_every_method_gives_finite_deterministic_maps_of_the_input_shape(bundle, held_out, maps):
     images = held_out["images"][:5]
-    for method in CAPTUM_METHODS:
+    for method in CLASSIFIER_ONLY_METHODS:
         first = maps[method][:5]
         assert first.shape == images.shape and first.dtype == np.float32, method
         assert np.isfinite(first).all(), method
@@ -53,7 +53,8 @@ def test_pointing_game_beats_chance(bundle, held_out, maps):
     chance = masks.mean()
     assert chance < 0.15
     for method, values in maps.items():
-        evidence = np.where(predicted_malignant[:, None, None], values, -values)
+        kind = registry.get(method).map_kind
+        evidence = np.stack([kind.for_decision(v, bool(m)) for v, m in zip(values, predicted_malignant)])
         hits = np.mean([mask.ravel()[np.argmax(e)] for mask, e in zip(masks, evidence)])
         assert hits >= max(3 * chance, chance + 0.2), (method, hits, chance)
 
@@ -153,3 +154,20 @@ def test_loop_with_a_made_up_classifier_stops_exactly_when_told():
     result = iterative.augment_evidence(images, attribute, predict, threshold=0.5, max_iterations=6)
     assert result.iterations.tolist() == [3, 5]
 
+
+
+@pytest.mark.parametrize("method", ["saliency", "grad-cam", "lrp"])
+def test_algorithm_1_works_on_non_negative_evidence_for_the_decision(bundle, held_out, method):
+    """M_t is the map reduced to evidence for the positive decision (positive part of evidence, magnitude
+    of a sensitivity), so Otsu binarizes what speaks for malignant: small masks, not half the patch."""
+    images = held_out["images"][:24]
+    augmented, result = xaiexplain.explain(bundle, images, "iterative:" + method, return_details=True)
+    passes = [p for image_passes in result.passes for p in image_passes]
+    assert passes, method
+    assert all((p.relevance >= 0).all() for p in passes), method
+    mask_fraction = np.median([p.mask.mean() for p in passes])
+    print(f"iterative:{method}: median mask {100 * mask_fraction:.1f} % of the patch over {len(passes)} passes")
+    assert mask_fraction <= 0.25, (method, mask_fraction)
+    for n, image_passes in enumerate(result.passes):
+        expected = sum((np.exp(-iterative.DECAY * p.t) * p.relevance for p in image_passes), np.zeros((64, 64)))
+        np.testing.assert_allclose(augmented[n], expected, rtol=1e-5, atol=1e-7)

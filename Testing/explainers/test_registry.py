@@ -80,3 +80,25 @@ def test_grad_cam_layers_by_module_path():
     assert not np.array_equal(by_name, xaiexplain.explain(bundle, patches, "grad-cam", layer="features.5"))
     with pytest.raises(XAIExplainError, match="unknown layer 'features.99'"):
         xaiexplain.explain(bundle, patches, "grad-cam", layer="features.99")
+
+
+def test_the_readme_method_table_is_the_registry():
+    from helpers import REPOSITORY
+
+    assert registry.methods_table() in (REPOSITORY / "README.md").read_text()
+
+
+def test_labels_and_drawing_follow_the_kind():
+    from xaiexplain.explainers.labels import label_image
+
+    relevance = np.zeros((8, 8), np.float32)
+    relevance[1, 1], relevance[1, 2], relevance[6, 6], relevance[6, 7] = 5.0, 4.0, -5.0, -4.0
+    evidence = label_image(relevance, registry.KINDS["evidence"])
+    assert evidence[1, 1] == 1 and evidence[6, 6] == 2
+    sensitivity = label_image(np.abs(relevance), registry.KINDS["sensitivity"])
+    assert set(np.unique(sensitivity)) == {0, 1} and sensitivity[6, 6] == 1
+    assert registry.KINDS["sensitivity"].labels == {"relevant to the decision": 1}
+    bundle = xaiexplain.load_bundle()
+    patches = np.random.default_rng(1).uniform(-900, 100, (2, 64, 64)).astype(np.float32)
+    for method in ("saliency", "guided-backprop", "guided-grad-cam"):
+        assert (xaiexplain.explain(bundle, patches, method) >= 0).all(), method  # unsigned

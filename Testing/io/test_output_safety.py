@@ -269,8 +269,10 @@ def test_a_series_with_missing_slices_is_refused_unless_allowed(tmp_path):
 
 def _explain_process(series, out, *methods, extra=()):
     arguments = [a for m in methods for a in ("--method", m)] + list(extra)
+    # SIGINT as a terminal delivers it: a test run started in the background inherits it ignored
     return subprocess.Popen([sys.executable, "-m", "xaiexplain.apps.cli", "explain", "--series", str(series), "--point",
-                             CENTRE, *arguments, "--out", str(out)], stderr=subprocess.PIPE, text=True)
+                             CENTRE, *arguments, "--out", str(out)], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_staged_file(folder: Path, process, timeout=120.0) -> None:

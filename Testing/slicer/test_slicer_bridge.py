@@ -19,6 +19,7 @@ from helpers import REPOSITORY  # noqa: E402
 from xaiexplain.data import lidc, series  # noqa: E402
 from xaiexplain.data.sources.phantom_series import write_phantom_series  # noqa: E402
 from xaiexplain.errors import XAIExplainError  # noqa: E402
+from xaiexplain.explainers import registry  # noqa: E402
 
 MODULE = REPOSITORY / "XAIExplain"
 ARTIFACTS = Path(os.environ.get("XAIEXPLAIN_TEST_ARTIFACTS", REPOSITORY / "out" / "test-artifacts"))
@@ -158,7 +159,7 @@ def test_explain_volume_node_creates_the_nodes_with_their_display(explained, pha
         np.testing.assert_allclose(xs.ijk_to_ras(node), xs.ijk_to_ras(volume), atol=1e-9)
         segmentation = result.evidence[method].GetSegmentation()
         names = [segmentation.GetNthSegment(n).GetName() for n in range(segmentation.GetNumberOfSegments())]
-        assert names == ["malignant evidence", "benign evidence"]
+        assert names == list(registry.get(method).map_kind.labels)  # the segments follow the method's kind
     assert result.evidence["grad-cam"].GetDisplayNode().GetVisibility()
     assert not result.evidence["cycle-am"].GetDisplayNode().GetVisibility()
     assert set(result.counterfactuals) == {"malignant", "benign"}

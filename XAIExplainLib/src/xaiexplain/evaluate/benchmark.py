@@ -41,6 +41,7 @@ from xaiexplain.evaluate.cost import (
 )
 from xaiexplain.explainers import registry
 from xaiexplain.explainers.counterfactuals import DEFAULT_CYCLE_AM, Counterfactuals
+from xaiexplain.explainers.iterative import IterativeResult
 from xaiexplain.explainers.on_patches import explain
 from xaiexplain.io.files import output_set
 from xaiexplain.models.architectures import build
@@ -55,8 +56,8 @@ SERIES_TARGET_SECONDS = 5.0
 
 
 def all_methods() -> list[str]:
-    """The benchmark's rows: every method of the registry."""
-    return registry.available_methods()
+    """The benchmark's rows: every method of the registry, each beside its ``iterative:`` variant."""
+    return [name for base in registry.base_methods() for name in (base, registry.ITERATIVE_PREFIX + base)]
 
 
 def cost_targets() -> tuple[dict, dict]:
@@ -113,11 +114,18 @@ def measure_method(method: str, bundle: Bundle, data: dict, decisions: np.ndarra
     explain(bundle, images[:1], method, **options)  # warm-up: imports and first-call set-up are not its cost
     (maps, details), seconds, memory = timed(lambda: explain(bundle, images, method, return_details=True, **options),
                                               FAST_METHOD_REPEATS, REPEAT_BELOW_SECONDS)
-    evidence = localization.evidence_for_decision(maps, decisions)
+    # every measure on the same patches for every method: those called malignant (iterative methods augment
+    # the evidence for the positive decision only), on the map reduced to that evidence as Algorithm 1 sees it
+    called_malignant = np.flatnonzero(decisions)
+    evidence = registry.get(method).map_kind.positive_evidence(maps)
     entry = {"seconds_per_patch": seconds / len(images), "ratio_to_forward_backward": seconds / reference_seconds,
-             "peak_memory_mb": memory}
-    explained = [n for n in range(len(images)) if (evidence[n] > 0).any()]
+             "peak_memory_mb": memory, "measured_patches": called_malignant.tolist()}
+    explained = [n for n in called_malignant if (evidence[n] > 0).any()]
     entry["patches_with_evidence"] = len(explained)
+    if isinstance(details, IterativeResult):
+        passes = [p for n in called_malignant for p in details.passes[n]]
+        entry["iterations_mean"] = float(details.iterations[called_malignant].mean()) if called_malignant.size else None
+        entry["mask_fraction_median"] = float(np.median([p.mask.mean() for p in passes])) if passes else None
     for mask_name in ("nodule_mask", "spicule_mask", "calcification_mask"):
         masks = data[mask_name]
         with_mask = [n for n in explained if masks[n].any()]
@@ -129,9 +137,6 @@ def measure_method(method: str, bundle: Bundle, data: dict, decisions: np.ndarra
             "mass_accuracy": _mean([localization.relevance_mass_accuracy(evidence[n], masks[n]) for n in with_mask]),
             "rank_accuracy": _mean([localization.relevance_rank_accuracy(evidence[n], masks[n]) for n in with_mask]),
         }
-    # faithfulness on the same patches for every method: those called malignant (iterative methods
-    # augment malignant evidence only, so they leave benign decisions without a map)
-    called_malignant = np.flatnonzero(decisions)
     if called_malignant.size:
         curves = faithfulness.deletion_insertion(images[called_malignant], evidence[called_malignant], bundle.predict)
         entry.update({"faithfulness_patches": int(called_malignant.size),
@@ -221,9 +226,9 @@ def _format(value, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-TABLE_HEADER = ("method", "explained", "pointing", "mass acc.", "rank acc.", "spicule mass", "calcification mass",
-                "deletion AUC (lower)", "insertion AUC (higher)", "randomization rho (lower)", "ms / patch",
-                "x fwd+bwd", "peak MB added")
+TABLE_HEADER = ("method", "explained", "passes", "mask / pass", "pointing", "mass acc.", "rank acc.", "spicule mass",
+                "calcification mass", "deletion AUC (lower)", "insertion AUC (higher)", "randomization rho (lower)",
+                "ms / patch", "x fwd+bwd", "peak MB added")
 
 
 def table_rows(summary: dict) -> list[list[str]]:
@@ -234,7 +239,10 @@ def table_rows(summary: dict) -> list[list[str]]:
         randomization = _format(entry["randomization_spearman"], 2)
         if entry["randomization_spearman"] is None and entry["randomized_maps_empty"] == summary["randomization_patches"]:
             randomization = "no map"
-        rows.append([method, f"{entry['patches_with_evidence']}/{summary['patches']}", _format(nodule["pointing_game"], 2), _format(nodule["mass_accuracy"]),
+        passes = _format(entry.get("iterations_mean"), 1) if "iterations_mean" in entry else ""
+        mask = f"{100 * entry['mask_fraction_median']:.1f} %" if entry.get("mask_fraction_median") is not None else ""
+        rows.append([method, f"{entry['patches_with_evidence']}/{len(entry['measured_patches'])}", passes, mask,
+                     _format(nodule["pointing_game"], 2), _format(nodule["mass_accuracy"]),
                      _format(nodule["rank_accuracy"]), _format(entry["spicule"]["mass_accuracy"]),
                      _format(entry["calcification"]["mass_accuracy"]), _format(entry.get("deletion_auc")),
                      _format(entry.get("insertion_auc")), randomization,
@@ -253,10 +261,13 @@ def markdown_report(summary: dict) -> str:
     lines = [f"# Explanation benchmark ({'quick' if summary['quick'] else 'full'})", "",
              f"{summary['patches']} held-out phantom nodules (one patch each: {summary['labels']['malignant']} "
              f"malignant, {summary['labels']['benign']} benign by the LIDC readers; the classifier calls "
-             f"{summary['decided_malignant']} malignant at threshold {summary['threshold']:.3f}). Localization uses "
-             f"the evidence for the decision on the patches where a method gives any (*explained*), pointing with a "
-             f"{summary['pointing_tolerance_px']} px tolerance; faithfulness (RISE, pixels replaced by the patch's "
-             f"lung parenchyma) uses the {summary['decided_malignant']} patches called malignant for every method; "
+             f"{summary['decided_malignant']} malignant at threshold {summary['threshold']:.3f}). Every method, and its "
+             f"iterative: variant beside it, is measured on the same {summary['decided_malignant']} patches called "
+             f"malignant, on its map reduced to evidence for that decision (the positive part of evidence, the "
+             f"magnitude of a sensitivity or change), as Algorithm 1 works on it: localization where a method "
+             f"gives any (*explained*), pointing with a {summary['pointing_tolerance_px']} px tolerance; "
+             f"faithfulness by RISE (pixels replaced by the patch's lung parenchyma). *passes*: mean passes of "
+             f"Algorithm 1; *mask / pass*: median share of the patch inpainted per pass; "
              f"randomization compares maps on {summary['randomization_patches']} patches (*no map*: the "
              f"randomized classifier calls none of them malignant, so an iterative method has nothing to augment). "
              f"Peak MB added: resident memory above what the process already held. One forward+backward pass "

@@ -1,5 +1,5 @@
 """The attribution methods computed through captum (the registry, ``xaiexplain.explainers.registry``, names
-them and says what each map means).
+them and says what each map means). LRP and deep Taylor are in ``lrp.py``: captum's rules do not fit them.
 
 Every method explains the same scalar: the malignant minus the benign logit of the classifier. So every
 map is signed alike: > 0 speaks for malignant, < 0 for benign. The network is copied into a one-output
@@ -119,24 +119,6 @@ def deep_shap(x, context):
 
     baselines = torch.stack([torch.full_like(x[0], context.baseline_value(hu)) for hu in SHAP_BASELINES_HU])
     return DeepLiftShap(context.model()).attribute(x, baselines=baselines, target=0)
-
-
-def lrp(x, context, rule=None):
-    from captum.attr import LRP
-
-    model = context.model()
-    if rule is not None:
-        for layer in model.modules():
-            if isinstance(layer, (nn.Conv2d, nn.Linear)):
-                layer.rule = rule()
-    return LRP(model).attribute(x, target=0)
-
-
-def deep_taylor(x, context):
-    from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule
-
-    # deep Taylor decomposition for ReLU networks is LRP with the z+ (alpha 1, beta 0) rule
-    return lrp(x, context, rule=Alpha1_Beta0_Rule)
 
 
 def attribute(method: Callable, x: torch.Tensor, context: AttributionContext, batch_size: int = 256) -> np.ndarray:

@@ -1,18 +1,18 @@
-"""Label images of relevance maps: the pixels that speak most for each side, by Otsu's threshold."""
+"""Label images of relevance maps: for each side of a map's kind (malignant / benign evidence, brighter /
+darker in the malignant version, or the one side of an unsigned sensitivity), the pixels at or above Otsu's
+threshold of that side's values."""
 from __future__ import annotations
 
 import numpy as np
 from skimage.filters import threshold_otsu
 
-from xaiexplain.explainers.registry import EVIDENCE_LABELS
+from xaiexplain.explainers.registry import KINDS, Kind
 
 
-def evidence_labels(relevance: np.ndarray, values=EVIDENCE_LABELS) -> np.ndarray:
-    """uint8 label map: ``values["malignant evidence"]`` (1) where the relevance is at or above Otsu's
-    threshold of the positive values, ``values["benign evidence"]`` (2) likewise for the negative values,
-    0 elsewhere."""
+def label_image(relevance: np.ndarray, kind: Kind = KINDS["evidence"]) -> np.ndarray:
+    """uint8 labels of ``relevance`` by ``kind.sides``; 0 where no side is strong."""
     labels = np.zeros(relevance.shape, np.uint8)
-    for value, sign in ((values["malignant evidence"], 1.0), (values["benign evidence"], -1.0)):
+    for _, value, sign in kind.sides:
         side = sign * relevance
         positive = side[side > 0]
         if positive.size > 1 and np.ptp(positive) > 0:

@@ -34,8 +34,8 @@ def explain(bundle, patches_hu: np.ndarray, method: str, return_details: bool = 
     Returns
     -------
     maps : array (N, H, W) float32
-        In the meaning of the method's kind (``registry.get(method).kind``): for evidence maps > 0 speaks
-        for malignant.
+        In the meaning of the method's kind (``registry.get(method).kind``): evidence > 0 speaks for
+        malignant, < 0 for benign; a sensitivity is unsigned; cycle-am's change is G+(x) - G-(x) in HU.
     details : object, only with ``return_details``
 
     Examples
@@ -56,6 +56,7 @@ def explain(bundle, patches_hu: np.ndarray, method: str, return_details: bool = 
     if not np.isfinite(patches_hu).all():
         raise XAIExplainError("the patches hold NaN or infinite values")
     maps, details = record.compute(bundle, patches_hu, settings)
+    maps = record.map_kind.present(maps)  # e.g. a sensitivity's magnitude
     return (maps, details) if return_details else maps
 
 

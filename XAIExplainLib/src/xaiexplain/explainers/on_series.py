@@ -13,7 +13,7 @@ from xaiexplain.data.series import CTSeries
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.explainers import iterative, registry
 from xaiexplain.explainers.counterfactuals import Counterfactuals
-from xaiexplain.explainers.labels import evidence_labels
+from xaiexplain.explainers.labels import label_image
 from xaiexplain.explainers.on_patches import explain, split_options
 from xaiexplain.models.bundles import load_bundle
 
@@ -113,14 +113,14 @@ def explain_series(image, points, bundle=None, methods=("saliency",), progress=N
         per_method_maps[method] = per_nodule
         volume = backproject(stacks, per_nodule, sitk_image)
         relevance[method] = volume
-        label_image = sitk.GetImageFromArray(evidence_labels(sitk.GetArrayViewFromImage(volume),
-                                                             registry.get(method).map_kind.labels))
-        label_image.CopyInformation(sitk_image)
-        labels[method] = label_image
+        method_labels = sitk.GetImageFromArray(label_image(sitk.GetArrayViewFromImage(volume),
+                                                           registry.get(method).map_kind))
+        method_labels.CopyInformation(sitk_image)
+        labels[method] = method_labels
         for n, row in enumerate(nodules):
             nodule_maps = per_nodule[n]
-            # the peak of the evidence for the decision: most malignant or most benign relevance
-            evidence = nodule_maps if row["decision"] == "malignant" else -nodule_maps
+            # the peak of what speaks for the decision
+            evidence = registry.get(method).map_kind.for_decision(nodule_maps, row["decision"] == "malignant")
             peak = np.unravel_index(np.argmax(evidence), nodule_maps.shape)
             stack = stacks[n]
             middle = (stack.size - 1) / 2

@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from xaiexplain.errors import XAIExplainError
-from xaiexplain.explainers import captum_methods, iterative
+from xaiexplain.explainers import captum_methods, iterative, lrp
 from xaiexplain.explainers.counterfactuals import DEFAULT_CYCLE_AM, counterfactuals
 
 ITERATIVE_PREFIX = "iterative:"
@@ -35,20 +35,46 @@ PAPER_2 = ("C. Gonzalez-Gonzalo et al., Iterative augmentation of visual evidenc
 
 @dataclass(frozen=True)
 class Kind:
-    """How the maps of a kind are labelled and drawn."""
+    """How the maps of a kind are presented, labelled and drawn, and reduced to evidence for the positive
+    decision."""
 
     name: str
     meaning: str
-    labels: Mapping[str, int]  # label image values
-    colour_map: str  # "diverging": blue benign / low, red malignant / high
+    sides: tuple[tuple[str, int, float], ...]  # (label name, label value, sign of the map values it marks)
+    colour_map: str  # "diverging" (blue < 0 < red) or "sequential" (transparent 0 .. green high)
+    present: Callable[[np.ndarray], np.ndarray]  # the method's raw map -> the map a user gets
+    # M_t of Algorithm 1 (paper 2): the map reduced to non-negative evidence for the positive (malignant)
+    # decision, what inpainting should remove. The paper does not say how a signed map is binarized; this
+    # reduction is ours: the positive part of evidence, the magnitude of a sensitivity (as Simonyan et al.
+    # draw saliency) or of cycle-am's change.
+    positive_evidence: Callable[[np.ndarray], np.ndarray]
+
+    @property
+    def labels(self) -> dict[str, int]:
+        """Label name -> value in the label images."""
+        return {name: value for name, value, _ in self.sides}
+
+    def for_decision(self, maps: np.ndarray, malignant: bool) -> np.ndarray:
+        """What speaks for the decision: the evidence of the decided class's side, or for a kind without
+        class sides the map reduced as Algorithm 1 sees it."""
+        if self.name == "evidence":
+            return np.maximum(maps if malignant else -maps, 0.0)
+        return self.positive_evidence(maps)
 
 
-EVIDENCE_LABELS = MappingProxyType({"malignant evidence": 1, "benign evidence": 2})
+def _unchanged(maps):
+    return maps
+
+
 KINDS = {kind.name: kind for kind in (
-    Kind("evidence", "signed evidence: > 0 for malignant, < 0 for benign", EVIDENCE_LABELS, "diverging"),
-    Kind("sensitivity", "how strongly the decision reacts to each pixel", EVIDENCE_LABELS, "diverging"),
+    Kind("evidence", "signed evidence: > 0 speaks for malignant, < 0 for benign",
+         (("malignant evidence", 1, 1.0), ("benign evidence", 2, -1.0)), "diverging", _unchanged,
+         lambda maps: np.maximum(maps, 0.0)),
+    Kind("sensitivity", "unsigned: how strongly the decision reacts to each pixel, for no class in particular",
+         (("relevant to the decision", 1, 1.0),), "sequential", np.abs, np.abs),
     Kind("change", "G+(x) - G-(x) in HU: brighter (> 0) or darker (< 0) in the malignant version",
-         EVIDENCE_LABELS, "diverging"),
+         (("brighter in the malignant version", 1, 1.0), ("darker in the malignant version", 2, -1.0)),
+         "diverging", _unchanged, np.abs),
 )}
 
 
@@ -141,15 +167,42 @@ def method_file_name(name: str) -> str:
     return get(name).file_name
 
 
+def methods_table() -> str:
+    """The README's table of methods, in Markdown, from the records."""
+    rows = ["| method | kind: what the map means | how it is drawn and labelled | definition and reference |",
+            "|---|---|---|---|"]
+    for name in [*base_methods(), ITERATIVE_PREFIX + "<method>"]:
+        record = get(ITERATIVE_PREFIX + base_methods()[0]) if name.endswith("<method>") else get(name)
+        kind = record.map_kind
+        if name.endswith("<method>"):
+            rows.append(f"| `{name}` | the kind of `<method>` | as `<method>` | {PAPER_2}: Otsu on the method's map "
+                        "reduced to non-negative evidence for the malignant decision (positive part of evidence, "
+                        "magnitude of a sensitivity or change; our reduction, the paper does not state one), "
+                        "Navier-Stokes inpainting, sum_t exp(-alpha t) M_t |")
+            continue
+        colours = "red > 0, blue < 0" if kind.colour_map == "diverging" else "green, stronger with magnitude"
+        labels = ", ".join(f"{value} {label}" for label, value, _ in kind.sides)
+        rows.append(f"| `{name}` | {kind.name}: {kind.meaning} | {colours}; labels {labels} | {record.summary}; "
+                    f"{record.reference} |")
+    return "\n".join(rows) + "\n"
+
+
 # -- the built-in methods ---------------------------------------------------------------------------------
 
-def _captum(function) -> Callable:
-    """A captum method of ``captum_methods`` as a registry ``compute``."""
+def _captum(function, images_per_call: int = 256) -> Callable:
+    """A captum method of ``captum_methods`` as a registry ``compute``, ``images_per_call`` images at a time."""
     def compute(bundle, patches_hu, options):
         low, high = bundle.input_spec["hu_window"]
         context = captum_methods.AttributionContext(
             bundle.model, lambda hu: float(np.clip((hu - low) / (high - low), 0, 1)), options)
-        return captum_methods.attribute(function, bundle.to_tensor(patches_hu), context), None
+        return captum_methods.attribute(function, bundle.to_tensor(patches_hu), context, images_per_call), None
+    return compute
+
+
+def _lrp(rules: str) -> Callable:
+    def compute(bundle, patches_hu, options):
+        relevance, _ = lrp.relevance(bundle.model, bundle.to_tensor(patches_hu), rules)
+        return relevance[:, 0].cpu().numpy().astype(np.float32), None
     return compute
 
 
@@ -163,11 +216,14 @@ ITERATIVE_DEFAULTS = MappingProxyType({"max_iterations": iterative.MAX_ITERATION
 
 
 def _iterative(base: Method) -> Method:
-    """Paper 2's Algorithm 1 around ``base``: its options, and T, alpha and the inpainting radius."""
+    """Paper 2's Algorithm 1 around ``base``, on its map reduced to non-negative evidence for the positive
+    decision (``Kind.positive_evidence``): its options, and T, alpha and the inpainting radius."""
+    reduce = KINDS[base.kind].positive_evidence
+
     def compute(bundle, patches_hu, options):
         base_options = {key: value for key, value in options.items() if key in base.defaults}
         result = iterative.augment_evidence(
-            patches_hu, lambda images: base.compute(bundle, images, base_options)[0], bundle.predict,
+            patches_hu, lambda images: reduce(base.compute(bundle, images, base_options)[0]), bundle.predict,
             bundle.threshold, max_iterations=int(options["max_iterations"]), decay=float(options["decay"]),
             radius=int(options["inpaint_radius"]))
         return result.augmented, result
@@ -199,13 +255,17 @@ for _record in (
            "R. R. Selvaraju et al., Grad-CAM, ICCV 2017", _captum(captum_methods.guided_grad_cam),
            defaults=GRAD_CAM_DEFAULTS, needs=("layer",), figure_rank=8),
     Method("deep-shap", "evidence", "DeepLiftShap over lung-parenchyma baselines", "S. M. Lundberg, S.-I. Lee, A "
-           "unified approach to interpreting model predictions, NeurIPS 2017", _captum(captum_methods.deep_shap),
+           "unified approach to interpreting model predictions, NeurIPS 2017",
+           # captum runs every image against every baseline at once: 64 image-baseline pairs a call kept it
+           # under 20 forward+backward passes of the batch for 8 baselines, and memory bounded, on a 2-core CPU
+           _captum(captum_methods.deep_shap, max(1, 64 // len(captum_methods.SHAP_BASELINES_HU))),
            figure_rank=1),
-    Method("lrp", "evidence", "layer-wise relevance propagation", "S. Bach et al., On pixel-wise explanations by "
-           "layer-wise relevance propagation, PLoS ONE 2015", _captum(captum_methods.lrp), figure_rank=3),
-    Method("deep-taylor", "evidence", "deep Taylor decomposition (LRP z+)", "G. Montavon et al., Explaining "
-           "nonlinear classification decisions with deep Taylor decomposition, Pattern Recognition 2017",
-           _captum(captum_methods.deep_taylor), figure_rank=2),
+    Method("lrp", "evidence", "layer-wise relevance propagation: z^B, gamma, epsilon, LRP-0 composite, batch norm "
+           "folded", "S. Bach et al., PLoS ONE 2015; composite of G. Montavon et al., Layer-wise relevance "
+           "propagation: an overview, 2019", _lrp("composite"), figure_rank=3),
+    Method("deep-taylor", "evidence", "deep Taylor decomposition: z+ in every layer, batch norm folded",
+           "G. Montavon et al., Explaining nonlinear classification decisions with deep Taylor decomposition, "
+           "Pattern Recognition 2017", _lrp("z+"), figure_rank=2),
     Method("cycle-am", "change", "cycle-consistent activation maximization: G+(x) - G-(x) in HU", PAPER_1,
            _cycle_am, defaults=MappingProxyType({"generators": DEFAULT_CYCLE_AM}), needs=("generators",),
            figure_rank=0, cost_target=1.5),

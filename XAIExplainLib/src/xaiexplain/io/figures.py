@@ -61,9 +61,13 @@ def contact_sheet(rows: list[np.ndarray], row_titles: list[str], path, masks: li
 
 def explanation_panel(patches_hu: np.ndarray, maps: dict[str, np.ndarray], path, row_titles: list[str],
                       title: str | None = None, window=LUNG_WINDOW) -> Path:
-    """Rows: slices; columns: the original patch and each method's map over it, in a diverging colour map
-    centred at zero (red: malignant evidence, blue: benign evidence), each method on its own symmetric
-    scale: the 99th percentile of its |relevance|, so a few extreme pixels do not wash out the rest."""
+    """Rows: slices; columns: the original patch and each method's map over it, drawn as the method's kind
+    says (``xaiexplain.explainers.registry``): signed maps in a diverging colour map centred at zero (red
+    > 0: malignant evidence or brighter in the malignant version; blue < 0), unsigned sensitivities in
+    green; each method on its own scale: the 99th percentile of its |relevance|, so a few extreme pixels
+    do not wash out the rest."""
+    from xaiexplain.explainers import registry
+
     plt = pyplot()
     level, width = window
     columns = 1 + len(maps)
@@ -79,7 +83,10 @@ def explanation_panel(patches_hu: np.ndarray, maps: dict[str, np.ndarray], path,
             axis.imshow(patches_hu[r], cmap="gray", vmin=level - width / 2, vmax=level + width / 2)
             if values is not None:
                 relative = np.clip(values[r] / scale, -1, 1)
-                colours = plt.get_cmap("RdBu_r")((relative + 1) / 2)
+                if registry.get(method).map_kind.colour_map == "sequential":
+                    colours = plt.get_cmap("Greens")(0.35 + 0.65 * np.abs(relative))
+                else:
+                    colours = plt.get_cmap("RdBu_r")((relative + 1) / 2)
                 colours[..., 3] = np.clip(np.abs(relative) * 1.2, 0, 0.85)
                 axis.imshow(colours)
             if r == 0:

@@ -23,26 +23,36 @@ from xaiexplain.slicer.conversion import (
 )
 from xaiexplain.slicer.request import ExplanationOutput, ExplanationRequest, VolumeExplanation, compute, prepare
 
-LABEL_RGB = {"malignant evidence": MALIGNANT_RGB, "benign evidence": BENIGN_RGB}  # segment colours by label name
+RELEVANT_RGB = (0.15, 0.75, 0.3)
+# segment colours by label name (the registry's kinds name the labels)
+LABEL_RGB = {"malignant evidence": MALIGNANT_RGB, "benign evidence": BENIGN_RGB, "relevant to the decision": RELEVANT_RGB,
+             "brighter in the malignant version": MALIGNANT_RGB, "darker in the malignant version": BENIGN_RGB}
+SEQUENTIAL_COLORS = "XAIExplain relevance to the decision (green)"
 
 
-def relevance_color_table(scene=None):
-    """The diverging colour table of relevance volumes (one per scene, created on first use): blue for
-    benign evidence, red for malignant evidence, brighter with magnitude, transparent near zero."""
+def relevance_color_table(scene=None, colour_map: str = "diverging"):
+    """The colour table of relevance volumes of a kind's ``colour_map`` (one per scene, created on first
+    use). "diverging": blue below zero, red above, brighter with magnitude; "sequential" (unsigned
+    sensitivities): green, brighter with magnitude. Transparent near zero."""
     scene = scene_or_default(scene)
+    role = f"relevance colours ({colour_map})"
     for node in nodes_of_class(scene, "vtkMRMLColorTableNode"):
-        if node.GetAttribute(ROLE) == "relevance colours":
+        if node.GetAttribute(ROLE) == role:
             return node
-    table = scene.AddNewNodeByClass("vtkMRMLColorTableNode", RELEVANCE_COLORS)
-    table.SetAttribute(ROLE, "relevance colours")
+    table = scene.AddNewNodeByClass("vtkMRMLColorTableNode",
+                                    RELEVANCE_COLORS if colour_map == "diverging" else SEQUENTIAL_COLORS)
+    table.SetAttribute(ROLE, role)
     table.SetTypeToUser()
     count = 256
     table.SetNumberOfColors(count)
     table.GetLookupTable().SetTableRange(0, count - 1)
     for n in range(count):
-        t = 2.0 * n / (count - 1) - 1.0  # -1 most benign .. +1 most malignant
+        if colour_map == "diverging":
+            t = 2.0 * n / (count - 1) - 1.0  # -1 most benign .. +1 most malignant
+        else:
+            t = n / (count - 1)
         strength = abs(t)
-        hue = MALIGNANT_RGB if t > 0 else BENIGN_RGB
+        hue = RELEVANT_RGB if colour_map != "diverging" else MALIGNANT_RGB if t > 0 else BENIGN_RGB
         # from a saturated colour at moderate strength to a light tint at the extreme, so peaks stand out
         light = max(0.0, strength - 0.6) / 0.4
         rgb = [c + (1.0 - c) * 0.6 * light for c in hue]
@@ -186,7 +196,6 @@ def show(request: ExplanationRequest, output: ExplanationOutput, scene=None) -> 
     if volume is None:
         raise XAIExplainError(f"volume {request.volume_name!r} was removed from the scene while it was explained")
     remove_output_nodes(volume, scene)
-    colors = relevance_color_table(scene)
     series, base = output.series, request.volume_name
     relevance, evidence, counterfactual_nodes = {}, {}, {}
     for n, method in enumerate(request.methods):
@@ -194,13 +203,17 @@ def show(request: ExplanationRequest, output: ExplanationOutput, scene=None) -> 
                     request.volume_id, f"relevance {method}")
         node.SetAttribute("XAIExplain.Method", method)
         half_width = _display_half_width(sitk.GetArrayViewFromImage(series.relevance[method]))
+        kind = registry.get(method).map_kind
         display = node.GetDisplayNode()
-        display.SetAndObserveColorNodeID(colors.GetID())
+        display.SetAndObserveColorNodeID(relevance_color_table(scene, kind.colour_map).GetID())
         display.AutoWindowLevelOff()
-        display.SetWindowLevel(2.0 * half_width, 0.0)
+        if kind.colour_map == "diverging":
+            display.SetWindowLevel(2.0 * half_width, 0.0)
+        else:  # unsigned: 0 .. half width
+            display.SetWindowLevel(half_width, half_width / 2.0)
         display.SetInterpolate(False)
         relevance[method] = node
-        segments = [(value, name, LABEL_RGB[name]) for name, value in registry.get(method).map_kind.labels.items()]
+        segments = [(value, name, LABEL_RGB[name]) for name, value in kind.labels.items()]
         segmentation = _tag(add_segmentation_node(series.labels[method], segments, f"{base} evidence {method}",
                                                   volume, scene), request.volume_id, f"evidence {method}")
         segmentation.SetAttribute("XAIExplain.Method", method)
