@@ -133,17 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
                "  xaiexplain patches --series scan/ --point -60.5,-20,-120 --point 40,10,-95 --out patches/",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_series_arguments(patches)
-    patches.add_argument("--half-height-mm", type=positive_millimetres, default=5.0,
-                         help="with --point: slices within this distance of the point (default 5 mm)")
     patches.add_argument("--out", required=True, type=Path, help="output folder")
 
     explain = commands.add_parser(
         "explain", help="relevance maps of a classifier's decision for every nodule of a CT series",
         description="For every nodule, every slice through it: the classifier's malignancy probability and "
-                    "each method's relevance map (> 0 malignant evidence, < 0 benign evidence), put back into "
-                    "the series' exact geometry. Writes relevance_<method>.nrrd (float32), "
-                    "labels_<method>.nrrd (uint8: 1 malignant evidence, 2 benign evidence), nodules.json and "
-                    "a PNG panel per nodule. In file names ':' becomes '_' (iterative_lrp).",
+                    "each method's map, in the meaning of its kind (evidence: > 0 malignant, < 0 benign; "
+                    "sensitivity: unsigned; change: G+(x) - G-(x) in HU), put back into the series' exact "
+                    "geometry. Writes relevance_<method>.nrrd (float32), labels_<method>.nrrd (uint8, the kind's "
+                    "labels, listed in nodules.json), nodules.json and a PNG panel per nodule. In file names ':' "
+                    "becomes '_' (iterative_lrp).",
         epilog=methods_help() + "\nwith cycle-am also counterfactual_malignant.nrrd and counterfactual_benign.nrrd (the "
                "series with G+(x) / G-(x) in the nodules' patches)\n"
                "examples:\n  xaiexplain explain --series phantom/LIDC-IDRI-0078 --lidc --method lrp "
@@ -162,8 +161,6 @@ def build_parser() -> argparse.ArgumentParser:
                               "layer; default block3)")
     explain.add_argument("--cycle-am", default=None, dest="cycle_am",
                          help="cycle-am bundle folder or shipped name (the option generators; default demo-cycle-am)")
-    explain.add_argument("--half-height-mm", type=positive_millimetres, default=5.0,
-                         help="with --point: slices within this distance of the point (default 5 mm)")
     explain.add_argument("--out", required=True, type=Path, help="output folder")
 
     benchmark = commands.add_parser(
@@ -204,6 +201,8 @@ def _add_series_arguments(parser: argparse.ArgumentParser) -> None:
                        help="the nodules the LIDC radiologists annotated in this series (found by SeriesInstanceUID)")
     where.add_argument("--point", type=parse_point, action="append", metavar="X,Y,Z",
                        help="a nodule location in LPS millimetres (repeatable)")
+    parser.add_argument("--half-height-mm", type=positive_millimetres, default=5.0,
+                        help="with --point: slices within this distance of the point (default 5 mm)")
 
 
 def main(argv: list[str] | None = None) -> int:
