@@ -57,3 +57,28 @@ def test_froc_study_refuses_an_unknown_method(tmp_path, capsys):
     assert train_main(["froc-study", "--out", str(tmp_path), "--method", "cycle-am"]) == 2
     assert "not cycle-am" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_froc_summary_combines_seeds_as_mean_and_sd(tmp_path):
+    import json
+
+    from xaiexplain_train.cli import main as train_main
+
+    def study(folder, seed, initial, augmented):
+        folder.mkdir()
+        method = {"initial": {"sensitivity_at_10_fp": initial}, "augmented": {"sensitivity_at_10_fp": augmented},
+                  "relative_change": (augmented - initial) / initial, "iterations_mean": 3.0}
+        (folder / "froc.json").write_text(json.dumps({
+            "seed": seed, "detection_radius_px": 2.432, "called_positive": 10, "test_images": 20,
+            "methods": {"saliency": method}}))
+
+    for seed, augmented in ((0, 0.55), (1, 0.60), (2, 0.50)):
+        study(tmp_path / f"seed-{seed}", seed, 0.5, augmented)
+    assert train_main(["froc-summary", *(str(tmp_path / f"seed-{s}") for s in range(3)),
+                       "--out", str(tmp_path / "summary")]) == 0
+    summary = json.loads((tmp_path / "summary" / "froc-summary.json").read_text())
+    entry = summary["methods"]["saliency"]
+    assert summary["seeds"] == [0, 1, 2]
+    assert abs(entry["relative_change_mean"] - 0.1) < 1e-9 and abs(entry["relative_change_sd"] - 0.1) < 1e-9
+    assert "+10.0 % +/- 10.0 %" in (tmp_path / "summary" / "froc-summary.md").read_text()
+    assert train_main(["froc-summary", str(tmp_path / "nothing"), "--out", str(tmp_path / "s2")]) == 2

@@ -99,7 +99,26 @@ def build_parser() -> argparse.ArgumentParser:
     froc.add_argument("--method", action="append", dest="methods",
                       help="repeatable; default: saliency, guided-backprop, integrated-gradients, grad-cam and "
                            "guided-grad-cam, paper 2's methods")
+    summary = commands.add_parser(
+        "froc-summary", help="FROC studies of several seeds combined: mean +/- sd of the relative change",
+        description="Combine froc-study folders run with different --seed values (renderings, splits, "
+                    "classifiers) into one table: per method the sensitivity at 10 false positives per image of "
+                    "initial and augmented maps per seed, and the relative change as mean +/- sd over seeds.",
+        epilog="example:\n  for s in 0 1 2; do xaiexplain-train froc-study --seed $s --out out/froc/seed-$s; done\n"
+               "  xaiexplain-train froc-summary out/froc/seed-0 out/froc/seed-1 out/froc/seed-2 --out out/froc",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    summary.add_argument("studies", nargs="+", type=Path, help="froc-study output folders")
+    summary.add_argument("--out", required=True, type=Path, help="folder for froc-summary.json and .md")
     return parser
+
+
+def run_froc_summary(args) -> int:
+    from .froc_study import summarize
+
+    result = summarize(args.studies, args.out, command=args.command_line)
+    print((args.out / "froc-summary.md").read_text())
+    print(f"wrote {args.out / 'froc-summary.md'} and froc-summary.json ({len(result['seeds'])} seeds)")
+    return 0
 
 
 def run_evaluate_cycle_am(args) -> int:
@@ -187,7 +206,8 @@ def run_data(args) -> int:
 
 
 COMMANDS = {"data": run_data, "classifier": run_classifier, "cycle-am": run_cycle_am,
-            "evaluate-cycle-am": run_evaluate_cycle_am, "froc-study": run_froc_study}
+            "evaluate-cycle-am": run_evaluate_cycle_am, "froc-study": run_froc_study,
+            "froc-summary": run_froc_summary}
 
 
 def main(argv: list[str] | None = None) -> int:
