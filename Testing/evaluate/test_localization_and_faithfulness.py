@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 from xaiexplain.evaluate import faithfulness, localization
+from xaiexplain.explainers import registry
 
 
 def _disc(shape=(32, 32), center=(16, 16), radius=5):
@@ -10,9 +11,11 @@ def _disc(shape=(32, 32), center=(16, 16), radius=5):
 
 
 def test_evidence_for_decision_keeps_the_side_of_the_decision():
-    relevance = np.array([[[-2.0, 1.0]], [[-2.0, 1.0]]])
-    evidence = localization.evidence_for_decision(relevance, np.array([True, False]))
-    np.testing.assert_array_equal(evidence, [[[0.0, 1.0]], [[2.0, 0.0]]])
+    relevance = np.array([[-2.0, 1.0]])
+    evidence, sensitivity = registry.KINDS["evidence"], registry.KINDS["sensitivity"]
+    np.testing.assert_array_equal(evidence.for_decision(relevance, True), [[0.0, 1.0]])
+    np.testing.assert_array_equal(evidence.for_decision(relevance, False), [[2.0, 0.0]])
+    np.testing.assert_array_equal(sensitivity.for_decision(relevance, False), [[2.0, 1.0]])
 
 
 def test_localization_of_a_map_inside_and_outside_the_mask():

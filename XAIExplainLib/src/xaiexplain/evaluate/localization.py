@@ -1,9 +1,8 @@
 """Where is the evidence? Localization measures of relevance maps against ground-truth masks, and the
 candidates and FROC of paper 2.
 
-All maps are signed (> 0 speaks for malignant). The *evidence for the decision* of a map is its part
-that speaks for the class the classifier chose: max(R, 0) for a malignant decision, max(-R, 0) for a
-benign one; localization is measured on it.
+The measures take non-negative evidence: a map reduced to what speaks for the decision, as its kind
+defines it (``xaiexplain.explainers.registry.Kind.for_decision``).
 
 - ``pointing_game``: does the strongest evidence fall in the mask (Zhang et al. 2018)?
 - ``relevance_mass_accuracy``: the share of the evidence inside the mask (Arras et al. 2022);
@@ -18,15 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
-
-
-def evidence_for_decision(relevance: np.ndarray, malignant: bool | np.ndarray) -> np.ndarray:
-    """max(sign * R, 0) with sign +1 for a malignant decision, -1 for benign; per image for (N, H, W)."""
-    relevance = np.asarray(relevance, float)
-    sign = np.where(np.asarray(malignant), 1.0, -1.0)
-    if relevance.ndim == 3:
-        sign = sign.reshape(-1, 1, 1)
-    return np.maximum(sign * relevance, 0.0)
 
 
 def pointing_game(evidence: np.ndarray, mask: np.ndarray, tolerance_px: int = 0) -> float:
