@@ -171,3 +171,24 @@ def test_algorithm_1_works_on_non_negative_evidence_for_the_decision(bundle, hel
     for n, image_passes in enumerate(result.passes):
         expected = sum((np.exp(-iterative.DECAY * p.t) * p.relevance for p in image_passes), np.zeros((64, 64)))
         np.testing.assert_allclose(augmented[n], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_deep_shap_equals_captums_deep_lift_shap(bundle, held_out):
+    """Our DeepLiftShap (rescale rule, one pass per baseline) gives captum's maps at half its cost."""
+    import warnings
+
+    from captum.attr import DeepLiftShap
+
+    from xaiexplain.explainers import captum_methods
+
+    images = held_out["images"][:6]
+    ours = xaiexplain.explain(bundle, images, "deep-shap")
+    low, high = bundle.input_spec["hu_window"]
+    model = captum_methods.LogitDifference(bundle.model)
+    x = bundle.to_tensor(images)
+    baselines = torch.stack([torch.full_like(x[0], float(np.clip((hu - low) / (high - low), 0, 1)))
+                             for hu in captum_methods.SHAP_BASELINES_HU])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = DeepLiftShap(model).attribute(x.clone().requires_grad_(True), baselines=baselines, target=0)
+    np.testing.assert_allclose(ours, theirs[:, 0].detach().numpy(), atol=1e-6 * np.abs(ours).max() + 1e-7)

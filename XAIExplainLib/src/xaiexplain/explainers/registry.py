@@ -21,9 +21,10 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 import numpy as np
+import torch
 
 from xaiexplain.errors import XAIExplainError
-from xaiexplain.explainers import captum_methods, iterative, lrp
+from xaiexplain.explainers import captum_methods, deep_lift, iterative, lrp
 from xaiexplain.explainers.counterfactuals import DEFAULT_CYCLE_AM, counterfactuals
 
 ITERATIVE_PREFIX = "iterative:"
@@ -189,14 +190,28 @@ def methods_table() -> str:
 
 # -- the built-in methods ---------------------------------------------------------------------------------
 
-def _captum(function, images_per_call: int = 256) -> Callable:
-    """A captum method of ``captum_methods`` as a registry ``compute``, ``images_per_call`` images at a time."""
+def _context(bundle, options) -> captum_methods.AttributionContext:
+    low, high = bundle.input_spec["hu_window"]
+    return captum_methods.AttributionContext(
+        bundle.model, lambda hu: float(np.clip((hu - low) / (high - low), 0, 1)), options)
+
+
+def _captum(function) -> Callable:
+    """A captum method of ``captum_methods`` as a registry ``compute``."""
     def compute(bundle, patches_hu, options):
-        low, high = bundle.input_spec["hu_window"]
-        context = captum_methods.AttributionContext(
-            bundle.model, lambda hu: float(np.clip((hu - low) / (high - low), 0, 1)), options)
-        return captum_methods.attribute(function, bundle.to_tensor(patches_hu), context, images_per_call), None
+        return captum_methods.attribute(function, bundle.to_tensor(patches_hu), _context(bundle, options)), None
     return compute
+
+
+def _deep_shap(bundle, patches_hu, options, images_per_call: int = 256):
+    context = _context(bundle, options)
+    model = context.model()
+    x = bundle.to_tensor(patches_hu)
+    baselines = torch.stack([torch.full(tuple(x.shape[1:]), context.baseline_value(hu), device=x.device)
+                             for hu in captum_methods.SHAP_BASELINES_HU])
+    maps = [deep_lift.deep_lift_shap(model, x[n:n + images_per_call], baselines)[:, 0].detach().float().cpu()
+            for n in range(0, len(x), images_per_call)]
+    return (torch.cat(maps).numpy() if maps else np.zeros((0,) + tuple(x.shape[-2:]), np.float32)), None
 
 
 def _lrp(rules: str) -> Callable:
@@ -255,10 +270,7 @@ for _record in (
            "R. R. Selvaraju et al., Grad-CAM, ICCV 2017", _captum(captum_methods.guided_grad_cam),
            defaults=GRAD_CAM_DEFAULTS, needs=("layer",), figure_rank=8),
     Method("deep-shap", "evidence", "DeepLiftShap over lung-parenchyma baselines", "S. M. Lundberg, S.-I. Lee, A "
-           "unified approach to interpreting model predictions, NeurIPS 2017",
-           # captum runs every image against every baseline at once: 64 image-baseline pairs a call kept it
-           # under 20 forward+backward passes of the batch for 8 baselines, and memory bounded, on a 2-core CPU
-           _captum(captum_methods.deep_shap, max(1, 64 // len(captum_methods.SHAP_BASELINES_HU))),
+           "unified approach to interpreting model predictions, NeurIPS 2017", _deep_shap,
            figure_rank=1),
     Method("lrp", "evidence", "layer-wise relevance propagation: z^B, gamma, epsilon, LRP-0 composite, batch norm "
            "folded", "S. Bach et al., PLoS ONE 2015; composite of G. Montavon et al., Layer-wise relevance "
