@@ -17,7 +17,7 @@ from xaiexplain.io import files
 from xaiexplain.io.dicom import write_dicom_series
 from xaiexplain.models.bundles import load_bundle, save_bundle
 
-BATCH = REPOSITORY / "XAIExplain" / "XAIExplainBatch.py"
+BATCH = REPOSITORY / "XAIExplain" / "Scripts" / "XAIExplainBatch.py"
 
 
 def snapshot(folder: Path) -> dict:

@@ -1,9 +1,9 @@
 """Explain CT series without a GUI and save each as a Slicer scene with NRRD overlays.
 
 Under 3D Slicer:
-    Slicer --no-main-window --python-script XAIExplainBatch.py --series DIR [DIR ...] --out OUT [options]
+    Slicer --no-main-window --python-script Scripts/XAIExplainBatch.py --series DIR [DIR ...] --out OUT [options]
 Under plain Python with the xaiexplain library and slicer-core installed:
-    python XAIExplainBatch.py --series DIR [DIR ...] --out OUT [options]
+    python Scripts/XAIExplainBatch.py --series DIR [DIR ...] --out OUT [options]
 
 For each series folder it writes OUT/<PatientID>_<SeriesInstanceUID>/ holding scene.mrml (open it in
 Slicer: the relevance overlay, evidence outlines, counterfactuals and results table are set up), the NRRD,
