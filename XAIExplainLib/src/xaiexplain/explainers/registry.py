@@ -172,28 +172,24 @@ def methods_table() -> str:
     """The README's table of methods, in Markdown, from the records."""
     rows = ["| method | kind: what the map means | how it is drawn and labelled | definition and reference |",
             "|---|---|---|---|"]
-    for name in [*base_methods(), ITERATIVE_PREFIX + "<method>"]:
-        record = get(ITERATIVE_PREFIX + base_methods()[0]) if name.endswith("<method>") else get(name)
+    for name in base_methods():
+        record = get(name)
         kind = record.map_kind
-        if name.endswith("<method>"):
-            rows.append(f"| `{name}` | the kind of `<method>` | as `<method>` | {PAPER_2}: Otsu on the method's map "
-                        "reduced to non-negative evidence for the malignant decision (positive part of evidence, "
-                        "magnitude of a sensitivity or change; our reduction, the paper does not state one), "
-                        "Navier-Stokes inpainting, sum_t exp(-alpha t) M_t |")
-            continue
         colours = "red > 0, blue < 0" if kind.colour_map == "diverging" else "green, stronger with magnitude"
         labels = ", ".join(f"{value} {label}" for label, value, _ in kind.sides)
         rows.append(f"| `{name}` | {kind.name}: {kind.meaning} | {colours}; labels {labels} | {record.summary}; "
                     f"{record.reference} |")
+    rows.append(f"| `{ITERATIVE_PREFIX}<method>` | the kind of `<method>` | as `<method>` | {PAPER_2}: Otsu on the "
+                "method's map reduced to non-negative evidence for the malignant decision (positive part of "
+                "evidence, magnitude of a sensitivity or change; our reduction, the paper does not state one), "
+                "Navier-Stokes inpainting, sum_t exp(-alpha t) M_t |")
     return "\n".join(rows) + "\n"
 
 
 # -- the built-in methods ---------------------------------------------------------------------------------
 
 def _context(bundle, options) -> captum_methods.AttributionContext:
-    low, high = bundle.input_spec["hu_window"]
-    return captum_methods.AttributionContext(
-        bundle.model, lambda hu: float(np.clip((hu - low) / (high - low), 0, 1)), options)
+    return captum_methods.AttributionContext(bundle.model, bundle.input_value, options)
 
 
 def _captum(function) -> Callable:
@@ -233,7 +229,7 @@ ITERATIVE_DEFAULTS = MappingProxyType({"max_iterations": iterative.MAX_ITERATION
 def _iterative(base: Method) -> Method:
     """Paper 2's Algorithm 1 around ``base``, on its map reduced to non-negative evidence for the positive
     decision (``Kind.positive_evidence``): its options, and T, alpha and the inpainting radius."""
-    reduce = KINDS[base.kind].positive_evidence
+    reduce = base.map_kind.positive_evidence
 
     def compute(bundle, patches_hu, options):
         base_options = {key: value for key, value in options.items() if key in base.defaults}

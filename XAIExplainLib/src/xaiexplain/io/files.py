@@ -114,6 +114,16 @@ def write_json_atomic(path, data) -> None:
         temporary.write_text(text)
 
 
+def write_csv_rows(path, rows: list[dict]) -> None:
+    """``rows`` (dicts with the same keys) as a CSV file with a header line."""
+    import csv
+
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary file path beside ``path``; on success it is renamed to ``path``, on error removed.
@@ -129,14 +139,7 @@ def atomic_path(path):
         _give_default_permissions(temporary)
         os.replace(temporary, path)
     finally:
-        _remove_temporary(temporary)
-
-
-def _remove_temporary(temporary: Path) -> None:
-    if temporary.is_dir() and not temporary.is_symlink():
-        shutil.rmtree(temporary, ignore_errors=True)
-    elif temporary.exists() or temporary.is_symlink():
-        temporary.unlink()
+        temporary.unlink(missing_ok=True)
 
 
 def _give_default_permissions(path: Path) -> None:
@@ -159,6 +162,7 @@ class OutputSet:
         self.staging = staging
         self.manifest = manifest
         self.names: list[str] = []
+        self.manifest_data: dict | None = None  # the caller's, written as the manifest by the commit
 
     def path(self, name: str) -> Path:
         parts = Path(name).parts
@@ -208,7 +212,6 @@ def output_set(folder, manifest: str | None, written_by_us: Callable[[Path], boo
     if existing and written_by_us is not None:
         earlier = (earlier or []) + [p.name for p in folder.iterdir() if p.is_file() and written_by_us(p)]
     writer = OutputSet(folder, staging, manifest)
-    writer.manifest_data = None
     try:
         yield writer
         with _signals_held():
@@ -304,13 +307,3 @@ def handle_termination_signals() -> None:
 
 def interrupted_exit_status(error: KeyboardInterrupt) -> int:
     return 128 + (error.signum if isinstance(error, Terminated) else signal.SIGINT)
-
-
-def write_csv_rows(path, rows: list[dict]) -> None:
-    """``rows`` (dicts with the same keys) as a CSV file with a header line."""
-    import csv
-
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
-        writer.writeheader()
-        writer.writerows(rows)

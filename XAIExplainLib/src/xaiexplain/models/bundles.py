@@ -54,6 +54,11 @@ class Bundle:
     def input_spec(self) -> dict:
         return self.config["input"]
 
+    def input_value(self, hu: float) -> float:
+        """The network input value of ``hu`` (as ``to_tensor`` maps it): for baselines."""
+        low, high = self.input_spec["hu_window"]
+        return float(np.clip((hu - low) / (high - low), 0.0, 1.0))
+
     def to_tensor(self, patches_hu: np.ndarray) -> torch.Tensor:
         """(N, H, W) HU patches -> (N, 1, H, W) network input: the HU window mapped to [0, 1]."""
         low, high = self.input_spec["hu_window"]

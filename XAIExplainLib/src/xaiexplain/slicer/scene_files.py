@@ -2,59 +2,74 @@
 loading it back, and the batch's explanation of a DICOM series folder into a saved scene."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from pathlib import Path
 
 from xaiexplain.errors import XAIExplainError
-from xaiexplain.io.files import check_output_folder, output_set, safe_name
+from xaiexplain.io.files import output_set, safe_name
 from xaiexplain.slicer.conversion import SERIES_UID, add_volume_node, lps_to_ras, slicer_module
 from xaiexplain.slicer.display import explain_volume_node, nodes_of_class
 
 
-def save_scene(scene, folder, summary: dict | None = None, manifest: str = "nodules.json") -> Path:
-    """Write every storable node of the scene beside a ``scene.mrml`` in ``folder``, as one output set with
-    ``manifest`` (``summary``, JSON) written last: volumes as NRRD, segmentations as .seg.nrrd, tables as
-    TSV, point lists as JSON. The scene refers to its files relative to its own folder, so the folder can be
-    moved; an existing folder keeps every file that no earlier scene of this kind wrote."""
+@contextlib.contextmanager
+def scene_output_set(scene, folder, manifest: str = "nodules.json"):
+    """An output set for a scene (``xaiexplain.io.files.output_set``), opened before the scene is filled so
+    that the folder is checked first. The caller fills ``scene`` and sets ``written.manifest_data``; on
+    leaving, every storable node is written beside a ``scene.mrml`` (volumes as NRRD, segmentations as
+    .seg.nrrd, tables as TSV, point lists as JSON) that refers to them relative to its own folder, so the
+    folder can be moved; an existing folder keeps every file that no earlier scene of this kind wrote."""
     folder = Path(folder).absolute()
     with output_set(folder, manifest) as written:
-        used, stored = set(), []
-        for node in nodes_of_class(scene, "vtkMRMLStorableNode"):
-            if node.GetHideFromEditors() and not node.IsA("vtkMRMLColorTableNode"):
-                continue
-            if node.IsA("vtkMRMLColorTableNode") and node.GetType() != node.User:
-                continue  # built-in tables are not files
-            storage = node.GetStorageNode()
-            if storage is None:
-                storage = node.CreateDefaultStorageNode()
-                if storage is None and node.IsA("vtkMRMLMarkupsNode"):
-                    # needs Slicer's markups logic in the application; the storage class itself is in MRML
-                    storage = slicer_module().vtkMRMLMarkupsJsonStorageNode()
-                if storage is None:
-                    continue
-                scene.AddNode(storage)
-                node.SetAndObserveStorageNodeID(storage.GetID())
-            stem = safe_name(node.GetName(), fallback=safe_name(node.GetID()))
-            while stem in used:
-                stem += "_"
-            used.add(stem)
-            name = f"{stem}.{storage.GetDefaultWriteFileExtension()}"
-            storage.SetFileName(str(written.path(name)))
-            if not storage.WriteData(node):
-                raise XAIExplainError(f"could not write {node.GetName()!r} into {folder}")
-            stored.append((storage, name))
-        # Commit writes each file name relative to the folder of the scene file it writes: while the files
-        # are staged beside it, that is just the name, so the folder can be moved
-        scene.SetRootDirectory(str(written.staging))
-        if not scene.Commit(str(written.path("scene.mrml"))):
-            raise XAIExplainError(f"could not write the scene into {folder}")
-        written.manifest_data = summary or {}
+        yield written
+        stored = _write_scene(scene, written, folder)
     for storage, name in stored:  # the scene in memory now refers to the files where they are
         storage.SetFileName(str(folder / name))
     scene.SetRootDirectory(str(folder))
     scene.SetURL(str(folder / "scene.mrml"))
-    return folder / "scene.mrml"
+
+
+def save_scene(scene, folder, summary: dict | None = None, manifest: str = "nodules.json") -> Path:
+    """Write the scene as in ``scene_output_set``, with ``summary`` (JSON) as the manifest written last."""
+    with scene_output_set(scene, folder, manifest) as written:
+        written.manifest_data = summary or {}
+    return Path(folder).absolute() / "scene.mrml"
+
+
+def _write_scene(scene, written, folder: Path) -> list:
+    """The storable nodes and ``scene.mrml`` into the set's staging folder; (storage node, file name) pairs."""
+    used, stored = set(), []
+    for node in nodes_of_class(scene, "vtkMRMLStorableNode"):
+        if node.GetHideFromEditors() and not node.IsA("vtkMRMLColorTableNode"):
+            continue
+        if node.IsA("vtkMRMLColorTableNode") and node.GetType() != node.User:
+            continue  # built-in tables are not files
+        storage = node.GetStorageNode()
+        if storage is None:
+            storage = node.CreateDefaultStorageNode()
+            if storage is None and node.IsA("vtkMRMLMarkupsNode"):
+                # needs Slicer's markups logic in the application; the storage class itself is in MRML
+                storage = slicer_module().vtkMRMLMarkupsJsonStorageNode()
+            if storage is None:
+                continue
+            scene.AddNode(storage)
+            node.SetAndObserveStorageNodeID(storage.GetID())
+        stem = safe_name(node.GetName(), fallback=safe_name(node.GetID()))
+        while stem in used:
+            stem += "_"
+        used.add(stem)
+        name = f"{stem}.{storage.GetDefaultWriteFileExtension()}"
+        storage.SetFileName(str(written.path(name)))
+        if not storage.WriteData(node):
+            raise XAIExplainError(f"could not write {node.GetName()!r} into {folder}")
+        stored.append((storage, name))
+    # Commit writes each file name relative to the folder of the scene file it writes: while the files are
+    # staged beside it, that is just the name
+    scene.SetRootDirectory(str(written.staging))
+    if not scene.Commit(str(written.path("scene.mrml"))):
+        raise XAIExplainError(f"could not write the scene into {folder}")
+    return stored
 
 
 def load_scene(path, scene=None):
@@ -98,21 +113,21 @@ def explain_series_folder(series_folder, out_root, methods, points_lps=None, bun
             raise XAIExplainError(f"it is the same series (PatientID and SeriesInstanceUID) as "
                                   f"{written_by_this_run[name]}, already written to {name}")
         written_by_this_run[name] = str(series_folder)
-    out = Path(out_root) / name
-    check_output_folder(out, "nodules.json")
     scene = slicer.vtkMRMLScene()
-    selection = slicer.vtkMRMLSelectionNode()  # every Slicer scene has one; markups look up units in it
-    selection.SetSingletonTag("Singleton")
-    scene.AddNode(selection)
-    volume = add_volume_node(ct.image, ct.patient_id or "CT", scene)
-    volume.SetAttribute(SERIES_UID, ct.series_instance_uid)
-    display = volume.GetDisplayNode()
-    display.AutoWindowLevelOff()
-    display.SetWindowLevel(1500.0, -550.0)  # lung window
-    points = "lidc" if points_lps is None else [lps_to_ras(p) for p in points_lps]
-    result = explain_volume_node(volume, points, methods, bundle, scene, cycle_am, device, progress=progress)
-    return save_scene(scene, out, {
-        "series_folder": str(series_folder), "patient_id": ct.patient_id,
-        "series_instance_uid": ct.series_instance_uid, "methods": list(result.relevance),
-        "library_version": __version__, "scene": "scene.mrml", "slice_gaps_mm": [list(g) for g in ct.gaps],
-        "nodules": result.output.series.nodules})
+    with scene_output_set(scene, Path(out_root) / name) as written:  # the folder is checked before computing
+        selection = slicer.vtkMRMLSelectionNode()  # every Slicer scene has one; markups look up units in it
+        selection.SetSingletonTag("Singleton")
+        scene.AddNode(selection)
+        volume = add_volume_node(ct.image, ct.patient_id or "CT", scene)
+        volume.SetAttribute(SERIES_UID, ct.series_instance_uid)
+        display = volume.GetDisplayNode()
+        display.AutoWindowLevelOff()
+        display.SetWindowLevel(1500.0, -550.0)  # lung window
+        points = "lidc" if points_lps is None else [lps_to_ras(p) for p in points_lps]
+        result = explain_volume_node(volume, points, methods, bundle, scene, cycle_am, device, progress=progress)
+        written.manifest_data = {
+            "series_folder": str(series_folder), "patient_id": ct.patient_id,
+            "series_instance_uid": ct.series_instance_uid, "methods": list(result.relevance),
+            "library_version": __version__, "scene": "scene.mrml", "slice_gaps_mm": [list(g) for g in ct.gaps],
+            "nodules": result.output.series.nodules}
+    return written.folder / "scene.mrml"
