@@ -32,3 +32,20 @@ def small_series(root, series_uid="1.2.826.0.1.3680043.8.498.1", patient="PHANTO
     hu = np.full(geometry.shape, -850, np.int16)
     hu[:, 28:36, 28:36] = 40
     return write_dicom_series(hu, geometry, root), geometry
+
+
+def another_classifier(folder):
+    """The demo classifier with one bias changed, as a bundle folder: another network, for which the shipped
+    cycle-am generators were not trained."""
+    import copy
+
+    import torch
+    import xaiexplain
+    from xaiexplain.models.bundles import save_bundle
+
+    bundle = xaiexplain.load_bundle()
+    model = copy.deepcopy(bundle.model)
+    with torch.no_grad():
+        model.classifier.bias[0] += 0.01
+    config = {key: value for key, value in bundle.config.items() if key not in ("format", "format_version")}
+    return save_bundle(folder, model, config)

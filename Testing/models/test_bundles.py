@@ -13,6 +13,8 @@ from xaiexplain.errors import XAIExplainError
 from xaiexplain.io.dicom import write_dicom_series
 from xaiexplain.models.bundles import BUNDLED
 
+from helpers import another_classifier
+
 POINT = "0,0,-96"
 
 
@@ -137,3 +139,42 @@ def test_roles():
     with pytest.raises(XAIExplainError, match="unknown bundle role"):
         xaiexplain.load_bundle("demo-classifier", role="segmenter")
     assert np.isfinite(xaiexplain.load_bundle().predict(np.full((2, 64, 64), -850.0))).all()
+
+
+@pytest.fixture(scope="module")
+def other_classifier(tmp_path_factory):
+    return another_classifier(tmp_path_factory.mktemp("other") / "other-classifier")
+
+
+def test_the_fingerprint_is_the_weights_whatever_file_holds_them(other_classifier, tmp_path):
+    shutil.copytree(BUNDLED / "demo-classifier", tmp_path / "copy")
+    demo = xaiexplain.load_bundle()
+    assert xaiexplain.load_bundle(tmp_path / "copy").fingerprint == demo.fingerprint
+    assert xaiexplain.load_bundle(other_classifier).fingerprint != demo.fingerprint
+    assert xaiexplain.load_bundle("demo-cycle-am", role="cycle-am").config["classifier"]["weights_sha256"] == \
+        demo.fingerprint  # the shipped pair belongs together
+
+
+# Before: `explain --model X --method cycle-am` silently used demo-cycle-am, trained for another network.
+def test_cycle_am_of_another_classifier_is_one_sentence(other_classifier, series, tmp_path, capsys):
+    status = explain(series, other_classifier, tmp_path / "out", "cycle-am")
+    one_line_error(capsys, status, "demo-cycle-am was trained against another classifier", "--cycle-am")
+    assert not (tmp_path / "out").exists()
+    patches = np.full((2, 64, 64), -850.0)
+    for method in ("cycle-am", "iterative:cycle-am"):
+        with pytest.raises(XAIExplainError, match="trained against another classifier"):
+            xaiexplain.explain(other_classifier, patches, method)
+    # the explicit override, and the pair that belongs together
+    assert xaiexplain.explain(other_classifier, patches, "cycle-am", allow_other_classifier=True).shape == (2, 64, 64)
+    assert xaiexplain.explain("demo-classifier", patches, "cycle-am").shape == (2, 64, 64)
+
+
+@pytest.mark.parametrize("missing", ["weights_sha256", "hu_range"])
+def test_cycle_am_bundle_of_an_earlier_version_is_refused(missing, tmp_path):
+    folder = tmp_path / "old-cycle-am"
+    shutil.copytree(BUNDLED / "demo-cycle-am", folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["classifier"].pop("weights_sha256") if missing == "weights_sha256" else config["input"].pop("hu_range")
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(XAIExplainError, match=missing):
+        xaiexplain.load_bundle(folder, role="cycle-am")

@@ -50,8 +50,14 @@ def test_bundle_round_trip_curves_and_samples(tiny_runs):
     bundle = xaiexplain.load_bundle(tiny_runs / "whole", role="cycle-am")
     assert bundle.config["kind"] == "cycle-am" and bundle.config["arguments"]["widths"] == [4, 8, 8, 16]
     checkpoint = load_file(str(tiny_runs / "whole.checkpoint" / "checkpoint.safetensors"))
-    for name, value in bundle.model.plus.state_dict().items():
+    for name, value in bundle.model.plus.named_parameters():
         torch.testing.assert_close(value, checkpoint[f"plus.{name}"])
+    # the bundle's batch-norm statistics are recomputed over the real training images (precise batch norm)
+    assert not torch.equal(bundle.model.plus.state_dict()["encoder.stages.0.2.running_mean"],
+                           checkpoint["plus.encoder.stages.0.2.running_mean"])
+    batch_norm = bundle.config["batch_norm"]
+    assert batch_norm["plus"]["train_inference_gap_hu_after"] >= 0 and batch_norm["measured_on"] == "validation"
+    assert bundle.config["classifier"]["weights_sha256"] == xaiexplain.load_bundle().fingerprint
     assert (tiny_runs / "whole" / "loss_curves.csv").read_text().startswith("step,discriminators,cycle")
     assert (tiny_runs / "whole" / "loss_curves.png").stat().st_size > 5000
     assert (tiny_runs / "whole.samples" / "step_0000004.png").exists()
@@ -87,24 +93,25 @@ def test_cycle_am_maps_and_counterfactual_series(tiny_runs, tmp_path):
 
 
 def test_shipped_demo_bundle_flips_held_out_decisions(tmp_path):
-    """Paper 1, 4.1 on held-out phantom nodules (test-split patients): mean p(G+(x)) >= 0.80,
-    mean p(G-(x)) <= 0.30, SSIM(x, G+/-(x)) >= 0.80."""
-    from xaiexplain.evaluate.classifier_metrics import domain_transfer
-    from xaiexplain.models import cycle_am
+    """Paper 1, 4.1 on held-out phantom nodules (test-split patients), over nodules: mean p(G+(x)) >= 0.80,
+    mean p(G-(x)) <= 0.30, SSIM(x, G+/-(x)) >= 0.80; G+ brings most patches called benign to malignant and G-
+    most called malignant to benign."""
+    from xaiexplain.evaluate.domain_transfer import domain_transfer
+    from xaiexplain.explainers.counterfactuals import proximity
 
     render_patch_set(tmp_path / "held-out", seed=0, patient_ids=held_out_patients(seed=0)[:20], progress=False)
     arrays, _, _ = load_patch_set(tmp_path / "held-out")
     classifier = xaiexplain.load_bundle()
-    pair = counterfactuals(classifier, arrays["images"].astype(np.float32))
-    x = classifier.to_tensor(arrays["images"])
-    with torch.no_grad():
-        ssim_plus = cycle_am.ssim_per_image(x, classifier.to_tensor(pair.malignant)).numpy()
-        ssim_minus = cycle_am.ssim_per_image(x, classifier.to_tensor(pair.benign)).numpy()
-    result = domain_transfer(classifier.probability(x), pair.malignant_probability, pair.benign_probability,
-                             ssim_plus, ssim_minus, classifier.threshold)
-    assert result["probability"]["G+(x)"]["mean"] >= 0.80, result["probability"]
-    assert result["probability"]["G-(x)"]["mean"] <= 0.30, result["probability"]
-    assert result["ssim"]["x, G+(x)"]["mean"] >= 0.80 and result["ssim"]["x, G-(x)"]["mean"] >= 0.80
+    images = arrays["images"].astype(np.float32)
+    pair = counterfactuals(classifier, images)
+    result = domain_transfer(classifier.predict(images), pair.malignant_probability, pair.benign_probability,
+                             *proximity(classifier, images, pair), classifier.threshold, arrays["nodule"])
+    probability, ssim = result["per_nodule"]["probability"], result["per_nodule"]["ssim"]
+    assert probability["G+(x)"]["mean"] >= 0.80 and probability["G-(x)"]["mean"] <= 0.30, probability
+    assert ssim["x, G+(x)"]["mean"] >= 0.80 and ssim["x, G-(x)"]["mean"] >= 0.80, ssim
+    flips = result["per_patch_flip_rates"]["at the bundle's threshold"]
+    assert flips["G+ to malignant, among those called benign"]["rate"] >= 0.5, flips
+    assert flips["G- to benign, among those called malignant"]["rate"] >= 0.5, flips
 
 
 def test_two_processes_with_torchrun(tiny_patch_set, tmp_path):
@@ -115,3 +122,60 @@ def test_two_processes_with_torchrun(tiny_patch_set, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     config = json.loads((tmp_path / "ddp" / "config.json").read_text())
     assert config["provenance"]["processes"] == 2 and config["kind"] == "cycle-am"
+
+
+def test_generated_batches_do_not_enter_the_generators_running_statistics():
+    """In the cycle pass each generator reads the other's output; batch norm in training mode would fold those
+    generated batches into the running statistics used at inference on real images (8.6 HU between training
+    and inference mode on the earlier demo bundle). After a step, each generator's running statistics are
+    those of its pass over the real batch alone."""
+    import copy
+
+    from xaiexplain.models import cycle_am
+    from xaiexplain.models.architectures import CycleAMGenerators
+    from xaiexplain_train.cycle_am_training import training_step
+
+    classifier = xaiexplain.load_bundle().model
+    torch.manual_seed(0)
+    widths = (4, 8, 8, 16)
+    generators = CycleAMGenerators(widths)
+    networks = {"plus": generators.plus, "minus": generators.minus,
+                "d_plus": cycle_am.PairDiscriminator(widths), "d_minus": cycle_am.PairDiscriminator(widths)}
+    optimisers = {"generators": torch.optim.Adam(generators.parameters(), lr=0.0),  # weights stay: statistics only
+                  "discriminators": torch.optim.Adam([p for name in ("d_plus", "d_minus")
+                                                      for p in networks[name].parameters()], lr=0.0)}
+    x_a, x_b = torch.rand(4, 1, 64, 64), torch.rand(4, 1, 64, 64)
+    expected = {}
+    for name in ("plus", "minus"):
+        alone = copy.deepcopy(networks[name]).train()
+        with torch.no_grad():
+            alone(x_a)  # the generator's own pass on the real batch (the discriminators' pass runs without grad too)
+            alone(x_a)
+        expected[name] = {key: value for key, value in alone.state_dict().items() if "running" in key}
+    for network in networks.values():
+        network.train()
+    training_step(networks, classifier, optimisers, x_a, x_b, torch.Generator().manual_seed(0), torch.device("cpu"))
+    for name in ("plus", "minus"):
+        state = networks[name].state_dict()
+        for key, value in expected[name].items():
+            torch.testing.assert_close(state[key], value, rtol=0, atol=1e-6, msg=f"{name}.{key}")
+
+
+# Before: the t-tests and intervals treated every slice as independent, and the flip rate counted patches
+# already in the target class.
+def test_evaluation_is_over_the_nodules_of_the_split(tiny_runs, tiny_patch_set, tmp_path):
+    from xaiexplain_train.cli import main as train_main
+
+    out = tmp_path / "evaluation"
+    assert train_main(["evaluate-cycle-am", "--classifier", "demo-classifier", "--cycle-am", str(tiny_runs / "whole"),
+                       "--data", str(tiny_patch_set), "--split", "test", "--out", str(out)]) == 0
+    result = json.loads((out / "evaluation.json").read_text())
+    arrays, _, _ = load_patch_set(tiny_patch_set)
+    test_nodules = np.unique(arrays["nodule"][arrays["split"] == 2])
+    assert result["nodules"] == len(test_nodules) and result["patches"] == int((arrays["split"] == 2).sum())
+    assert result["per_nodule"]["paired_t_tests"]["G+(x) vs x"]["df"] == len(test_nodules) - 1
+    called_benign = int((xaiexplain.load_bundle().predict(arrays["images"][arrays["split"] == 2])
+                         < result["threshold"]).sum())
+    flips = result["per_patch_flip_rates"]["at the bundle's threshold"]
+    assert flips["G+ to malignant, among those called benign"]["eligible"] == called_benign
+    assert f"t({len(test_nodules) - 1}) = " in (out / "evaluation.md").read_text()

@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     cycle.add_argument("--steps", type=int, default=20000)
     cycle.add_argument("--batch-size", type=int, default=16, help="pairs per step and process")
     cycle.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (betas 0.5, 0.999)")
+    cycle.add_argument("--lr-decay-from", type=int, default=None, metavar="STEP",
+                       help="from this step on, the learning rate falls linearly to zero at the last step, as "
+                            "CycleGAN trains (default: constant)")
+    cycle.add_argument("--similarity", choices=("l1+dssim", "dssim"), default="l1+dssim",
+                       help="similarity loss: (L1 + DSSIM) / 2 (default; the generators' residual output can move "
+                            "pixels by any amount, which DSSIM alone barely bounds) or paper 1's DSSIM")
     cycle.add_argument("--widths", type=_widths, default=(48, 96, 192, 384),
                        help="kernels per stage (default the paper's 48,96,192,384)")
     _add_run_arguments(cycle)
@@ -68,9 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     cycle.add_argument("--sample-every", type=int, default=1000, help="steps between sample grids (OUT.samples/)")
     evaluate = commands.add_parser(
         "evaluate-cycle-am", help="domain-transfer evaluation of a cycle-am bundle (paper 1, 4.1)",
-        description="On one split of a patch set: the classifier's mean malignancy probability on x, G-(x) and "
-                    "G+(x) with 95 %% intervals and paired two-tailed t-tests, the flip rates, and SSIM(x, G+/-(x)). "
-                    "Writes evaluation.json and evaluation.md; --record also stores it in the bundle's config.json.",
+        description="On one split of a patch set, over its nodules (each nodule's mean over its slices, which are "
+                    "not independent): the classifier's mean malignancy probability on x, G-(x) and G+(x) with 95 %% "
+                    "intervals, paired two-tailed t-tests with their degrees of freedom, t(df), and SSIM(x, G+/-(x)); "
+                    "flip rates among the patches and nodules of the opposite decision (G+ to malignant among those "
+                    "called benign, G- to benign among those called malignant) at the classifier's threshold and at "
+                    "0.5, with intervals from resampling nodules; patch-level figures beside, marked as such. The "
+                    "cycle-am bundle must have been trained against the classifier. Writes evaluation.json and "
+                    "evaluation.md; --record also stores it in the bundle's config.json.",
         epilog="example:\n  xaiexplain-train evaluate-cycle-am --classifier demo-classifier --cycle-am cycle_am/ "
                "--data patchset/ --out evaluation/",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -122,7 +133,7 @@ def run_froc_summary(args) -> int:
 
 
 def run_evaluate_cycle_am(args) -> int:
-    from xaiexplain.evaluate.classifier_metrics import domain_transfer_table
+    from xaiexplain.evaluate.domain_transfer import domain_transfer_table
 
     from .cycle_am_evaluation import evaluate_cycle_am
 
@@ -160,9 +171,9 @@ def run_cycle_am(args) -> int:
 
     settings = CycleAMSettings(
         data=args.data, classifier=args.classifier, out=args.out, steps=args.steps, batch_size=args.batch_size,
-        learning_rate=args.lr, widths=args.widths, seed=args.seed, device=args.device, resume=args.resume,
-        checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
-        command=args.command_line)
+        learning_rate=args.lr, lr_decay_from=args.lr_decay_from, similarity=args.similarity, widths=args.widths,
+        seed=args.seed, device=args.device, resume=args.resume, checkpoint_dir=args.checkpoint_dir,
+        checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, command=args.command_line)
     config = train_cycle_am(settings)
     if config is not None:
         print(f"wrote {args.out} ({config['provenance']['seconds']} s)")

@@ -1,16 +1,15 @@
-"""Domain-transfer evaluation of a cycle-am bundle (paper 1, 4.1) on one split of a patch set."""
+"""Domain-transfer evaluation of a cycle-am bundle (paper 1, 4.1) on one split of a patch set, over its
+nodules (``xaiexplain.evaluate.domain_transfer``)."""
 from __future__ import annotations
 
 import json
 
 import numpy as np
-import torch
 from xaiexplain.data.patch_set import SPLITS, load_patch_set
 from xaiexplain.errors import XAIExplainError
-from xaiexplain.evaluate.classifier_metrics import domain_transfer, domain_transfer_table
-from xaiexplain.explainers.counterfactuals import counterfactuals
+from xaiexplain.evaluate.domain_transfer import domain_transfer, domain_transfer_table
+from xaiexplain.explainers.counterfactuals import counterfactuals, generators_for, proximity
 from xaiexplain.io.files import output_set, write_json_atomic
-from xaiexplain.models import cycle_am
 from xaiexplain.models.bundles import load_bundle
 
 
@@ -19,19 +18,16 @@ def evaluate_cycle_am(classifier, generators, data, out, split: str = "test", re
     if split not in SPLITS:
         raise XAIExplainError(f"--split {split} is not one of {', '.join(SPLITS)}")
     classifier = load_bundle(classifier)
-    generator_bundle = load_bundle(generators, role="cycle-am")
+    generator_bundle = generators_for(classifier, generators)  # refused unless trained against this classifier
     arrays, _, summary = load_patch_set(data)
     chosen = np.flatnonzero(arrays["split"] == SPLITS.index(split))
     if len(chosen) < 2:
         raise XAIExplainError(f"the {split} split of {data} has fewer than two patches")
     images = arrays["images"][chosen].astype(np.float32)
     pair = counterfactuals(classifier, images, generator_bundle)
-    x = classifier.to_tensor(images)
-    with torch.no_grad():
-        ssim_plus = cycle_am.ssim_per_image(x, classifier.to_tensor(pair.malignant)).numpy()
-        ssim_minus = cycle_am.ssim_per_image(x, classifier.to_tensor(pair.benign)).numpy()
-    result = domain_transfer(classifier.probability(x), pair.malignant_probability, pair.benign_probability,
-                             ssim_plus, ssim_minus, classifier.threshold)
+    ssim_plus, ssim_minus = proximity(classifier, images, pair)
+    result = domain_transfer(classifier.predict(images), pair.malignant_probability, pair.benign_probability,
+                             ssim_plus, ssim_minus, classifier.threshold, arrays["nodule"][chosen])
     result.update({"split": split, "data": str(data), "data_seed": summary.get("seed"), "command": command,
                    "classifier": str(classifier.path), "cycle_am": str(generator_bundle.path)})
     with output_set(out, "evaluation.json") as written:

@@ -3,9 +3,16 @@ discriminators, then both generators, on random pairs (x_a, x_b) of training ima
 
 Reproducible like the classifier trainer: pairs and the discriminators' patch orders draw from generators
 seeded by (seed, step, rank), so a resumed run continues exactly as the uninterrupted one on CPU.
+
+Batch norm in the generators learns its running statistics from real images only: in the cycle pass each
+generator reads the other's output, and those batches would otherwise enter the statistics the generator
+uses at inference on real images. After the last step the statistics are recomputed over the training
+images with the final weights (precise batch norm, Wu & Johnson 2021), and the remaining gap between a
+generator in training mode (batch statistics) and in inference mode is recorded in the bundle.
 """
 from __future__ import annotations
 
+import contextlib
 import platform
 import sys
 import time
@@ -22,7 +29,7 @@ from xaiexplain.errors import XAIExplainError
 from xaiexplain.io.files import write_csv_rows
 from xaiexplain.models import cycle_am
 from xaiexplain.models.architectures import MALIGNANT, CycleAMGenerators
-from xaiexplain.models.bundles import load_bundle, save_bundle
+from xaiexplain.models.bundles import load_bundle, network_input, save_bundle
 
 from . import checkpoints
 from .devices import describe, start_run
@@ -38,6 +45,8 @@ class CycleAMSettings:
     steps: int = 20000
     batch_size: int = 16
     learning_rate: float = 2e-4
+    lr_decay_from: int | None = None  # linear decay to zero from this step (CycleGAN's schedule)
+    similarity: str = "l1+dssim"  # or paper 1's "dssim" (cycle_am.similarity_loss)
     widths: tuple[int, ...] = cycle_am.PAPER_WIDTHS
     seed: int = 0
     device: str = "auto"
@@ -53,8 +62,78 @@ def _set_trainable(module: nn.Module, trainable: bool) -> None:
         parameter.requires_grad_(trainable)
 
 
+def _batch_norms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@contextlib.contextmanager
+def running_statistics_frozen(*modules: nn.Module):
+    """Batch norm normalises by the batch as in training but leaves its running statistics as they are
+    (momentum 0): for batches of generated images."""
+    layers = [layer for module in modules for layer in _batch_norms(module)]
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.momentum = 0.0
+    try:
+        yield
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+
+
+@torch.no_grad()
+def recompute_running_statistics(generator: nn.Module, images: torch.Tensor, batch_size: int, seed: int = 0) -> None:
+    """Precise batch norm: the running statistics as the plain average over random batches of all real
+    ``images`` (training mode, momentum None), drawn as training draws them, with the final weights."""
+    images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))]
+    layers = _batch_norms(generator)
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None
+    was_training = generator.training
+    generator.train()
+    device = next(generator.parameters()).device
+    for start in range(0, len(images) - batch_size + 1, batch_size):
+        generator(images[start:start + batch_size].to(device))
+    generator.train(was_training)
+    for layer, momentum in zip(layers, momenta):
+        layer.momentum = momentum
+
+
+@torch.no_grad()
+def train_inference_gap_hu(generator: nn.Module, images: torch.Tensor, batch_size: int, hu_per_unit: float,
+                           batches: int = 32, seed: int = 0) -> float:
+    """Mean |G(x) in training mode - G(x) in inference mode| in HU over random batches of real ``images``, as
+    training draws them: how far the running statistics are from those of real batches (training mode here
+    changes nothing)."""
+    device = next(generator.parameters()).device
+    chosen = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:batches * batch_size]
+    images = images[chosen]
+    with running_statistics_frozen(generator):
+        was_training = generator.training
+        differences = []
+        for start in range(0, len(images) - batch_size + 1, batch_size):
+            x = images[start:start + batch_size].to(device)
+            generator.train()
+            batch_mode = generator(x)
+            generator.eval()
+            differences.append((batch_mode - generator(x)).abs().mean().item())
+        generator.train(was_training)
+    return float(np.mean(differences) * hu_per_unit) if differences else float("nan")
+
+
+def learning_rate_at(step: int, settings: CycleAMSettings) -> float:
+    """Constant, then (from ``lr_decay_from``) falling linearly to zero at the last step, as CycleGAN (Zhu et
+    al. 2017) trains; a function of the step, so a resumed run follows the same schedule."""
+    start = settings.lr_decay_from
+    if start is None or step < start:
+        return settings.learning_rate
+    return settings.learning_rate * (settings.steps - step) / max(settings.steps - start, 1)
+
+
 def training_step(networks: dict, classifier: nn.Module, optimisers: dict, x_a, x_b, generator: torch.Generator,
-                  device: torch.device) -> dict[str, float]:
+                  device: torch.device, similarity_kind: str = "l1+dssim") -> dict[str, float]:
     """One batch: the discriminators, then both generators (eq. 4 for G+ and, mirrored, for G-)."""
     plus, minus = networks["plus"], networks["minus"]
     d_plus, d_minus = networks["d_plus"], networks["d_minus"]
@@ -76,8 +155,11 @@ def training_step(networks: dict, classifier: nn.Module, optimisers: dict, x_a, 
     _set_trainable(frozen_minus, False)
     with autocast:
         generated_plus, generated_minus = plus(x_a), minus(x_a)
-        cycle = cycle_am.cycle_loss(x_a, minus(generated_plus)) + cycle_am.cycle_loss(x_a, plus(generated_minus))
-        similarity = cycle_am.similarity_loss(x_a, generated_plus) + cycle_am.similarity_loss(x_a, generated_minus)
+        with running_statistics_frozen(plus, minus):  # generated batches do not enter the running statistics
+            cycled = minus(generated_plus), plus(generated_minus)
+        cycle = cycle_am.cycle_loss(x_a, cycled[0]) + cycle_am.cycle_loss(x_a, cycled[1])
+        similarity = (cycle_am.similarity_loss(x_a, generated_plus, similarity_kind)
+                      + cycle_am.similarity_loss(x_a, generated_minus, similarity_kind))
         adversarial = (frozen_plus(x_b, generated_plus, generator, fake_is_real=True)
                        + frozen_minus(x_b, generated_minus, generator, fake_is_real=True))
         activation = (cycle_am.activation_maximization_loss(classifier, generated_plus, MALIGNANT)
@@ -91,6 +173,8 @@ def training_step(networks: dict, classifier: nn.Module, optimisers: dict, x_a, 
 
 
 def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | None:
+    if settings.lr_decay_from is not None and not 0 <= settings.lr_decay_from < settings.steps:
+        raise XAIExplainError(f"--lr-decay-from {settings.lr_decay_from} must be a step from 0 to {settings.steps - 1}")
     device, rank, world = start_run(settings.device, settings.seed)
     classifier_bundle = load_bundle(settings.classifier, device=device)
     classifier = classifier_bundle.model.eval()
@@ -100,7 +184,9 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
     if len(train_index) < 2 * settings.batch_size:
         raise XAIExplainError(f"the patch set in {settings.data} has too few training patches "
                               f"({len(train_index)}) for batches of {settings.batch_size} pairs")
-    x = classifier_bundle.to_tensor(arrays["images"][train_index]).cpu()
+    # the generators' scale: the classifier's window, HU beyond it kept (cycle_am.input_spec)
+    generator_input = cycle_am.input_spec(classifier_bundle.input_spec)
+    x = torch.from_numpy(network_input(arrays["images"][train_index], generator_input)[:, None])
 
     generators = CycleAMGenerators(settings.widths).to(device)
     networks = {"plus": generators.plus, "minus": generators.minus,
@@ -134,17 +220,21 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
         from tqdm import tqdm
 
         bar = tqdm(total=settings.steps, initial=start_step, desc="cycle-am", unit="step", file=sys.stderr)
-    started = time.time()
+    # seconds count on from the checkpoint's, so a resumed run's curves and total time stay whole
+    started = time.time() - (history[-1]["seconds"] if history else 0.0)
     running = {name: 0.0 for name in LOSS_NAMES}
     for step in range(start_step, settings.steps):
         generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + step * 7919 + rank)
         pairs = torch.randint(0, len(x), (2, settings.batch_size), generator=generator)
         x_a, x_b = x[pairs[0]].to(device), x[pairs[1]].to(device)
+        for optimiser in optimisers.values():
+            for group in optimiser.param_groups:
+                group["lr"] = learning_rate_at(step, settings)
         if device.type == "cuda":
             x_a, x_b = (t.contiguous(memory_format=torch.channels_last) for t in (x_a, x_b))
         for network in networks.values():
             network.train()
-        losses = training_step(trained, classifier, optimisers, x_a, x_b, generator, device)
+        losses = training_step(trained, classifier, optimisers, x_a, x_b, generator, device, settings.similarity)
         for name in LOSS_NAMES:
             running[name] += losses[name]
         done = step + 1
@@ -157,7 +247,7 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
                                         {"step": done, "history": history})
         if rank == 0 and (done % settings.sample_every == 0 or done == settings.steps):
             write_sample_grid(networks["plus"], networks["minus"], classifier, sample_images,
-                              samples_dir / f"step_{done:07d}.png", f"step {done}")
+                              generator_input["hu_window"], samples_dir / f"step_{done:07d}.png", f"step {done}")
         if bar is not None:
             bar.update(1)
             bar.set_postfix({name[:5]: f"{value:.3f}" for name, value in losses.items()})
@@ -168,23 +258,42 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
     if rank != 0:
         return None
 
+    low, high = generator_input["hu_window"]
+    # the gap measured on images the statistics were not computed from: the validation split, where there is one
+    validation = np.flatnonzero(arrays["split"] == SPLITS.index("validation"))
+    held_out = torch.from_numpy(network_input(arrays["images"][validation], generator_input)[:, None]) \
+        if len(validation) >= settings.batch_size else x
+    batch_norm = {"measured_on": "validation" if held_out is not x else "train"}
+    for name in ("plus", "minus"):
+        gap_before = train_inference_gap_hu(networks[name], held_out, settings.batch_size, high - low)
+        recompute_running_statistics(networks[name], x, settings.batch_size)
+        gap_after = train_inference_gap_hu(networks[name], held_out, settings.batch_size, high - low)
+        batch_norm[name] = {"train_inference_gap_hu_before": round(gap_before, 2),
+                            "train_inference_gap_hu_after": round(gap_after, 2)}
+
     config = {
         "kind": "cycle-am",
         "architecture": "CycleAMGenerators",
         "arguments": {"widths": list(settings.widths)},
-        "input": classifier_bundle.input_spec,
-        "classifier": {"path": str(settings.classifier),
+        "input": generator_input,
+        "output": "residual: G(x) = x + U(x) on the input's scale, clipped to hu_window only where the classifier "
+                  "reads it",
+        "classifier": {"path": str(settings.classifier), "weights_sha256": classifier_bundle.fingerprint,
                        "decision_threshold": classifier_bundle.threshold},
         "decision_threshold": classifier_bundle.threshold,
         "provenance": {
             "command": settings.command, "data": {"path": str(settings.data), "summary": summary},
             "seed": settings.seed, "steps": settings.steps, "batch_size": settings.batch_size,
-            "learning_rate": settings.learning_rate, "train_patches": int(len(train_index)),
+            "learning_rate": settings.learning_rate, "lr_decay_from": settings.lr_decay_from,
+            "similarity_loss": settings.similarity,
+            "train_patches": int(len(train_index)),
             "library_version": xaiexplain.__version__, "torch_version": torch.__version__,
             "python": platform.python_version(), "device": describe(device), "processes": world,
             "seconds": round(time.time() - started, 1),
         },
         "training_losses": history[-1] if history else {},
+        "batch_norm": {"running_statistics": "real images only; recomputed over the training images at the end",
+                       **batch_norm},
     }
     save_bundle(settings.out, generators, config, loss_curve_files(history))
     return config
@@ -204,17 +313,18 @@ def loss_curve_files(history: list[dict]) -> dict:
 
 
 @torch.no_grad()
-def write_sample_grid(plus, minus, classifier, images, path: Path, title: str) -> None:
-    """Columns x, G+(x), G-(x), R = G+(x) - G-(x), with the classifier's probabilities."""
+def write_sample_grid(plus, minus, classifier, images, hu_window, path: Path, title: str) -> None:
+    """Columns x, G+(x), G-(x), R = G+(x) - G-(x) in HU, with the classifier's probabilities; ``images`` on
+    the generators' scale (``hu_window`` mapped to [0, 1])."""
     from xaiexplain.io.figures import counterfactual_grid
 
     was_training = plus.training
     plus.eval()
     minus.eval()
-    generated_plus, generated_minus = plus(images).float(), minus(images).float()
-    probabilities = [torch.softmax(classifier(t).float(), 1)[:, MALIGNANT].cpu().numpy()
-                     for t in (images, generated_plus, generated_minus)]
-    counterfactual_grid(images[:, 0].cpu().numpy(), generated_plus[:, 0].cpu().numpy(),
-                        generated_minus[:, 0].cpu().numpy(), probabilities, path, title)
+    low, high = hu_window
+    columns = [images, plus(images).float(), minus(images).float()]
+    probabilities = [torch.softmax(classifier(cycle_am.classifier_view(t)).float(), 1)[:, MALIGNANT].cpu().numpy()
+                     for t in columns]
+    counterfactual_grid(*(t[:, 0].cpu().numpy() * (high - low) + low for t in columns), probabilities, path, title)
     plus.train(was_training)
     minus.train(was_training)

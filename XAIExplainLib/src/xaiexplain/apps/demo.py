@@ -73,15 +73,13 @@ def run_demo(out: Path, scan: str = "LIDC-IDRI-0078", seed: int = 0, command: st
         maps = {m: np.stack([result.maps[m][n][c] for n, c in enumerate(central)]) for m in shown}
         explanation_panel(patches, {m: maps[m] for m in shown if m in in_figure},
                           top.path("figure6_methods.png"), titles,
-                          title=f"{scan} phantom: relevance of each method (red malignant, blue benign evidence)")
+                          title=f"{scan} phantom: each method's map, drawn as its kind says (column titles)")
         explanation_panel(patches, {m: maps[m] for m in shown if m not in in_figure},
                           top.path("figure6_iterative.png"), titles,
                           title=f"{scan} phantom: iterative augmentation of each method's evidence")
         bundle = load_bundle()
         pair = counterfactuals(bundle, patches)
-        x = bundle.to_tensor(patches)[:, 0].numpy()
-        counterfactual_grid(x, bundle.to_tensor(pair.malignant)[:, 0].numpy(),
-                            bundle.to_tensor(pair.benign)[:, 0].numpy(),
+        counterfactual_grid(patches, pair.malignant, pair.benign,
                             [bundle.predict(patches), pair.malignant_probability, pair.benign_probability],
                             top.path("counterfactuals.png"),
                             title=f"{scan} phantom: x, G+(x), G-(x) and R = G+(x) - G-(x)")

@@ -4,12 +4,15 @@ The nodules are those of the test-split patients of the patch set (never seen in
 per nodule: the slice with the largest consensus area. For every method and its ``iterative:`` variant,
 and ``cycle-am``:
 
-- localization of the evidence for the decision (``xaiexplain.evaluation``) against the nodule mask, and
-  separately against the spicule and calcification masks on the patches that have them;
+- localization (``xaiexplain.evaluate.localization``) of the evidence for a malignant decision against the
+  nodule mask on the patches called malignant, and of the evidence for the decision made against the
+  spicule and calcification masks on all patches that have them (calcification speaks for benign, and
+  most calcified nodules are called benign);
 - faithfulness: RISE deletion and insertion AUC of p(malignant) on the patches called malignant, pixels
   replaced by the patch's lung parenchyma;
 - sanity: the model-parameter randomization test, Spearman correlation of |map| between the trained
-  classifier and one with all parameters re-initialized (low is good);
+  classifier and one with all parameters re-initialized (low is good); not applicable to cycle-am, whose
+  generators belong to the trained classifier;
 - counterfactual validity for cycle-am (flip rates, probabilities, SSIM);
 - cost: wall time per patch, its ratio to one forward+backward pass of the classifier on the same batch,
   and the peak resident memory the method added.
@@ -40,7 +43,8 @@ from xaiexplain.evaluate.cost import (
     whole_series_seconds,
 )
 from xaiexplain.explainers import registry
-from xaiexplain.explainers.counterfactuals import DEFAULT_CYCLE_AM, Counterfactuals
+from xaiexplain.errors import XAIExplainError
+from xaiexplain.explainers.counterfactuals import Counterfactuals, generators_for
 from xaiexplain.explainers.iterative import IterativeResult
 from xaiexplain.explainers.on_patches import explain
 from xaiexplain.io.files import output_set
@@ -117,7 +121,9 @@ def measure_method(method: str, bundle: Bundle, data: dict, decisions: np.ndarra
     # every measure on the same patches for every method: those called malignant (iterative methods augment
     # the evidence for the positive decision only), on the map reduced to that evidence as Algorithm 1 sees it
     called_malignant = np.flatnonzero(decisions)
-    evidence = registry.get(method).map_kind.positive_evidence(maps)
+    record = registry.get(method)
+    evidence = record.map_kind.positive_evidence(maps)
+    for_decision = np.stack([record.map_kind.for_decision(m, bool(d)) for m, d in zip(maps, decisions)])
     entry = {"seconds_per_patch": seconds / len(images), "ratio_to_forward_backward": seconds / reference_seconds,
              "peak_memory_mb": memory, "measured_patches": called_malignant.tolist()}
     explained = [n for n in called_malignant if (evidence[n] > 0).any()]
@@ -126,17 +132,12 @@ def measure_method(method: str, bundle: Bundle, data: dict, decisions: np.ndarra
         passes = [p for n in called_malignant for p in details.passes[n]]
         entry["iterations_mean"] = float(details.iterations[called_malignant].mean()) if called_malignant.size else None
         entry["mask_fraction_median"] = float(np.median([p.mask.mean() for p in passes])) if passes else None
-    for mask_name in ("nodule_mask", "spicule_mask", "calcification_mask"):
+    for mask_name, maps_measured, patches in (("nodule_mask", evidence, explained),
+                                              ("spicule_mask", for_decision, range(len(images))),
+                                              ("calcification_mask", for_decision, range(len(images)))):
         masks = data[mask_name]
-        with_mask = [n for n in explained if masks[n].any()]
-        key = mask_name.removesuffix("_mask")
-        entry[key] = {
-            "patches": len(with_mask),
-            "pointing_game": _mean([localization.pointing_game(evidence[n], masks[n], POINTING_TOLERANCE_PX)
-                                    for n in with_mask]),
-            "mass_accuracy": _mean([localization.relevance_mass_accuracy(evidence[n], masks[n]) for n in with_mask]),
-            "rank_accuracy": _mean([localization.relevance_rank_accuracy(evidence[n], masks[n]) for n in with_mask]),
-        }
+        with_mask = [n for n in patches if masks[n].any() and (maps_measured[n] > 0).any()]
+        entry[mask_name.removesuffix("_mask")] = localization_entry(maps_measured, masks, with_mask)
     if called_malignant.size:
         curves = faithfulness.deletion_insertion(images[called_malignant], evidence[called_malignant], bundle.predict)
         entry.update({"faithfulness_patches": int(called_malignant.size),
@@ -145,26 +146,38 @@ def measure_method(method: str, bundle: Bundle, data: dict, decisions: np.ndarra
                       "deletion_curve": curves.deletion.mean(axis=0).tolist(),
                       "insertion_curve": curves.insertion.mean(axis=0).tolist(),
                       "curve_fractions": curves.fractions.tolist()})
-    subset = images[:randomization_patches]
-    random_maps = explain(random_bundle, subset, method, **options)
-    entry["randomization_spearman"] = _mean([faithfulness.rank_correlation(maps[n], random_maps[n])
-                                             for n in range(len(subset))])
-    # e.g. an iterative method with a randomized classifier that calls nothing malignant: no map to compare
-    entry["randomized_maps_empty"] = int(sum(not random_map.any() for random_map in random_maps))
+    if record.randomization_not_applicable:
+        entry["randomization_not_applicable"] = record.randomization_not_applicable
+    else:
+        subset = images[:randomization_patches]
+        random_maps = explain(random_bundle, subset, method, **options)
+        entry["randomization_spearman"] = _mean([faithfulness.rank_correlation(maps[n], random_maps[n])
+                                                 for n in range(len(subset))])
+        # e.g. an iterative method with a randomized classifier that calls nothing malignant: no map to compare
+        entry["randomized_maps_empty"] = int(sum(not random_map.any() for random_map in random_maps))
     if isinstance(details, Counterfactuals):
         entry["counterfactuals"] = _counterfactual_validity(bundle, images, details)
     return entry
 
 
-def _counterfactual_validity(bundle: Bundle, images: np.ndarray, pair) -> dict:
-    from xaiexplain.evaluate.classifier_metrics import domain_transfer
-    from xaiexplain.models.cycle_am import ssim_per_image
+def localization_entry(maps: np.ndarray, masks: np.ndarray, measured) -> dict:
+    """Pointing game, relevance mass and rank accuracy of non-negative ``maps`` against ``masks``, averaged
+    over the ``measured`` patches."""
+    return {"patches": len(measured),
+            "pointing_game": _mean([localization.pointing_game(maps[n], masks[n], POINTING_TOLERANCE_PX)
+                                    for n in measured]),
+            "mass_accuracy": _mean([localization.relevance_mass_accuracy(maps[n], masks[n]) for n in measured]),
+            "rank_accuracy": _mean([localization.relevance_rank_accuracy(maps[n], masks[n]) for n in measured])}
 
-    x = bundle.to_tensor(images)
-    ssim_plus = ssim_per_image(x, bundle.to_tensor(pair.malignant)).numpy()
-    ssim_minus = ssim_per_image(x, bundle.to_tensor(pair.benign)).numpy()
+
+def _counterfactual_validity(bundle: Bundle, images: np.ndarray, pair) -> dict:
+    """Domain transfer on the benchmark's patches: one per nodule."""
+    from xaiexplain.evaluate.domain_transfer import domain_transfer
+    from xaiexplain.explainers.counterfactuals import proximity
+
+    ssim_plus, ssim_minus = proximity(bundle, images, pair)
     return domain_transfer(bundle.predict(images), pair.malignant_probability, pair.benign_probability,
-                           ssim_plus, ssim_minus, bundle.threshold)
+                           ssim_plus, ssim_minus, bundle.threshold, np.arange(len(images)))
 
 
 # -- the whole benchmark -----------------------------------------------------------------------------------
@@ -189,8 +202,15 @@ def run_benchmark(out, quick: bool = False, methods=None, model=None, cycle_am=N
 
         series = whole_series_seconds(bundle)
         reference = forward_backward_seconds(bundle, images)
-        generators = load_bundle(cycle_am or DEFAULT_CYCLE_AM, role="cycle-am")
-        generator_reference = generator_forward_seconds(generators, bundle, images)
+        generators, generator_reference, skipped = None, None, {}
+        needing_generators = [m for m in methods if "generators" in registry.get(m).defaults]
+        if needing_generators:
+            try:  # cycle-am's generators belong to one classifier: skipped, with the reason, for another
+                generators = generators_for(bundle, cycle_am)
+                generator_reference = generator_forward_seconds(generators, bundle, images)
+            except XAIExplainError as refusal:
+                skipped = {m: str(refusal) for m in needing_generators}
+                methods = [m for m in methods if m not in skipped]
         random_bundle = randomized(bundle, seed)
         targets, reference_passes = cost_targets()
         randomization_patches = QUICK_RANDOMIZATION_PATCHES if quick else FULL_RANDOMIZATION_PATCHES
@@ -209,10 +229,12 @@ def run_benchmark(out, quick: bool = False, methods=None, model=None, cycle_am=N
                 results[method]["ratio_to_two_generator_passes"] = seconds / generator_reference
         summary = {
             "command": command, "library_version": __version__, "machine": machine(), "quick": quick, "seed": seed,
-            "model": str(bundle.path), "cycle_am": str(generators.path), "patches": int(len(images)),
+            "model": str(bundle.path), "cycle_am": str(generators.path) if generators else None,
+            "skipped": skipped, "patches": int(len(images)),
             "patch_names": data["names"], "labels": {"malignant": int(data["label"].sum()),
                                                      "benign": int((1 - data["label"]).sum())},
             "decided_malignant": int(decisions.sum()), "threshold": bundle.threshold,
+            "patches_with_calcification": int(data["calcification_mask"].any(axis=(1, 2)).sum()),
             "pointing_tolerance_px": POINTING_TOLERANCE_PX, "randomization_patches": randomization_patches,
             "forward_backward_seconds": reference, "two_generator_passes_seconds": generator_reference,
             "targets": targets, "reference_passes": reference_passes, "whole_series": series,
@@ -227,7 +249,7 @@ def _format(value, digits: int = 3) -> str:
 
 
 TABLE_HEADER = ("method", "explained", "passes", "mask / pass", "pointing", "mass acc.", "rank acc.", "spicule mass",
-                "calcification mass", "deletion AUC (lower)", "insertion AUC (higher)", "randomization rho (lower)",
+                "calcification mass", "calcified explained", "deletion AUC (lower)", "insertion AUC (higher)", "randomization rho (lower)",
                 "ms / patch", "x fwd+bwd", "peak MB added")
 
 
@@ -236,15 +258,20 @@ def table_rows(summary: dict) -> list[list[str]]:
     rows = []
     for method, entry in summary["methods"].items():
         nodule = entry["nodule"]
-        randomization = _format(entry["randomization_spearman"], 2)
-        if entry["randomization_spearman"] is None and entry["randomized_maps_empty"] == summary["randomization_patches"]:
+        if "randomization_not_applicable" in entry:
+            randomization = "not applicable"
+        elif entry["randomization_spearman"] is None and entry["randomized_maps_empty"] == summary["randomization_patches"]:
             randomization = "no map"
+        else:
+            randomization = _format(entry["randomization_spearman"], 2)
         passes = _format(entry.get("iterations_mean"), 1) if "iterations_mean" in entry else ""
         mask = f"{100 * entry['mask_fraction_median']:.1f} %" if entry.get("mask_fraction_median") is not None else ""
         rows.append([method, f"{entry['patches_with_evidence']}/{len(entry['measured_patches'])}", passes, mask,
                      _format(nodule["pointing_game"], 2), _format(nodule["mass_accuracy"]),
                      _format(nodule["rank_accuracy"]), _format(entry["spicule"]["mass_accuracy"]),
-                     _format(entry["calcification"]["mass_accuracy"]), _format(entry.get("deletion_auc")),
+                     _format(entry["calcification"]["mass_accuracy"]),
+                     f"{entry['calcification']['patches']}/{summary['patches_with_calcification']}",
+                     _format(entry.get("deletion_auc")),
                      _format(entry.get("insertion_auc")), randomization,
                      f"{1000 * entry['seconds_per_patch']:.1f}", f"{entry['ratio_to_forward_backward']:.1f}",
                      f"{entry['peak_memory_mb']:.0f}"])
@@ -268,22 +295,33 @@ def markdown_report(summary: dict) -> str:
              f"gives any (*explained*), pointing with a {summary['pointing_tolerance_px']} px tolerance; "
              f"faithfulness by RISE (pixels replaced by the patch's lung parenchyma). *passes*: mean passes of "
              f"Algorithm 1; *mask / pass*: median share of the patch inpainted per pass; "
-             f"randomization compares maps on {summary['randomization_patches']} patches (*no map*: the "
-             f"randomized classifier calls none of them malignant, so an iterative method has nothing to augment). "
-             f"Peak MB added: resident memory above what the process already held. One forward+backward pass "
-             f"of the classifier on the batch: {1000 * summary['forward_backward_seconds']:.1f} ms; "
-             f"G+ and G- forward: {1000 * summary['two_generator_passes_seconds']:.1f} ms.", "",
+             f"*spicule mass* and *calcification mass*: on all {summary['patches']} patches that have the "
+             f"structure ({summary['patches_with_calcification']} calcified: *calcified explained*), on the "
+             f"evidence for the decision made (benign evidence where a patch is called benign; calcification "
+             f"speaks for benign); iterative methods explain the patches called malignant only. "
+             f"Randomization compares maps on {summary['randomization_patches']} patches (*no map*: the "
+             f"randomized classifier calls none of them malignant, so an iterative method has nothing to augment; "
+             f"*not applicable*: cycle-am's generators belong to the trained classifier, so they are not run for "
+             f"the randomized one). Peak MB added: resident memory above what the process already held. One "
+             f"forward+backward pass of the classifier on the batch: {1000 * summary['forward_backward_seconds']:.1f} ms"
+             + (f"; G+ and G- forward: {1000 * summary['two_generator_passes_seconds']:.1f} ms."
+                if summary["two_generator_passes_seconds"] else "."), "",
              markdown_table(summary)]
+    for method, reason in summary["skipped"].items():
+        lines += [f"Skipped {method}: {reason}.", ""]
     for name, cycle in summary["methods"].items():
         if "counterfactuals" not in cycle:
             continue
-        flips = cycle["counterfactuals"]["flip_rate"]
-        p = cycle["counterfactuals"]["probability"]
-        ssim = cycle["counterfactuals"]["ssim"]
+        transfer = cycle["counterfactuals"]["per_nodule"]
+        p, ssim = transfer["probability"], transfer["ssim"]
+        flips = cycle["counterfactuals"]["per_patch_flip_rates"]["at the bundle's threshold"]
+        to_malignant = flips["G+ to malignant, among those called benign"]
+        to_benign = flips["G- to benign, among those called malignant"]
         lines += [f"Counterfactual validity of {name}: mean p(malignant) {p['x']['mean']:.3f} on x, "
-                  f"{p['G+(x)']['mean']:.3f} on G+(x), {p['G-(x)']['mean']:.3f} on G-(x); flip rates G+ to malignant "
-                  f"{flips['G+ to malignant']:.2f}, G- to benign {flips['G- to benign']:.2f}, both {flips['both']:.2f}; "
-                  f"SSIM(x, G+(x)) {ssim['x, G+(x)']['mean']:.3f}, SSIM(x, G-(x)) {ssim['x, G-(x)']['mean']:.3f}; "
+                  f"{p['G+(x)']['mean']:.3f} on G+(x), {p['G-(x)']['mean']:.3f} on G-(x); G+ brings "
+                  f"{_format(to_malignant['rate'], 2)} of the {to_malignant['eligible']} patches called benign to "
+                  f"malignant, G- {_format(to_benign['rate'], 2)} of the {to_benign['eligible']} called malignant to "
+                  f"benign; SSIM(x, G+(x)) {ssim['x, G+(x)']['mean']:.3f}, SSIM(x, G-(x)) {ssim['x, G-(x)']['mean']:.3f}; "
                   f"{cycle['ratio_to_two_generator_passes']:.2f} x two generator passes.", ""]
     lines += ["Cost against the targets (method time / reference time):", ""]
     for method, target in summary["targets"].items():

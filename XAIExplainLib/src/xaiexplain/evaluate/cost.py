@@ -70,7 +70,7 @@ def forward_backward_seconds(bundle: Bundle, images: np.ndarray, repeats: int = 
 
 def generator_forward_seconds(generators: Bundle, bundle: Bundle, images: np.ndarray, repeats: int = 20) -> float:
     """G+(x) and G-(x), the two generator forward passes cycle-am needs."""
-    x = bundle.to_tensor(images)
+    x = generators.to_tensor(images)
 
     def step():
         with torch.no_grad():

@@ -1,5 +1,10 @@
 """Counterfactuals of cycle-consistent activation maximization (paper 1): G+(x) and G-(x), the patch made
-malignant and made benign by the two generators, with the classifier's probabilities."""
+malignant and made benign by the two generators, with the classifier's probabilities.
+
+A cycle-am bundle belongs to the classifier it was trained against: its generators learned what that
+network reads, so with another classifier their images and R = G+(x) - G-(x) mean nothing. The bundle
+records the classifier's weight fingerprint, and ``generators_for`` refuses another classifier.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,9 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from xaiexplain.models.bundles import Bundle, load_bundle
+from xaiexplain.errors import XAIExplainError
+from xaiexplain.models import cycle_am
+from xaiexplain.models.bundles import Bundle, load_bundle, shown_name
 
 DEFAULT_CYCLE_AM = "demo-cycle-am"
+BATCH = 256
 
 
 @dataclass
@@ -23,13 +31,36 @@ class Counterfactuals:
     benign_probability: np.ndarray  # p(G-(x))
 
 
-def counterfactuals(bundle: Bundle, patches_hu: np.ndarray, generators=None) -> Counterfactuals:
-    """G+(x) and G-(x) for HU patches; ``generators`` a cycle-am bundle (default the shipped one)."""
-    generators = load_bundle(generators or DEFAULT_CYCLE_AM, role="cycle-am")
+def generators_for(bundle: Bundle, generators=None, allow_other_classifier: bool = False) -> Bundle:
+    """The cycle-am bundle ``generators`` (default the shipped one), loaded, if it was trained against the
+    classifier ``bundle``; otherwise one sentence (``allow_other_classifier`` overrides the check)."""
+    generators = load_bundle(generators or DEFAULT_CYCLE_AM, device=bundle.device, role="cycle-am")
+    generators.model.to(bundle.device)  # a Bundle handed in as it is
+    recorded = generators.config["classifier"]["weights_sha256"]
+    if recorded != bundle.fingerprint and not allow_other_classifier:
+        raise XAIExplainError(
+            f"the cycle-am bundle {shown_name(generators.path)} was trained against another classifier (weights "
+            f"sha256 {recorded[:12]}), not {shown_name(bundle.path)} ({bundle.fingerprint[:12]}): train one for it "
+            f"with xaiexplain-train cycle-am --classifier {shown_name(bundle.path)}, and give it as --cycle-am")
+    return generators
+
+
+def counterfactuals(bundle: Bundle, patches_hu: np.ndarray, generators=None,
+                    allow_other_classifier: bool = False) -> Counterfactuals:
+    """G+(x) and G-(x) for HU patches; ``generators`` a cycle-am bundle trained against ``bundle``."""
+    generators = generators_for(bundle, generators, allow_other_classifier)
+    x = generators.to_tensor(patches_hu)
+    with torch.no_grad():
+        plus = torch.cat([generators.model.plus(x[n:n + BATCH]) for n in range(0, len(x), BATCH)])
+        minus = torch.cat([generators.model.minus(x[n:n + BATCH]) for n in range(0, len(x), BATCH)])
+    return Counterfactuals(malignant=generators.to_hu(plus), benign=generators.to_hu(minus),
+                           malignant_probability=bundle.probability(cycle_am.classifier_view(plus)),
+                           benign_probability=bundle.probability(cycle_am.classifier_view(minus)))
+
+
+def proximity(bundle: Bundle, patches_hu: np.ndarray, pair: Counterfactuals) -> tuple[np.ndarray, np.ndarray]:
+    """SSIM(x, G+(x)) and SSIM(x, G-(x)) per patch, on the images as the classifier reads them."""
     x = bundle.to_tensor(patches_hu)
     with torch.no_grad():
-        plus = torch.cat([generators.model.plus(x[n:n + 256]) for n in range(0, len(x), 256)])
-        minus = torch.cat([generators.model.minus(x[n:n + 256]) for n in range(0, len(x), 256)])
-    return Counterfactuals(malignant=bundle.to_hu(plus), benign=bundle.to_hu(minus),
-                           malignant_probability=bundle.probability(plus),
-                           benign_probability=bundle.probability(minus))
+        return (cycle_am.ssim_per_image(x, bundle.to_tensor(pair.malignant)).cpu().numpy(),
+                cycle_am.ssim_per_image(x, bundle.to_tensor(pair.benign)).cpu().numpy())

@@ -25,7 +25,8 @@ def explain(bundle, patches_hu: np.ndarray, method: str, return_details: bool = 
         Also return the method's details: the ``IterativeResult`` (every pass) of ``iterative:<m>``, the
         ``Counterfactuals`` of ``cycle-am``; None for the others.
     cycle_am : Bundle, str or path, optional
-        The cycle-am bundle of ``cycle-am`` (the ``generators`` option; default the shipped one).
+        The cycle-am bundle of ``cycle-am`` (the ``generators`` option; default the shipped one). It must
+        have been trained against ``bundle`` (``allow_other_classifier=True`` overrides the check).
     **options
         The method's options, as its registry record declares them (``registry.get(method).defaults``),
         e.g. ``layer="block2"`` for Grad-CAM or ``steps=100`` for integrated gradients. An option the
@@ -48,8 +49,8 @@ def explain(bundle, patches_hu: np.ndarray, method: str, return_details: bool = 
     record = registry.get(method)
     if cycle_am is not None:
         options = {**options, "generators": cycle_am}
-    settings = record.options(options)
     bundle = load_bundle(bundle)
+    settings = record.prepared(bundle, options)
     patches_hu = np.asarray(patches_hu, np.float32)
     if patches_hu.ndim != 3:
         raise XAIExplainError(f"patches must be (N, H, W), not of shape {patches_hu.shape}")
@@ -69,3 +70,10 @@ def split_options(methods, options: Mapping[str, Any]) -> dict[str, dict]:
             raise XAIExplainError(f"none of the methods {', '.join(methods)} takes the option {name!r}")
     return {record.name: {key: value for key, value in options.items() if key in record.defaults}
             for record in records}
+
+
+def prepare_methods(bundle, methods, options: Mapping[str, Any]) -> dict[str, dict]:
+    """``split_options``, each method's share resolved and checked for the classifier ``bundle`` before
+    anything is computed (e.g. cycle-am's generators loaded once, and refused unless trained against it)."""
+    options_of = split_options(methods, options)
+    return {name: registry.get(name).prepared(bundle, given) for name, given in options_of.items()}

@@ -14,7 +14,7 @@ from xaiexplain.errors import XAIExplainError
 from xaiexplain.explainers import iterative, registry
 from xaiexplain.explainers.counterfactuals import Counterfactuals
 from xaiexplain.explainers.labels import label_image
-from xaiexplain.explainers.on_patches import explain, split_options
+from xaiexplain.explainers.on_patches import explain, prepare_methods
 from xaiexplain.models.bundles import load_bundle
 
 
@@ -33,7 +33,8 @@ class SeriesExplanation:
 
 
 def explain_series(image, points, bundle=None, methods=("saliency",), progress=None,
-                   half_height_mm: float = DEFAULT_HALF_HEIGHT_MM, cycle_am=None, **options) -> SeriesExplanation:
+                   half_height_mm: float = DEFAULT_HALF_HEIGHT_MM, cycle_am=None, method_options=None,
+                   **options) -> SeriesExplanation:
     """Explain every nodule of a series, each method's maps put back into the series' exact geometry.
 
     Parameters
@@ -53,6 +54,8 @@ def explain_series(image, points, bundle=None, methods=("saliency",), progress=N
         With points: the slices within this distance of a point are its nodule's.
     cycle_am : Bundle, str or path, optional
         The cycle-am bundle (the ``generators`` option).
+    method_options : dict, optional
+        Each method's options as ``prepare_methods`` resolved them for ``bundle`` (instead of ``**options``).
     **options
         Options of the methods; each goes to the methods that take it, and one that none of them takes
         raises XAIExplainError.
@@ -75,8 +78,9 @@ def explain_series(image, points, bundle=None, methods=("saliency",), progress=N
     """
     if cycle_am is not None:
         options = {**options, "generators": cycle_am}
-    options_of = split_options(methods, options)  # also refuses unknown methods and options
     bundle = load_bundle(bundle) if bundle is not None else load_bundle()
+    # refuses unknown methods and options, and cycle-am generators of another classifier, before computing
+    options_of = method_options if method_options is not None else prepare_methods(bundle, methods, options)
     sitk_image = image.image if isinstance(image, CTSeries) else image
     if isinstance(points, str):
         if points != "lidc" or not isinstance(image, CTSeries):

@@ -11,8 +11,10 @@ Kinds (what a map means, see docs/design.md):
 - ``sensitivity``: how strongly the decision reacts to a pixel (paper 2, Table I);
 - ``change``: cycle-am's R = G+(x) - G-(x) in HU, brighter or darker in the malignant version.
 
-A method's ``compute(bundle, patches_hu, options)`` returns (maps (N, H, W) float32, details or None).
-New methods are added with ``register``.
+A method's ``compute(bundle, patches_hu, options)`` returns (maps (N, H, W) float32, details or None);
+its ``prepare(bundle, options)``, where it has one, resolves and checks the options for a classifier before
+anything is computed (cycle-am: its generators must belong to that classifier). New methods are added with
+``register``.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import torch
 
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.explainers import captum_methods, deep_lift, iterative, lrp
-from xaiexplain.explainers.counterfactuals import DEFAULT_CYCLE_AM, counterfactuals
+from xaiexplain.explainers.counterfactuals import DEFAULT_CYCLE_AM, counterfactuals, generators_for
 
 ITERATIVE_PREFIX = "iterative:"
 PAPER_1 = ("A. Katzmann et al., Explaining clinical decision support systems in medical imaging using "
@@ -41,6 +43,7 @@ class Kind:
 
     name: str
     meaning: str
+    legend: str  # how its colours read, in a few words (figure column titles)
     sides: tuple[tuple[str, int, float], ...]  # (label name, label value, sign of the map values it marks)
     colour_map: str  # "diverging" (blue < 0 < red) or "sequential" (transparent 0 .. green high)
     present: Callable[[np.ndarray], np.ndarray]  # the method's raw map -> the map a user gets
@@ -68,13 +71,13 @@ def _unchanged(maps):
 
 
 KINDS = {kind.name: kind for kind in (
-    Kind("evidence", "signed evidence: > 0 speaks for malignant, < 0 for benign",
+    Kind("evidence", "signed evidence: > 0 speaks for malignant, < 0 for benign", "red malignant, blue benign",
          (("malignant evidence", 1, 1.0), ("benign evidence", 2, -1.0)), "diverging", _unchanged,
          lambda maps: np.maximum(maps, 0.0)),
     Kind("sensitivity", "unsigned: how strongly the decision reacts to each pixel, for no class in particular",
-         (("relevant to the decision", 1, 1.0),), "sequential", np.abs, np.abs),
+         "green: relevant", (("relevant to the decision", 1, 1.0),), "sequential", np.abs, np.abs),
     Kind("change", "G+(x) - G-(x) in HU: brighter (> 0) or darker (< 0) in the malignant version",
-         (("brighter in the malignant version", 1, 1.0), ("darker in the malignant version", 2, -1.0)),
+         "red brighter, blue darker in G+", (("brighter in the malignant version", 1, 1.0), ("darker in the malignant version", 2, -1.0)),
          "diverging", _unchanged, np.abs),
 )}
 
@@ -91,6 +94,10 @@ class Method:
     figure_rank: int = 100  # order in paper 1's Fig. 6 panels
     cost_target: float | None = None  # at most this many reference times (benchmark)
     reference_passes: int = 1  # forward+backward passes of the classifier the method's time is divided by
+    # (bundle, options) -> options resolved for that classifier, or an XAIExplainError; None: nothing to check
+    prepare: Callable[[Any, dict], dict] | None = None
+    # why the model-randomization test cannot judge the method (None: it can)
+    randomization_not_applicable: str | None = None
 
     @property
     def file_name(self) -> str:
@@ -112,6 +119,11 @@ class Method:
             takes = ", ".join(self.defaults) or "no options"
             raise XAIExplainError(f"{self.name} has no option {unknown[0]!r} (it takes {takes})")
         return {**self.defaults, **given}
+
+    def prepared(self, bundle, given: Mapping[str, Any]) -> dict:
+        """``options(given)`` resolved and checked for the classifier ``bundle`` (``prepare``)."""
+        settings = self.options(given)
+        return self.prepare(bundle, settings) if self.prepare else settings
 
 
 _METHODS: dict[str, Method] = {}
@@ -218,8 +230,13 @@ def _lrp(rules: str) -> Callable:
 
 
 def _cycle_am(bundle, patches_hu, options):
-    pair = counterfactuals(bundle, patches_hu, options["generators"])
+    pair = counterfactuals(bundle, patches_hu, options["generators"], options["allow_other_classifier"])
     return (pair.malignant - pair.benign).astype(np.float32), pair
+
+
+def _cycle_am_generators(bundle, options):
+    """The generators loaded once, and refused unless trained against ``bundle``."""
+    return {**options, "generators": generators_for(bundle, options["generators"], options["allow_other_classifier"])}
 
 
 ITERATIVE_DEFAULTS = MappingProxyType({"max_iterations": iterative.MAX_ITERATIONS, "decay": iterative.DECAY,
@@ -243,7 +260,8 @@ def _iterative(base: Method) -> Method:
                   summary=f"iterative augmentation of visual evidence around {base.name}",
                   reference=f"{PAPER_2}; around {base.reference}", compute=compute,
                   defaults=MappingProxyType({**base.defaults, **ITERATIVE_DEFAULTS}), needs=base.needs,
-                  figure_rank=base.figure_rank + 100)
+                  figure_rank=base.figure_rank + 100, prepare=base.prepare,
+                  randomization_not_applicable=base.randomization_not_applicable)
 
 
 GRAD_CAM_DEFAULTS = MappingProxyType({"layer": captum_methods.DEFAULT_GRAD_CAM_LAYER})
@@ -275,7 +293,8 @@ for _record in (
            "G. Montavon et al., Explaining nonlinear classification decisions with deep Taylor decomposition, "
            "Pattern Recognition 2017", _lrp("z+"), figure_rank=2),
     Method("cycle-am", "change", "cycle-consistent activation maximization: G+(x) - G-(x) in HU", PAPER_1,
-           _cycle_am, defaults=MappingProxyType({"generators": DEFAULT_CYCLE_AM}), needs=("generators",),
-           figure_rank=0, cost_target=1.5),
+           _cycle_am, defaults=MappingProxyType({"generators": DEFAULT_CYCLE_AM, "allow_other_classifier": False}),
+           needs=("generators",), figure_rank=0, cost_target=1.5, prepare=_cycle_am_generators,
+           randomization_not_applicable="its generators belong to the trained classifier"),
 ):
     register(_record)

@@ -7,7 +7,7 @@ import SimpleITK as sitk
 from xaiexplain import __version__
 from xaiexplain.data.series import read_series
 from xaiexplain.explainers import registry
-from xaiexplain.explainers.on_patches import split_options
+from xaiexplain.explainers.on_patches import prepare_methods
 from xaiexplain.explainers.on_series import explain_series
 from xaiexplain.io.figures import explanation_panel
 from xaiexplain.io.files import output_set, safe_name
@@ -27,12 +27,13 @@ def write_series_explanation(series_folder, out, methods, model=None, series_uid
     (each goes to the methods that take it, e.g. ``layer``, ``generators``). ``progress(method)`` is called as
     each method finishes; ``panels=False`` leaves out the PNG panels; ``allow_gaps`` explains a series with
     missing slices on interpolated ones and records the gaps."""
-    split_options(methods, options or {})  # before any reading: a typo costs nothing
     bundle = load_bundle(model) if model else load_bundle()
+    # before any reading: a typo in an option, cycle-am generators of another classifier
+    method_options = prepare_methods(bundle, methods, options or {})
     ct = read_series(series_folder, series_uid, allow_gaps=allow_gaps)
     with output_set(out, "nodules.json") as written:  # checks that out is writable before computing
         result = explain_series(ct, "lidc" if use_lidc else points, bundle, methods, half_height_mm=half_height_mm,
-                                progress=progress, **(options or {}))
+                                progress=progress, method_options=method_options)
         files = {}
         for method in methods:
             files[method] = {kind: f"{kind}_{registry.get(method).file_name}.nrrd" for kind in ("relevance", "labels")}

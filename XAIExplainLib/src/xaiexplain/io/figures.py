@@ -90,13 +90,20 @@ def explanation_panel(patches_hu: np.ndarray, maps: dict[str, np.ndarray], path,
                 colours[..., 3] = np.clip(np.abs(relative) * 1.2, 0, 0.85)
                 axis.imshow(colours)
             if r == 0:
-                axis.set_title(method, fontsize=8)
+                axis.set_title(method if values is None else column_title(method), fontsize=7)
             if c == 0:
                 axis.set_ylabel(row_titles[r], fontsize=7)
     if title:
         figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     return save_figure(figure, path, dpi=100)
+
+
+def column_title(method: str) -> str:
+    """A method's panel column title: its name and how its kind's colours read."""
+    from xaiexplain.explainers import registry
+
+    return f"{method}\n{registry.get(method).map_kind.legend}"
 
 
 def display_scale(values: np.ndarray, percentile: float = 99.0) -> float:
@@ -120,26 +127,29 @@ def line_plot(series: dict[str, tuple[list, list]], path, x_label: str, y_label:
     return save_figure(figure, path, dpi=100)
 
 
-def counterfactual_grid(images, plus, minus, probabilities, path, title: str) -> Path:
-    """Rows: images; columns x, G+(x), G-(x) (network inputs in [0, 1], shown at the lung window of the
-    HU window -1000..400) and R = G+(x) - G-(x); each image column titled with p(malignant)."""
+def counterfactual_grid(images, plus, minus, probabilities, path, title: str, window=LUNG_WINDOW) -> Path:
+    """Rows: images; columns x, G+(x), G-(x) (HU, at the lung window, each titled with p(malignant)) and
+    R = G+(x) - G-(x) in HU, drawn as a change: red where the malignant version is brighter, blue darker."""
     plt = pyplot()
+    level, width = window
     rows = len(images)
-    figure, axes = plt.subplots(rows, 4, figsize=(6.4, 1.6 * rows + 0.5), squeeze=False)
+    figure, axes = plt.subplots(rows, 4, figsize=(6.4, 1.6 * rows + 0.7), squeeze=False)
     relevance = plus - minus
-    scale = float(np.abs(relevance).max()) or 1.0
+    scale = display_scale(relevance)
     for r in range(rows):
-        for c, (name, array) in enumerate((("x", images), ("G+(x)", plus), ("G-(x)", minus), ("R", relevance))):
+        for c, (name, array) in enumerate((("x", images), ("G+(x)", plus), ("G-(x)", minus),
+                                           ("R = G+(x) - G-(x)", relevance))):
             axis = axes[r, c]
             axis.set_xticks([])
             axis.set_yticks([])
-            if name == "R":
+            if c == 3:
                 axis.imshow(array[r], cmap="RdBu_r", vmin=-scale, vmax=scale)
+                axis.set_xlabel(f"|R| max {np.abs(array[r]).max():.0f} HU", fontsize=7)
             else:
-                axis.imshow(array[r], cmap="gray", vmin=0.0, vmax=0.8)
+                axis.imshow(array[r], cmap="gray", vmin=level - width / 2, vmax=level + width / 2)
                 axis.set_xlabel(f"p {probabilities[c][r]:.2f}", fontsize=7)
             if r == 0:
                 axis.set_title(name, fontsize=8)
-    figure.suptitle(title, fontsize=9)
+    figure.suptitle(f"{title}\nR: red brighter, blue darker in the malignant version (+/- {scale:.0f} HU)", fontsize=8)
     figure.tight_layout()
     return save_figure(figure, path, dpi=90)

@@ -5,10 +5,12 @@ Bundles shipped with the library live in ``xaiexplain/bundled/<name>/`` and load
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -41,14 +43,17 @@ class Bundle:
         if role not in ROLE_NAMES:
             raise XAIExplainError(f"unknown bundle role {role!r}; known: {', '.join(ROLE_NAMES)}")
         if self.kind != role:
-            shown = self.path.name if self.path.parent == BUNDLED else str(self.path)
-            raise XAIExplainError(f"{shown} is a {self.kind} bundle, not {ROLE_NAMES[role]}")
+            raise XAIExplainError(f"{shown_name(self.path)} is a {self.kind} bundle, not {ROLE_NAMES[role]}")
         return self
 
     @property
     def threshold(self) -> float:
         """Decision threshold on the malignancy probability."""
         return float(self.require("classifier").config["decision_threshold"])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     @property
     def input_spec(self) -> dict:
@@ -60,15 +65,21 @@ class Bundle:
         return float(np.clip((hu - low) / (high - low), 0.0, 1.0))
 
     def to_tensor(self, patches_hu: np.ndarray) -> torch.Tensor:
-        """(N, H, W) HU patches -> (N, 1, H, W) network input: the HU window mapped to [0, 1]."""
-        low, high = self.input_spec["hu_window"]
-        x = (np.asarray(patches_hu, np.float32) - low) / (high - low)
-        return torch.from_numpy(np.clip(x, 0.0, 1.0)[:, None]).to(next(self.model.parameters()).device)
+        """(N, H, W) HU patches -> (N, 1, H, W) network input: the HU window mapped to [0, 1], HU clipped to
+        the window (a classifier) or to ``input.hu_range`` (cycle-am generators, which read and change values
+        beyond the window)."""
+        return torch.from_numpy(network_input(patches_hu, self.input_spec)[:, None]).to(self.device)
 
     def to_hu(self, x: torch.Tensor) -> np.ndarray:
-        """Inverse of ``to_tensor`` (within the window)."""
+        """Inverse of ``to_tensor`` (within what it clips to)."""
         low, high = self.input_spec["hu_window"]
-        return x[:, 0].detach().cpu().numpy() * (high - low) + low
+        return x[:, 0].detach().float().cpu().numpy() * (high - low) + low
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """SHA-256 of the model's weights and buffers (names, dtypes, shapes, values): which network this is,
+        whatever file it came from. A cycle-am bundle records its classifier's."""
+        return weights_fingerprint(self.model)
 
     @torch.no_grad()
     def probability(self, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
@@ -81,6 +92,28 @@ class Bundle:
     def predict(self, patches_hu: np.ndarray) -> np.ndarray:
         """Malignancy probability of HU patches (N, H, W)."""
         return self.probability(self.to_tensor(patches_hu))
+
+
+def network_input(patches_hu: np.ndarray, spec: dict) -> np.ndarray:
+    """HU -> network values (float32, same shape) by an input spec: ``hu_window`` mapped to [0, 1], HU
+    clipped to the window or to ``hu_range`` where the spec has one."""
+    low, high = spec["hu_window"]
+    clip_low, clip_high = spec.get("hu_range", (low, high))
+    return (np.clip(np.asarray(patches_hu, np.float32), clip_low, clip_high) - low) / (high - low)
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def shown_name(path: Path) -> str:
+    """A bundle as users name it: a shipped one by its name, others by their folder."""
+    return path.name if path.parent == BUNDLED else str(path)
 
 
 def bundled_names() -> list[str]:
@@ -137,6 +170,16 @@ def check_config(config, config_file) -> str:
         refuse(f"needs input.hu_window to be two finite numbers [low, high] with low < high, not {window!r}")
     if "patch_size" in spec and not _positive_int(spec["patch_size"]):
         refuse(f"needs input.patch_size to be a positive integer, not {spec['patch_size']!r}")
+    if kind == "cycle-am":
+        hu_range = spec.get("hu_range")
+        if not (isinstance(hu_range, list) and len(hu_range) == 2 and all(map(_number, hu_range))
+                and hu_range[0] <= window[0] < window[1] <= hu_range[1]):
+            refuse("has no input.hu_range around its window: it was made by an earlier XAIExplain, whose "
+                   "generators squash their output into the window; train it again with xaiexplain-train cycle-am")
+        recorded = config.get("classifier", {}).get("weights_sha256") if isinstance(config.get("classifier"), dict) else None
+        if not (isinstance(recorded, str) and len(recorded) == 64):
+            refuse("does not record the weights_sha256 of the classifier it was trained against (classifier."
+                   "weights_sha256); train it again with xaiexplain-train cycle-am")
     return kind
 
 

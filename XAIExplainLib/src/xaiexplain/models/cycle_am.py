@@ -5,7 +5,10 @@ say malignant, G- benign, each changing the image as little as possible and stay
 (G-(G+(x)) ~ x); a discriminator per generator compares a real and a fake image patch by patch. The
 relevance is R = G+(x) - G-(x).
 
-Images are the classifier's inputs: one channel in [0, 1] (the bundle's HU window).
+Images are on the classifier's scale (its HU window mapped to [0, 1]) but not clipped to the window: the
+generators read and write every value a CT holds (``CT_HU_RANGE``), so that calcification (850 HU and
+more, far above the window's 400) can be seen and changed. Only where the classifier reads an image is it
+clipped to its window (``classifier_view``).
 """
 from __future__ import annotations
 
@@ -16,8 +19,8 @@ from torch.nn import functional
 
 PAPER_WIDTHS = (48, 96, 192, 384)
 CONVOLUTIONS_PER_STAGE = 3
-# Inputs are clamped this far inside [0, 1] before their logit is taken.
-LOGIT_EPSILON = 1e-4
+# The HU a CT stores (12 bits from -1024): what the generators read and write.
+CT_HU_RANGE = (-1024.0, 3071.0)
 # SSIM's stabilising constants (paper: c1 = .01, c2 = .03) and a Gaussian window (sigma 1.5) that fits
 # 64 x 64 images at three scales (64, 32, 16 pixels).
 SSIM_K = (0.01, 0.03)
@@ -59,10 +62,12 @@ class Encoder(nn.Module):
 class Generator(nn.Module):
     """U-Net of depth 3 (stages 0-3), nearest-neighbour upsampling, skip connections.
 
-    The U-Net's output is added to the input in logit space and squashed back: G(x) = sigmoid(logit(x) +
-    U(x)). With the last convolution starting at zero every generator starts as the identity, which the
-    similarity and cycle losses want anyway, and generated images stay in the classifier's input range.
-    (The paper does not say how its generators end.)"""
+    The U-Net's output is a residual added to the input: G(x) = x + U(x), on the unclipped HU scale, so any
+    pixel can move either way by any amount with the same gradient everywhere. (The paper leaves the
+    output layer open; an output squashed into the classifier's window, sigmoid(logit(x) + U(x)), cannot
+    move pixels at the window's edges: its gradient vanishes there, and 92 % of calcified pixels sit at the
+    top.) With the last convolution starting at zero every generator starts as the identity, which the
+    similarity and cycle losses want anyway."""
 
     def __init__(self, widths=PAPER_WIDTHS, in_channels: int = 1):
         super().__init__()
@@ -78,7 +83,7 @@ class Generator(nn.Module):
         y = skips[-1]
         for stage, skip in zip(self.decoder, reversed(skips[:-1])):
             y = stage(torch.cat([functional.interpolate(y, scale_factor=2, mode="nearest"), skip], dim=1))
-        return torch.sigmoid(torch.logit(x.clamp(LOGIT_EPSILON, 1 - LOGIT_EPSILON)) + self.output(y))
+        return x + self.output(y)
 
 
 class PairDiscriminator(nn.Module):
@@ -172,12 +177,60 @@ def cycle_loss(x, reconstructed) -> torch.Tensor:
     return (functional.l1_loss(reconstructed.float(), x.float()) + ms_dssim(x, reconstructed)) / 2
 
 
-def similarity_loss(x, generated) -> torch.Tensor:
-    """The similarity loss: DSSIM between an image and its generated version."""
-    return dssim(x, generated)
+SIMILARITY_LOSSES = ("l1+dssim", "dssim")
+
+
+def similarity_loss(x, generated, kind: str = "l1+dssim") -> torch.Tensor:
+    """The similarity loss between an image and its generated version. Paper 1's is DSSIM alone ("dssim"),
+    which bounds structure but barely intensity: enough for an output squashed into the window, not for a
+    residual that can move pixels by any amount, which then paints dipoles and blobs of thousands of HU.
+    The default adds the L1 term the paper puts into its cycle loss for the same reason ("to preserve the
+    average intensity", eq. 2): (|x - G(x)| + DSSIM) / 2."""
+    if kind == "dssim":
+        return dssim(x, generated)
+    if kind != "l1+dssim":
+        raise ValueError(f"unknown similarity loss {kind!r}; known: {', '.join(SIMILARITY_LOSSES)}")
+    return (functional.l1_loss(generated.float(), x.float()) + dssim(x, generated)) / 2
+
+
+def input_spec(classifier_input: dict) -> dict:
+    """A cycle-am bundle's input spec: the classifier's HU window as the scale, clipped to the CT range
+    instead of the window (``Bundle.to_tensor`` reads ``hu_range``)."""
+    return {**classifier_input, "hu_range": list(CT_HU_RANGE),
+            "normalisation": "HU clipped to hu_range, hu_window mapped to [0, 1] (values beyond it kept)"}
+
+
+def classifier_view(images: torch.Tensor) -> torch.Tensor:
+    """Generator-scale images as the classifier reads them: clipped to its window, [0, 1]."""
+    return images.clamp(0.0, 1.0)
+
+
+class _ClipIntoWindow(torch.autograd.Function):
+    """Clipping to [0, 1] forward; backward, the gradient passes wherever a descent step leads into the
+    window or stays in it: inside it, above it when the step goes down, below it when the step goes up."""
+
+    @staticmethod
+    def forward(context, images):
+        context.save_for_backward(images)
+        return classifier_view(images)
+
+    @staticmethod
+    def backward(context, gradient):
+        (images,) = context.saved_tensors
+        inward = ((images >= 0) & (images <= 1)) | ((images > 1) & (gradient > 0)) | ((images < 0) & (gradient < 0))
+        return gradient * inward
+
+
+def straight_through_classifier_view(images: torch.Tensor) -> torch.Tensor:
+    """``classifier_view`` forward; backward, the activation-maximization gradient reaches pixels beyond the
+    window where it would bring them into it (calcification above 400 HU, which the classifier reads only
+    once it crosses into the window), and not where it would push them further out: a pixel above the
+    window already reads as the window's top, so nothing should drive it higher."""
+    return _ClipIntoWindow.apply(images)
 
 
 def activation_maximization_loss(classifier: nn.Module, generated, target_class: int) -> torch.Tensor:
-    """Cross entropy of the frozen classifier's output towards the generator's class (no image labels)."""
-    logits = classifier(generated).float()
+    """Cross entropy of the frozen classifier's output towards the generator's class (no image labels);
+    ``generated`` on the generators' scale, read through the window with a straight-through gradient."""
+    logits = classifier(straight_through_classifier_view(generated)).float()
     return functional.cross_entropy(logits, torch.full((len(generated),), target_class, device=logits.device))
