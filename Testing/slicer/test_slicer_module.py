@@ -109,3 +109,25 @@ def test_the_module_runs_the_models_in_a_process_and_installs_like_the_reference
     [torch] = _calls(tree, "installTorch")
     assert {k.arg for k in torch.keywords} >= {"torchVersionRequirement"}
     assert "slicer.util.pip_install" in text and not re.search(r"pip_install\(\s*[\"'f]", text)
+
+
+def _method(tree, class_name, name):
+    [cls] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name]
+    [method] = [n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == name]
+    return method
+
+
+def test_the_panel_installs_on_apply_stops_its_job_on_cleanup_and_tests_for_real():
+    """What was: install in setup() behind a modal dialog, a cleanup() that left the job and its timer
+    running into dead widgets, a self-test that skipped under --testing."""
+    tree = ast.parse(MODULE_FILE.read_text())
+    setup = _method(tree, "XAIExplainWidget", "setup")
+    assert not [c for name in ("ensureRequirements", "pip_install", "installTorch", "confirmOkCancelDisplay")
+                for c in _calls(setup, name)]
+    assert _calls(_method(tree, "XAIExplainWidget", "onApplyButton"), "ensureRequirements")
+    for handler in ("cleanup", "onSceneStartClose"):
+        assert _calls(_method(tree, "XAIExplainWidget", handler), "_stopJob"), handler
+    stop = _method(tree, "XAIExplainWidget", "_stopJob")
+    assert _calls(stop, "stop") and _calls(stop, "cancel")
+    assert "skipTest" not in MODULE_FILE.read_text()
+    assert _calls(_method(tree, "XAIExplainTest", "test_ExplainGeneratedVolume"), "ensureRequirements")
