@@ -97,6 +97,7 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._observedPoints = None
         self._job = None
         self._timer = None
+        self._allMethodsListed = False
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -131,6 +132,8 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _fillMethodList(self):
         """All methods once the library's requirements are installed; before that the defaults (the first
         Apply installs the requirements)."""
+        if self._allMethodsListed:
+            return
         self.ui.methodsList.blockSignals(True)
         self.ui.methodsList.clear()
         try:
@@ -138,6 +141,7 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
             records = [registry.get(method) for method in registry.available_methods()]
             entries = [(r.name, f"{r.kind}: {r.summary}. {r.reference}") for r in records]
+            self._allMethodsListed = True
         except ImportError:
             entries = [(m, "The other methods appear once Apply has installed the requirements.")
                        for m in DEFAULT_METHODS]

@@ -52,7 +52,7 @@ class ExplanationJob:
         self.state, self.fraction, self.message, self.error = "running", 0.0, "starting the worker", None
         self.log: list[str] = []  # the worker's lines that are not progress (warnings, tracebacks)
         self.worker_pid: int | None = None
-        self._pending, self._end_of_output, self._exited_at = b"", False, None
+        self._pending, self._end_of_output, self._exited_at, self._done = b"", False, None, False
         try:
             job_files.write_request(self.folder, request)
             self.process = launch([python or sys.executable, "-m", WORKER_MODULE, str(self.folder)],
@@ -108,6 +108,8 @@ class ExplanationJob:
             self.fraction, self.message = float(event["fraction"]), str(event["message"])
         elif kind == "error":
             self.error = str(event["message"])
+        elif kind == "done":
+            self._done = True
 
     def _check_exit(self) -> None:
         status = self.process.poll()
@@ -117,7 +119,7 @@ class ExplanationJob:
         self._exited_at = self._exited_at or now
         if not self._end_of_output and now - self._exited_at < _END_OF_OUTPUT_WAIT_S:
             return
-        if status == 0 and self.error is None:
+        if status == 0 and self._done and self.error is None:
             self.state, self.fraction, self.message = "finished", 1.0, "done"
             return
         self.state = "failed"
