@@ -227,3 +227,18 @@ def test_opacity_and_jumping_to_a_nodule(scene):
         assert [matrix.GetElement(r, 3) for r in range(3)] == pytest.approx(ras)
     with pytest.raises(XAIExplainError, match="no row 1"):
         xs.jump_to_nodule(result.table, 1, scene)
+
+
+def test_the_request_for_lidc_carries_the_series_uid_slicers_dicom_module_recorded(scene, tmp_path):
+    """A series loaded through Slicer's DICOM module has its SeriesInstanceUID on its subject-hierarchy
+    item; the request the panel writes for "lidc" carries it to the worker."""
+    volume, _, _ = _generated_volume(scene)
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    uid = "1.3.6.1.4.1.14519.5.2.1.6279.6001.303494235102183795724852353824"
+    hierarchy.SetItemUID(hierarchy.GetItemByDataNode(volume), "DICOM", uid)
+    request = xs.prepare(volume, "lidc", ["grad-cam"], scene=scene)
+    assert request.points_lps is None and request.series_instance_uid == uid
+    xs.write_request(tmp_path, request)
+    written = json.loads((tmp_path / "request" / "request.json").read_text())
+    assert written["series_instance_uid"] == uid and written["points_lps"] is None
+    assert xs.read_request(tmp_path).series_instance_uid == uid

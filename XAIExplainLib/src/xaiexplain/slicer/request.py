@@ -78,7 +78,7 @@ class VolumeExplanation:
                 *(n for n in (self.lidc_points, self.lidc_consensus) if n is not None)]
 
 
-def series_uid_of(volume_node, scene) -> str | None:
+def _series_uid_of(volume_node, scene) -> str | None:
     """The SeriesInstanceUID of a volume: our attribute, else the one Slicer's DICOM module records in the
     subject hierarchy."""
     uid = volume_node.GetAttribute(SERIES_UID)
@@ -132,7 +132,7 @@ def prepare(volume_node, points_or_lidc, methods, bundle=None, scene=None, cycle
         if points_or_lidc != "lidc":
             raise XAIExplainError(f"nodule locations {points_or_lidc!r}: give a point list, RAS points or 'lidc'")
         points_lps = None
-        series_instance_uid = series_instance_uid or series_uid_of(volume_node, scene)
+        series_instance_uid = series_instance_uid or _series_uid_of(volume_node, scene)
         if not series_instance_uid:
             raise XAIExplainError(f"volume {volume_node.GetName()!r} has no SeriesInstanceUID to find its LIDC "
                                   "annotations by; load it through the DICOM module or place points instead")
