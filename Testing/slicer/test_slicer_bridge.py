@@ -120,7 +120,7 @@ def test_relevance_of_an_oblique_flipped_volume_lands_on_the_nodule(phantom, sce
     relevance = result.relevance["cycle-am"]
     np.testing.assert_allclose(xs.ijk_to_ras(relevance), xs.ijk_to_ras(volume), atol=1e-9)
     values = slicer.util.arrayFromVolume(relevance)
-    row = result.output.series.nodules[0]
+    row = result.output.nodules[0]
     sign = 1.0 if row["decision"] == "malignant" else -1.0
     k, j, i = np.unravel_index(np.argmax(sign * values), values.shape)
     peak_ras = xs.ijk_to_ras(relevance) @ np.array([i, j, k, 1.0])
@@ -129,7 +129,7 @@ def test_relevance_of_an_oblique_flipped_volume_lands_on_the_nodule(phantom, sce
     on_nodule = ndimage.binary_dilation(truth_array == 1, iterations=2)
     assert on_nodule[truth_index[::-1]], (peak_lps, center_lps)
     # the node's voxels sit where the library's LPS relevance image has them, within half a voxel
-    library_image = result.output.series.relevance["cycle-am"]
+    library_image = result.output.relevance["cycle-am"]
     center_voxel = np.rint(np.linalg.solve(xs.ijk_to_ras(volume), [*center_ras, 1.0])[:3]).astype(int)
     for ijk in [(i, j, k), tuple(center_voxel)]:
         ras = xs.ijk_to_ras(relevance) @ np.array([*ijk, 1.0])
@@ -149,7 +149,8 @@ def test_explain_volume_node_creates_the_nodes_with_their_display(explained, pha
         assert node.GetAttribute(xs.OUTPUT_OF) == volume.GetID()
         display = node.GetDisplayNode()
         colors = display.GetColorNode()
-        assert colors.GetName() == xs.RELEVANCE_COLORS
+        kind = registry.get(method).map_kind
+        assert colors.GetName() == xs.colour_table_name(kind)
         assert not display.GetAutoWindowLevel() and display.GetLevel() == 0 and display.GetWindow() > 0
         table = colors.GetLookupTable()
         count = colors.GetNumberOfColors()
@@ -158,11 +159,11 @@ def test_explain_volume_node_creates_the_nodes_with_their_display(explained, pha
         assert benign_end[3] > 0.9 and benign_end[2] > benign_end[0]  # opaque blue for benign evidence
         assert malignant_end[3] > 0.9 and malignant_end[0] > malignant_end[2]  # opaque red for malignant
         np.testing.assert_allclose(xs.ijk_to_ras(node), xs.ijk_to_ras(volume), atol=1e-9)
-        segmentation = result.evidence[method].GetSegmentation()
+        segmentation = result.outlines[method].GetSegmentation()
         names = [segmentation.GetNthSegment(n).GetName() for n in range(segmentation.GetNumberOfSegments())]
-        assert names == list(registry.get(method).map_kind.labels)  # the segments follow the method's kind
-    assert result.evidence["grad-cam"].GetDisplayNode().GetVisibility()
-    assert not result.evidence["cycle-am"].GetDisplayNode().GetVisibility()
+        assert names == list(kind.labels)  # the segments follow the method's kind
+    assert result.outlines["grad-cam"].GetDisplayNode().GetVisibility()
+    assert not result.outlines["cycle-am"].GetDisplayNode().GetVisibility()
     assert set(result.counterfactuals) == {"malignant", "benign"}
     assert result.counterfactuals["malignant"].GetName() == f"{base} counterfactual malignant G+(x)"
     table = result.table
@@ -194,9 +195,10 @@ def test_a_second_run_replaces_the_first_and_spares_the_users_nodes(explained):
     assert len(xs.output_nodes(volume, scene)) == len(second.nodes())
     assert scene.IsNodePresent(user_node) and user_node.GetAttribute(xs.OUTPUT_OF) is None
     assert scene.IsNodePresent(volume)
-    colour_tables = [n for n in xs.nodes_of_class(scene, "vtkMRMLColorTableNode")
-                     if n.GetName() == xs.RELEVANCE_COLORS]
-    assert len(colour_tables) == 1
+    colour_tables = [n.GetName() for n in xs.nodes_of_class(scene, "vtkMRMLColorTableNode")
+                     if n.GetName().startswith("XAIExplain")]
+    assert sorted(colour_tables) == sorted(xs.colour_table_name(registry.get(m).map_kind)
+                                           for m in ("grad-cam", "cycle-am"))  # one per kind
 
 
 def test_show_method_switches_the_overlay(explained):
@@ -205,8 +207,8 @@ def test_show_method_switches_the_overlay(explained):
     xs.show_method(volume, "cycle-am", scene)
     assert composite.GetBackgroundVolumeID() == volume.GetID()
     assert composite.GetForegroundVolumeID() == result.relevance["cycle-am"].GetID()
-    assert result.evidence["cycle-am"].GetDisplayNode().GetVisibility()
-    assert not result.evidence["grad-cam"].GetDisplayNode().GetVisibility()
+    assert result.outlines["cycle-am"].GetDisplayNode().GetVisibility()
+    assert not result.outlines["grad-cam"].GetDisplayNode().GetVisibility()
     with pytest.raises(XAIExplainError, match="no lrp explanation"):
         xs.show_method(volume, "lrp", scene)
 
@@ -301,7 +303,7 @@ def test_slice_view_screenshot_shows_the_overlay_on_the_nodule(phantom):
     volume.GetDisplayNode().SetWindowLevel(1500, -550)
     result = xs.explain_volume_node(volume, "lidc", ["cycle-am"], scene=scene)
     result.lidc_points.GetDisplayNode().SetVisibility(False)  # the same in both pictures anyway
-    row = result.output.series.nodules[0]
+    row = result.output.nodules[0]
     center_ras = xs.lps_to_ras(row["center_lps"])
     view.fit_view_to_content()
     slice_node = view._logic.GetSliceNode()
@@ -311,7 +313,7 @@ def test_slice_view_screenshot_shows_the_overlay_on_the_nodule(phantom):
 
     with_overlay = _screenshot(view)
     view.set_foreground_volume_id(None)
-    result.evidence["cycle-am"].GetDisplayNode().SetVisibility(False)
+    result.outlines["cycle-am"].GetDisplayNode().SetVisibility(False)
     without_overlay = _screenshot(view)
     _save_png(with_overlay, ARTIFACTS / "slice_view_overlay.png")
     _save_png(without_overlay, ARTIFACTS / "slice_view_plain.png")
@@ -336,14 +338,65 @@ def _node_summary(scene):
                   if not n.GetHideFromEditors())
 
 
+# Slicer 5.10's own command-line options (Base/QTCore/qSlicerCoreCommandOptions.cxx, Base/QTGUI/
+# qSlicerCommandOptions.cxx) and its launcher's: an argument Slicer takes never reaches the script
+SLICER_OPTIONS = {"--help", "-h", "--testing", "--version", "--home", "--", "--disable-python", "--python-script",
+                  "--python-code", "-c", "--ignore-slicerrc", "--additional-module-path", "--additional-module-paths",
+                  "--modules-to-ignore", "--disable-modules", "--disable-builtin-modules", "--disable-cli-modules",
+                  "--disable-builtin-cli-modules", "--disable-loadable-modules", "--disable-builtin-loadable-modules",
+                  "--disable-scripted-loadable-modules", "--disable-builtin-scripted-loadable-modules",
+                  "--program-path", "--settings-path", "--temporary-path", "--application-information",
+                  "--verbose-module-discovery", "--disable-settings", "--keep-temporary-settings",
+                  "--disable-message-handlers", "--disable-terminal-outputs", "--disable-tooltips", "--no-splash",
+                  "--no-main-window", "--show-python-console", "--show-python-interactor", "--qt-testing",
+                  "--exit-after-startup", "--launch"}
+CTEST_FILE = MODULE / "Testing" / "Python" / "CMakeLists.txt"
+
+
+def _ctest_python_test(script_name: str, phantom_root: Path, out: Path) -> tuple[Path, list[str]]:
+    """The script and its arguments of a slicer_add_python_test in the module's CTest file, with the
+    CMake variables it uses replaced."""
+    text = CTEST_FILE.read_text()
+    variables = dict(re.findall(r"set\((\w+) (\S+)\)", text))
+    variables.update({"CMAKE_CURRENT_SOURCE_DIR": str(CTEST_FILE.parent), "_batch_out": str(out)})
+    variables["_phantom_series"] = variables["_phantom_series"].replace("${_batch_out}/phantom", str(phantom_root))
+
+    def expand(word):
+        return re.sub(r"\$\{(\w+)\}", lambda m: expand(variables[m[1]]), word)
+
+    for block in re.findall(r"slicer_add_python_test\((.*?)\)", text, re.DOTALL):
+        words = block.split()
+        script = CTEST_FILE.parent / expand(words[words.index("SCRIPT") + 1])  # relative: to the CMake file
+        if script.name == script_name:
+            start = words.index("SCRIPT_ARGS") + 1
+            ends = [n for n, w in enumerate(words) if w in ("SCRIPT", "SLICER_ARGS") and n > start]
+            return script, [expand(w) for w in words[start:min(ends, default=len(words))]]
+    raise AssertionError(f"{CTEST_FILE} runs no {script_name}")
+
+
+def test_the_ctest_batch_test_hands_the_script_its_own_arguments(phantom, tmp_path):
+    """Slicer takes --help itself (it prints its own help and exits 0, the script never runs): the CTest
+    test's arguments are the script's, name a real script and the series the CTest fixture writes."""
+    written, _, _ = phantom
+    root = written.series_folder.parents[2]
+    script, arguments = _ctest_python_test("XAIExplainBatch.py", root, tmp_path / "out")
+    assert script.resolve() == BATCH.resolve() and script.is_file()
+    assert not SLICER_OPTIONS & set(arguments) and not any(a.startswith("--launcher") for a in arguments)
+    assert Path(arguments[arguments.index("--series") + 1]) == written.series_folder
+    fixture, fixture_arguments = _ctest_python_test("XAIExplainWritePhantom.py", root, tmp_path / "out")
+    assert fixture.is_file() and fixture_arguments == [str(tmp_path / "out" / "phantom")]
+    assert re.search(r"PASS_REGULAR_EXPRESSION \"scene\\\\.mrml\"", CTEST_FILE.read_text())
+
+
 def test_batch_script_writes_a_scene_that_loads_back_with_the_same_nodes(phantom, tmp_path):
+    """The batch script with the CTest test's own arguments, under plain Python."""
     written, ct, _ = phantom
     missing = tmp_path / "no-such-series"
-    command = [sys.executable, str(BATCH), "--series", str(written.series_folder),
-               "--method", "grad-cam", "--out", str(tmp_path / "out")]
-    result = subprocess.run(command, capture_output=True, text=True)
+    script, arguments = _ctest_python_test("XAIExplainBatch.py", written.series_folder.parents[2], tmp_path)
+    result = subprocess.run([sys.executable, str(script), *arguments], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    [folder] = (tmp_path / "out").iterdir()
+    assert re.search(r"scene\.mrml", result.stdout)  # what the CTest test passes by
+    [folder] = (tmp_path / "scenes").iterdir()
     files = sorted(p.name for p in folder.iterdir())
     assert "scene.mrml" in files and "nodules.json" in files
     assert "LIDC-IDRI-0078_relevance_grad-cam.nrrd" in files
@@ -360,7 +413,7 @@ def test_batch_script_writes_a_scene_that_loads_back_with_the_same_nodes(phantom
     assert ("vtkMRMLTableNode", "LIDC-IDRI-0078 XAIExplain results") in names
     node = loaded.GetFirstNodeByName("LIDC-IDRI-0078 relevance grad-cam")
     assert node.GetImageData() is not None
-    assert node.GetDisplayNode().GetColorNode().GetName() == xs.RELEVANCE_COLORS
+    assert node.GetDisplayNode().GetColorNode().GetName() == xs.colour_table_name(registry.get("grad-cam").map_kind)
     assert loaded.GetFirstNodeByName("LIDC-IDRI-0078 LIDC nodules").GetNumberOfControlPoints() == 4
     assert loaded.GetFirstNodeByName("LIDC-IDRI-0078 XAIExplain results").GetNumberOfRows() == 4
     assert loaded.GetFirstNodeByName("LIDC-IDRI-0078 evidence grad-cam").GetSegmentation().GetNumberOfSegments() == 2

@@ -44,8 +44,9 @@ def run(argv) -> int:
         from xaiexplain.errors import XAIExplainError
         from xaiexplain.io.files import handle_termination_signals, interrupted_exit_status
     except ImportError as error:
-        print(f"the xaiexplain library is not installed here ({error}): open the XAIExplain module once in "
-              "Slicer, or pip install XAIExplainLib", file=sys.stderr)
+        print(f"the xaiexplain library or its requirements are missing here ({error}): in Slicer add the XAIExplain "
+              "module (it puts the library on the path) and press Apply once (it installs the requirements); "
+              "under plain Python pip install XAIExplainLib", file=sys.stderr)
         return 1
     handle_termination_signals()
     arguments = parse_arguments(argv, parse_point)

@@ -1,5 +1,7 @@
 """Writing CT series as TCIA-style DICOM (the phantom's), the series folder one output set: a folder the
-phantom wrote before is replaced, files beside it and series it did not write are never touched."""
+phantom wrote before is replaced, files beside it and series it did not write are never touched.
+
+Works with pydicom 2.4 (the version 3D Slicer 5.10 ships and pins) and 3.x."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,6 +17,7 @@ from xaiexplain.io.files import output_set
 
 PHANTOM_MANUFACTURER = "XAIExplain phantom"  # how the phantom knows its own files from a user's
 HU_OFFSET = 1024  # stored value = HU + 1024, RescaleIntercept -1024
+_PYDICOM_3 = int(pydicom.__version__.split(".")[0]) >= 3
 
 
 def series_folder(root, geometry: ScanGeometry) -> Path:
@@ -37,8 +40,17 @@ def write_dicom_series(hu: np.ndarray, geometry: ScanGeometry, root) -> Path:
         for k, z in enumerate(geometry.slice_z):
             dataset = _slice_dataset(geometry, k, z, frame_of_reference)
             dataset.PixelData = np.ascontiguousarray(stored[k]).tobytes()
-            dataset.save_as(written.path(f"{k + 1:06d}.dcm"), enforce_file_format=True)
+            _save_as_file_format(dataset, written.path(f"{k + 1:06d}.dcm"))
     return folder
+
+
+def _save_as_file_format(dataset: FileDataset, path) -> None:
+    """Write a DICOM file in the file format (preamble, file meta, the transfer syntax's encoding): pydicom 3
+    says so with ``enforce_file_format``, pydicom 2.4 with ``write_like_original=False``."""
+    if _PYDICOM_3:
+        dataset.save_as(path, enforce_file_format=True)
+    else:
+        dataset.save_as(path, write_like_original=False)
 
 
 def is_phantom_file(path) -> bool:
@@ -56,7 +68,8 @@ def _slice_dataset(geometry: ScanGeometry, k: int, z: float, frame_of_reference:
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = sop_instance_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+    # the encoding of ExplicitVRLittleEndian, stated for pydicom 2.4, which otherwise writes implicit VR
+    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128, is_implicit_VR=False, is_little_endian=True)
     ds.SOPClassUID = CTImageStorage
     ds.SOPInstanceUID = sop_instance_uid
     ds.Modality = "CT"

@@ -10,11 +10,6 @@ from xaiexplain.errors import XAIExplainError
 OUTPUT_OF = "XAIExplain.OutputOf"
 ROLE = "XAIExplain.Role"
 SERIES_UID = "DICOM.SeriesInstanceUID"
-RELEVANCE_COLORS = "XAIExplain relevance (benign blue, malignant red)"
-# |relevance| below this fraction of the window's half width is fully transparent, so the CT shows through
-TRANSPARENT_FRACTION = 0.12
-MALIGNANT_RGB = (0.9, 0.12, 0.1)
-BENIGN_RGB = (0.1, 0.35, 0.95)
 _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
@@ -33,6 +28,10 @@ def scene_or_default(scene=None):
         raise XAIExplainError("there is no MRML scene: pass scene= or set slicer.mrmlScene")
     return scene
 
+
+def nodes_of_class(scene, class_name: str) -> list:
+    collection = scene.GetNodesByClass(class_name)
+    return [collection.GetItemAsObject(n) for n in range(collection.GetNumberOfItems())]
 
 
 def ijk_to_ras(volume_node) -> np.ndarray:

@@ -1,5 +1,11 @@
-"""An explanation request read from the scene (``prepare``, main thread) and computed without touching
-MRML (``compute``, any thread or another process)."""
+"""An explanation request read from the scene (``prepare``) and computed without touching MRML
+(``compute``, in this process or in the module panel's worker process).
+
+A request holds plain data only (the volume as a SimpleITK image, LPS points, names of methods and
+bundles), so that it can be written to a request folder and read back in another process unchanged; the
+models are loaded by ``compute``. An output holds images and JSON-able rows only, so that it can be
+written as files and read back for ``display.show``.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -15,38 +21,52 @@ from xaiexplain.slicer.conversion import (
     slicer_module,
     world_to_volume_lps,
 )
+from xaiexplain.slicer.inputs import defined_points_ras
 
 
 @dataclass
 class ExplanationRequest:
-    """A checked request, with copies of what it needs from the scene: safe to compute on another thread."""
+    """A checked request: what the scene gave (copied) and what the user chose, by name."""
 
     volume_id: str
     volume_name: str
     image: sitk.Image  # float32 HU, LPS
     methods: list[str]
-    bundle: object  # a loaded classifier Bundle
-    cycle_am: object | None  # a loaded cycle-am Bundle, for cycle-am
     points_lps: np.ndarray | None  # (N, 3), or None for the LIDC annotations
     series_instance_uid: str | None
+    classifier: str | None = None  # bundle name or folder; None: the shipped demo classifier
+    cycle_am: str | None = None  # cycle-am bundle name or folder; None: the shipped one
+    device: str = "cpu"
     options: dict = field(default_factory=dict)
+
+    @property
+    def uses_generators(self) -> bool:
+        from xaiexplain.explainers import registry
+
+        return any("generators" in registry.get(m).defaults for m in self.methods)
 
 
 @dataclass
 class ExplanationOutput:
-    """What ``compute`` returns: the library's SeriesExplanation, and for LIDC series the consensus."""
+    """What ``compute`` returns: per method the relevance and label images (the series' geometry), the
+    counterfactual volumes of cycle-am (each in its own geometry), one row per nodule, and for LIDC series
+    the consensus label image (nodule_index + 1 inside each nodule) and the annotated nodules."""
 
-    series: object  # explanation.SeriesExplanation
-    consensus: sitk.Image | None = None  # uint16, nodule_index + 1 inside each nodule
-    lidc_sites: list = field(default_factory=list)
+    relevance: dict[str, sitk.Image]
+    labels: dict[str, sitk.Image]
+    counterfactuals: dict[str, sitk.Image]
+    nodules: list[dict]
+    consensus: sitk.Image | None = None
+    # per annotated nodule: name, center_lps, nodule_index, readers, label, malignancy (median rating)
+    lidc_nodules: list[dict] = field(default_factory=list)
 
 
 @dataclass
 class VolumeExplanation:
-    """The nodes ``show`` created, and the library's result."""
+    """The nodes ``show`` created, and what they show."""
 
     relevance: dict  # method -> scalar volume node
-    evidence: dict  # method -> segmentation node
+    outlines: dict  # method -> segmentation node, the segments of the method's kind
     counterfactuals: dict  # "malignant" / "benign" -> scalar volume node (cycle-am only)
     table: object
     lidc_points: object | None
@@ -54,16 +74,13 @@ class VolumeExplanation:
     output: ExplanationOutput
 
     def nodes(self) -> list:
-        return [*self.relevance.values(), *self.evidence.values(), *self.counterfactuals.values(), self.table,
+        return [*self.relevance.values(), *self.outlines.values(), *self.counterfactuals.values(), self.table,
                 *(n for n in (self.lidc_points, self.lidc_consensus) if n is not None)]
 
 
-class Cancelled(XAIExplainError):
-    """The user stopped the run; nothing was added to the scene."""
-
-
 def _series_uid_of(volume_node, scene) -> str | None:
-    """The SeriesInstanceUID of a volume: our attribute, else the one Slicer's DICOM module records."""
+    """The SeriesInstanceUID of a volume: our attribute, else the one Slicer's DICOM module records in the
+    subject hierarchy."""
     uid = volume_node.GetAttribute(SERIES_UID)
     if uid:
         return uid
@@ -78,13 +95,12 @@ def _series_uid_of(volume_node, scene) -> str | None:
 
 
 def _points_from(points, volume_node) -> np.ndarray:
-    """Nodule locations as LPS points in the volume's frame: from a markups node (world RAS) or from a
-    sequence of RAS points."""
+    """Nodule locations as LPS points in the volume's frame: from a markups node (its defined points, in
+    world RAS) or from a sequence of RAS points."""
     if points is not None and hasattr(points, "GetNumberOfControlPoints"):
-        count = points.GetNumberOfControlPoints()
-        if count == 0:
+        ras = defined_points_ras(points)
+        if len(ras) == 0:
             raise XAIExplainError(f"point list {points.GetName()!r} has no points: place one on each nodule")
-        ras = np.array([points.GetNthControlPointPositionWorld(n) for n in range(count)], float)
     else:
         try:
             ras = np.asarray(points if points is not None else [], float).reshape(-1, 3)
@@ -101,13 +117,10 @@ def _points_from(points, volume_node) -> np.ndarray:
 def prepare(volume_node, points_or_lidc, methods, bundle=None, scene=None, cycle_am=None, device: str = "cpu",
             series_instance_uid: str | None = None, **options) -> ExplanationRequest:
     """Check a request and copy what it needs from the scene. Raises XAIExplainError with one sentence
-    for a missing volume, an empty point list, an unknown method or a missing bundle; the scene is left
-    as it was."""
+    for a missing volume, an empty point list, a point outside the volume or an unknown method or option;
+    the scene is left as it was. Bundles are named, not loaded: ``compute`` loads them."""
     from xaiexplain.data.patches import check_point_inside
-    from xaiexplain.explainers import registry
-    from xaiexplain.explainers.counterfactuals import DEFAULT_CYCLE_AM
     from xaiexplain.explainers.on_patches import split_options
-    from xaiexplain.models.bundles import load_bundle
 
     scene = scene_or_default(scene)
     methods = [methods] if isinstance(methods, str) else list(methods or [])
@@ -127,32 +140,32 @@ def prepare(volume_node, points_or_lidc, methods, bundle=None, scene=None, cycle
         points_lps = _points_from(points_or_lidc, volume_node)
         for point in points_lps:
             check_point_inside(image, point)
-    classifier = load_bundle(bundle if bundle is not None else "demo-classifier", device=device)
-    if classifier.config.get("kind", "classifier") != "classifier":
-        raise XAIExplainError(f"{classifier.path} is a {classifier.config.get('kind')} bundle, not a classifier")
-    uses_generators = any("generators" in registry.get(m).defaults for m in methods)
-    generators = load_bundle(cycle_am or DEFAULT_CYCLE_AM, device=device, role="cycle-am") if uses_generators else None
     return ExplanationRequest(volume_id=volume_node.GetID(), volume_name=volume_node.GetName(), image=image,
-                              methods=methods, bundle=classifier, cycle_am=generators, points_lps=points_lps,
-                              series_instance_uid=series_instance_uid, options=options)
+                              methods=methods, points_lps=points_lps, series_instance_uid=series_instance_uid,
+                              classifier=None if bundle is None else str(bundle),
+                              cycle_am=None if cycle_am is None else str(cycle_am), device=device, options=options)
 
 
-def compute(request: ExplanationRequest, progress=None, should_stop=None) -> ExplanationOutput:
-    """Run the request's methods; touches no MRML. ``progress(fraction, message)`` is called as methods
-    finish; ``should_stop()`` returning True ends the run with ``Cancelled`` after the current method."""
+def compute(request: ExplanationRequest, progress=None) -> ExplanationOutput:
+    """Load the request's bundles and run its methods; touches no MRML. ``progress(fraction, message)`` is
+    called at each step: loading the models, finding the LIDC annotations, each method."""
     from xaiexplain.data.nodule_sites import consensus_label_image, lidc_sites
     from xaiexplain.data.series import CTSeries
+    from xaiexplain.explainers.counterfactuals import DEFAULT_CYCLE_AM
     from xaiexplain.explainers.on_series import explain_series
+    from xaiexplain.models.bundles import DEFAULT_CLASSIFIER, load_bundle
 
     def report(fraction, message):
         if progress is not None:
             progress(fraction, message)
-        if should_stop is not None and should_stop():
-            raise Cancelled("stopped by the user; nothing was added to the scene")
 
+    report(0.0, "loading the models")
+    classifier = load_bundle(request.classifier or DEFAULT_CLASSIFIER, device=request.device)
+    generators = (load_bundle(request.cycle_am or DEFAULT_CYCLE_AM, device=request.device, role="cycle-am")
+                  if request.uses_generators else None)
     consensus, sites = None, []
     if request.points_lps is None:
-        report(0.0, "finding the LIDC annotations")
+        report(0.02, "finding the LIDC annotations")
         ct = CTSeries(image=request.image, patient_id="", study_instance_uid="",
                       series_instance_uid=request.series_instance_uid, slice_z=np.array([]), files=[],
                       resampled_z=False)
@@ -164,14 +177,28 @@ def compute(request: ExplanationRequest, progress=None, should_stop=None) -> Exp
         where = sites
     else:
         where = [tuple(p) for p in request.points_lps]
-    done = []
-    report(0.0, f"explaining with {request.methods[0]}")
+    count = len(request.methods)
+
+    def step(done: int) -> None:
+        if done < count:
+            report(0.05 + 0.9 * done / count, f"explaining with {request.methods[done]} ({done + 1} of {count})")
+
+    finished = []
+    step(0)
 
     def method_done(method):
-        done.append(method)
-        following = request.methods[len(done)] if len(done) < len(request.methods) else None
-        report(len(done) / len(request.methods), f"explaining with {following}" if following else "done")
+        finished.append(method)
+        step(len(finished))
 
-    series = explain_series(request.image, where, request.bundle, request.methods, progress=method_done,
-                            cycle_am=request.cycle_am, **request.options)
-    return ExplanationOutput(series=series, consensus=consensus, lidc_sites=sites)
+    series = explain_series(request.image, where, classifier, request.methods, progress=method_done,
+                            cycle_am=generators, **request.options)
+    report(0.95, "explained")
+    return ExplanationOutput(relevance=dict(series.relevance), labels=dict(series.labels),
+                             counterfactuals=dict(series.counterfactuals), nodules=series.nodules,
+                             consensus=consensus, lidc_nodules=[_lidc_nodule(site) for site in sites])
+
+
+def _lidc_nodule(site) -> dict:
+    nodule = site.lidc
+    return {"name": site.name, "center_lps": [float(v) for v in site.center_lps], "nodule_index": nodule.nodule_index,
+            "readers": nodule.n_readers, "label": nodule.label, "malignancy": float(nodule.ratings["malignancy"])}

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.io.files import output_set, safe_name
-from xaiexplain.slicer.conversion import SERIES_UID, add_volume_node, lps_to_ras, slicer_module
-from xaiexplain.slicer.display import explain_volume_node, nodes_of_class
+from xaiexplain.slicer.conversion import SERIES_UID, add_volume_node, lps_to_ras, nodes_of_class, slicer_module
+from xaiexplain.slicer.display import explain_volume_node
 
 
 @contextlib.contextmanager
@@ -129,5 +129,5 @@ def explain_series_folder(series_folder, out_root, methods, points_lps=None, bun
             "series_folder": str(series_folder), "patient_id": ct.patient_id,
             "series_instance_uid": ct.series_instance_uid, "methods": list(result.relevance),
             "library_version": __version__, "scene": "scene.mrml", "slice_gaps_mm": [list(g) for g in ct.gaps],
-            "nodules": result.output.series.nodules}
+            "nodules": result.output.nodules}
     return written.folder / "scene.mrml"

@@ -1,0 +1,177 @@
+"""The Slicer module's worker process under plain Python, through exactly the file protocol and the process
+call the panel uses (``ExplanationJob`` and ``slicer.util.launchConsoleProcess``): request in, progress
+lines, results out, one sentence for a user's error, and a kill mid-run that leaves nothing to load."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+slicer = pytest.importorskip("slicer")
+from xaiexplain.errors import XAIExplainError  # noqa: E402
+from xaiexplain.slicer import job_files  # noqa: E402
+from xaiexplain.slicer.job import ExplanationJob  # noqa: E402
+from xaiexplain.slicer.request import ExplanationRequest  # noqa: E402
+
+# PythonSlicer is a launcher that starts the real interpreter as its child: so is this one
+LAUNCHER = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
+
+
+def launch(command, environment):
+    """The panel's call (XAIExplainLogic.launch)."""
+    return slicer.util.launchConsoleProcess(command, useStartupEnvironment=False, updateEnvironment=environment)
+
+
+def launch_through_launcher(command, environment):
+    return launch([sys.executable, "-c", LAUNCHER, *command], environment)
+
+
+def generated_ct() -> tuple[sitk.Image, np.ndarray]:
+    """40 x 128 x 128 voxels of lung with one solid 16 mm nodule; the image and the nodule's LPS centre."""
+    volume = np.full((40, 128, 128), -850.0, np.float32)
+    z, y, x = np.ogrid[:40, :128, :128]
+    volume[(z - 20) ** 2 / 9 + (y - 64) ** 2 + (x - 64) ** 2 < 64] = 30.0
+    image = sitk.GetImageFromArray(volume)
+    image.SetSpacing((1.0, 1.0, 2.5))
+    image.SetOrigin((-64.0, -40.0, -120.0))
+    return image, np.array(image.TransformIndexToPhysicalPoint((64, 64, 20)))
+
+
+def request(methods, **fields) -> ExplanationRequest:
+    image, centre = generated_ct()
+    return ExplanationRequest(volume_id="vtkMRMLScalarVolumeNode1", volume_name="generated CT", image=image,
+                              methods=list(methods), points_lps=centre.reshape(1, 3), series_instance_uid=None,
+                              **fields)
+
+
+def run_to_end(job, timeout=300):
+    events = []
+    started = time.monotonic()
+    while job.running:
+        events += job.poll()
+        assert time.monotonic() - started < timeout, "the worker did not finish"
+        time.sleep(0.05)
+    return events
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")  # a killed child nobody has reaped yet is a zombie: dead
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+
+
+def wait_until_dead(pid: int, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not alive(pid)
+
+
+def test_request_progress_lines_and_results(tmp_path):
+    asked = request(["grad-cam", "cycle-am"])  # the shipped classifier and cycle-am pair
+    job = ExplanationJob(asked, launch, temporary_root=tmp_path)
+    assert sorted(p.name for p in (job.folder / "request").iterdir()) == ["request.json", "volume.nrrd"]
+    events = run_to_end(job)
+    assert job.state == "finished", (job.error, job.log)
+    assert job.process.returncode == 0
+    assert events[0]["xaiexplain"] == "started" and events[0]["pid"] > 0
+    assert events[-1] == {"xaiexplain": "done"}
+    progress = [e for e in events if e["xaiexplain"] == "progress"]
+    messages = [e["message"] for e in progress]
+    assert messages[:3] == ["loading the models", "explaining with grad-cam (1 of 2)",
+                            "explaining with cycle-am (2 of 2)"]
+    assert messages[-2:] == ["writing the results", "done"]
+    fractions = [e["fraction"] for e in progress]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and (job.fraction, job.message) == (1.0, "done")
+
+    output = job.results()
+    assert set(output.relevance) == set(output.labels) == {"grad-cam", "cycle-am"}
+    for image in [*output.relevance.values(), *output.labels.values()]:
+        assert image.GetSize() == asked.image.GetSize()
+        np.testing.assert_allclose(image.GetOrigin(), asked.image.GetOrigin(), atol=1e-12)
+        np.testing.assert_allclose(image.GetDirection(), asked.image.GetDirection(), atol=1e-12)
+    assert set(output.counterfactuals) == {"malignant", "benign"}
+    [row] = output.nodules
+    assert 0 <= row["probability"] <= 1 and set(row["methods"]) == {"grad-cam", "cycle-am"}
+    job.close()
+    assert not job.folder.exists()
+
+
+def test_a_user_error_is_one_sentence_and_exit_status_2(tmp_path):
+    job = ExplanationJob(request(["grad-cam"], classifier=str(tmp_path / "no-such-bundle")), launch,
+                         temporary_root=tmp_path)
+    events = run_to_end(job)
+    assert job.state == "failed" and job.process.returncode == job_files.EXIT_USER_ERROR
+    [error] = [e for e in events if e["xaiexplain"] == "error"]
+    assert "no model bundle" in error["message"] and "\n" not in error["message"]
+    assert job.error == error["message"]
+    assert not any("Traceback" in line for line in job.log)
+    assert not job.folder.exists()  # a failed job leaves nothing
+    with pytest.raises(XAIExplainError, match="no model bundle"):
+        job.results()
+
+
+def test_cancel_mid_run_kills_launcher_and_worker_and_leaves_no_results(tmp_path):
+    job = ExplanationJob(request(["iterative:integrated-gradients", "deep-shap"]), launch_through_launcher,
+                         temporary_root=tmp_path)
+    while job.running and not job.message.startswith("explaining with"):
+        job.poll()
+        time.sleep(0.05)
+    assert job.running, (job.error, job.log)  # mid-run: the models are computing
+    worker, launcher = job.worker_pid, job.process.pid
+    assert worker != launcher
+    job.cancel()
+    assert job.state == "cancelled"
+    assert not alive(launcher) and wait_until_dead(worker, 2.0)
+    assert not job.folder.exists() and not list(tmp_path.iterdir())  # no results folder, no request, nothing
+    with pytest.raises(XAIExplainError):
+        job.results()
+
+
+def test_the_worker_ends_itself_when_its_launcher_is_killed(tmp_path):
+    """A kill that reaches only the launcher (PythonSlicer's child keeps running otherwise) still ends the
+    worker, which watches its parent."""
+    job = ExplanationJob(request(["iterative:integrated-gradients"]), launch_through_launcher,  # 45 s alone
+                         temporary_root=tmp_path)
+    while job.running and job.worker_pid is None:
+        job.poll()
+        time.sleep(0.05)
+    os.kill(job.process.pid, signal.SIGKILL)
+    assert wait_until_dead(job.worker_pid, 5.0)
+    events = run_to_end(job)
+    assert job.state == "failed" and "writing the results" not in [e.get("message") for e in events]
+    assert not job.folder.exists()
+
+
+def test_progress_lines_are_read_whole_across_partial_writes(tmp_path):
+    """The panel reads whatever the pipe holds at each timer tick: a line split between two reads, Windows
+    line ends and other programs' lines (logged, not events)."""
+    script = ("import sys, time; w = sys.stdout.write; f = sys.stdout.flush\n"
+              "w('warning: something\\r\\n'); w('{\"xaiexplain\": \"progress\", \"fra'); f(); time.sleep(0.5)\n"
+              "w('ction\": 0.5, \"message\": \"half\"}\\r\\n{\"xaiexplain\": \"done\"}'); f()\n")
+
+    def fake_worker(command, environment):
+        return launch([sys.executable, "-c", script], environment)
+
+    job = ExplanationJob(request(["grad-cam"]), fake_worker, temporary_root=tmp_path)
+    events = run_to_end(job)
+    assert events == [{"xaiexplain": "progress", "fraction": 0.5, "message": "half"}, {"xaiexplain": "done"}]
+    assert job.log == ["warning: something"]
+    assert job_files.parse_line('{"other": 1}') is None and job_files.parse_line("[1, 2]") is None
+
+
+def test_the_worker_refuses_a_folder_without_a_request(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "xaiexplain.apps.slicer_worker", str(tmp_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    lines = [job_files.parse_line(line) for line in result.stdout.splitlines()]
+    assert lines[-1] == {"xaiexplain": "error", "message": f"{tmp_path} holds no request"}
+    assert list(tmp_path.iterdir()) == []

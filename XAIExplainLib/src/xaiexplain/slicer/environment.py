@@ -1,0 +1,132 @@
+"""What the Slicer module needs from the Python it runs in, and how it gets it.
+
+- The supported Slicer: 5.10 and later (Python 3.12); ``unsupported_slicer`` is the one sentence an older
+  one is refused with.
+- The library's requirements (its pyproject.toml beside the sources, as the extension ships them), and of
+  these which are missing or too old: ``install_plan``. Torch comes through SlicerPyTorch with a version
+  requirement (it picks the build for the machine's GPU); SimpleITK, pydicom and numpy are Slicer's own
+  (its SimpleITK build, its pinned pydicom 2.4.4 and numpy) and are never installed or replaced; everything
+  else missing is installed by pip with a constraints file that holds those four at their installed
+  versions, so that no dependency of a new package can replace them.
+- Whether a package that is already imported was upgraded, so that Slicer must restart: ``loaded_upgrades``.
+
+This module imports only the standard library (and ``packaging``, which Slicer ships) and parses under
+Python 3.9, so that it runs before anything is installed, and on an unsupported Slicer says so instead of
+failing on an import.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SUPPORTED_SLICER = (5, 10)
+SUPPORTED_PYTHON = (3, 12)
+TORCH = "torch"
+SLICER_OWN = ("SimpleITK", "pydicom", "numpy")  # never installed or replaced
+
+
+def unsupported_slicer(slicer_version, python_version=None) -> str | None:
+    """The sentence that refuses a Slicer older than 5.10 or a Python older than 3.12, or None."""
+    python_version = tuple(python_version or sys.version_info)[:2]
+    slicer_version = tuple(int(v) for v in slicer_version[:2])
+    if slicer_version >= SUPPORTED_SLICER and python_version >= SUPPORTED_PYTHON:
+        return None
+    return (f"XAIExplain needs 3D Slicer {'.'.join(map(str, SUPPORTED_SLICER))} or later (Python "
+            f"{'.'.join(map(str, SUPPORTED_PYTHON))}); this is Slicer {'.'.join(map(str, slicer_version))} with "
+            f"Python {'.'.join(map(str, python_version))}, so the module is switched off: install a newer Slicer.")
+
+
+def normalized(name: str) -> str:
+    """A distribution name as pip compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def library_requirements(pyproject: Path | None = None) -> list[str]:
+    """The library's dependencies as requirement strings: from the pyproject.toml beside its sources (the
+    extension folder, a checkout), else from the installed distribution's metadata."""
+    pyproject = pyproject or Path(__file__).resolve().parents[3] / "pyproject.toml"
+    if pyproject.is_file():
+        import tomllib
+
+        return list(tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["dependencies"])
+    return [r for r in importlib.metadata.requires("xaiexplain") or [] if "extra ==" not in r]
+
+
+def installed_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@dataclass
+class InstallPlan:
+    """What to install: ``torch_requirement`` (a version specifier for SlicerPyTorch) when torch is missing
+    or too old, ``pip_requirements`` for the other missing packages, and ``problems``: Slicer's own packages
+    missing or too old, which nothing here may install (one sentence each)."""
+
+    torch_requirement: str | None
+    pip_requirements: list[str]
+    problems: list[str]
+    installed: dict[str, str | None] = field(default_factory=dict)  # normalized name -> version, before
+
+    @property
+    def needed(self) -> bool:
+        return bool(self.torch_requirement or self.pip_requirements)
+
+    def pip_arguments(self, constraints_file) -> list[str]:
+        """The argument list for ``slicer.util.pip_install``: a list, so that no path or specifier is split
+        or unescaped (a string goes through shlex.split, which mangles ``C:\\Users\\John Doe``)."""
+        return ["--constraint", str(constraints_file), *self.pip_requirements]
+
+    def summary(self) -> str:
+        names = ([f"PyTorch ({TORCH}{self.torch_requirement}, through SlicerPyTorch)"] if self.torch_requirement
+                 else []) + self.pip_requirements
+        return ", ".join(names)
+
+
+def install_plan(requirements: list[str], version_of=installed_version) -> InstallPlan:
+    """Which of ``requirements`` are missing or too old, by ``version_of(name)`` (the installed version
+    or None)."""
+    from packaging.requirements import Requirement
+
+    own = {normalized(name) for name in SLICER_OWN}
+    torch_requirement, to_install, problems, installed = None, [], [], {}
+    for text in requirements:
+        requirement = Requirement(text)
+        if requirement.marker is not None and not requirement.marker.evaluate():
+            continue
+        name = normalized(requirement.name)
+        version = installed[name] = version_of(requirement.name)
+        if version is not None and requirement.specifier.contains(version, prereleases=True):
+            continue
+        if name == TORCH:
+            torch_requirement = str(requirement.specifier)
+        elif name in own:
+            found = f"has {requirement.name} {version}" if version else f"has no {requirement.name}"
+            problems.append(f"XAIExplain needs {text}, which Slicer provides, but this Slicer {found}; install "
+                            f"Slicer {'.'.join(map(str, SUPPORTED_SLICER))} or later.")
+        else:
+            to_install.append(text)
+    return InstallPlan(torch_requirement, to_install, problems, installed)
+
+
+def constraints(version_of=installed_version) -> str:
+    """pip constraints that hold Slicer's own packages and torch at their installed versions."""
+    lines = [f"{name}=={version}" for name in (*SLICER_OWN, TORCH) if (version := version_of(name)) is not None]
+    return "".join(line + "\n" for line in lines)
+
+
+def loaded_upgrades(before: dict, version_of=installed_version, modules=None) -> list[str]:
+    """The distributions whose installed version changed since ``before`` (normalized name -> version) and
+    of which a module is already imported: Slicer must restart to use the new version."""
+    modules = sys.modules if modules is None else modules
+    loaded = set()
+    for module, distributions in importlib.metadata.packages_distributions().items():
+        if module in modules:
+            loaded.update(normalized(d) for d in distributions)
+    return sorted(name for name, version in before.items()
+                  if version is not None and name in loaded and version_of(name) != version)
