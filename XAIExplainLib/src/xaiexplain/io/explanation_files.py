@@ -6,12 +6,14 @@ import SimpleITK as sitk
 
 from xaiexplain import __version__
 from xaiexplain.data.series import read_series
+from xaiexplain.devices import select_device
+from xaiexplain.explainers.counterfactuals import DEFAULT_CYCLE_AM
 from xaiexplain.explainers import registry
 from xaiexplain.explainers.on_patches import split_options
 from xaiexplain.explainers.on_series import explain_series
 from xaiexplain.io.figures import explanation_panel
 from xaiexplain.io.files import output_set, safe_name
-from xaiexplain.models.bundles import load_bundle
+from xaiexplain.models.bundles import DEFAULT_CLASSIFIER, load_bundle
 
 
 def panel_file_name(nodule_name: str) -> str:
@@ -20,19 +22,27 @@ def panel_file_name(nodule_name: str) -> str:
 
 def write_series_explanation(series_folder, out, methods, model=None, series_uid=None, use_lidc=False, points=None,
                              half_height_mm=5.0, options: dict | None = None, command: str = "",
-                             progress=None, panels: bool = True, allow_gaps: bool = False):
+                             progress=None, panels: bool = True, allow_gaps: bool = False, device: str = "cpu"):
     """Explain a series and write its files into ``out`` as one output set with ``nodules.json`` as its
     manifest (see ``files.output_set``: an existing ``out`` keeps every file that no earlier explanation
     wrote); returns (the nodules.json summary, the SeriesExplanation). ``options``: the methods' options
     (each goes to the methods that take it, e.g. ``layer``, ``generators``). ``progress(method)`` is called as
     each method finishes; ``panels=False`` leaves out the PNG panels; ``allow_gaps`` explains a series with
-    missing slices on interpolated ones and records the gaps."""
-    split_options(methods, options or {})  # before any reading: a typo costs nothing
-    bundle = load_bundle(model) if model else load_bundle()
+    missing slices on interpolated ones and records the gaps; ``device`` is where the models run (``auto``:
+    the GPU when there is one)."""
+    options = dict(options or {})
+    recorded_options = {name: value if isinstance(value, (str, int, float, bool)) else str(value)
+                        for name, value in options.items()}
+    split_options(methods, options)  # before any reading: a typo costs nothing
+    device = select_device(device)
+    bundle = load_bundle(model or DEFAULT_CLASSIFIER, device=device)
+    if any("generators" in registry.get(m).defaults for m in methods):  # cycle-am's, on the same device
+        options["generators"] = load_bundle(options.get("generators") or DEFAULT_CYCLE_AM, device=device,
+                                            role="cycle-am")
     ct = read_series(series_folder, series_uid, allow_gaps=allow_gaps)
     with output_set(out, "nodules.json") as written:  # checks that out is writable before computing
         result = explain_series(ct, "lidc" if use_lidc else points, bundle, methods, half_height_mm=half_height_mm,
-                                progress=progress, **(options or {}))
+                                progress=progress, **options)
         files = {}
         for method in methods:
             files[method] = {kind: f"{kind}_{registry.get(method).file_name}.nrrd" for kind in ("relevance", "labels")}
@@ -52,7 +62,8 @@ def write_series_explanation(series_folder, out, methods, model=None, series_uid
         written.manifest_data = {
             "series_folder": str(series_folder), "patient_id": ct.patient_id,
             "series_instance_uid": ct.series_instance_uid, "model": str(bundle.path),
-            "methods": list(methods), "command": command, "library_version": __version__,
+            "methods": list(methods), "options": recorded_options, "command": command,
+            "library_version": __version__,
             "files": files, "label_values": {m: dict(registry.get(m).map_kind.labels) for m in methods},
             "slice_gaps_mm": [list(gap) for gap in ct.gaps],
             "nodules": result.nodules}
