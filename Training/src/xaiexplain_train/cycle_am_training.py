@@ -95,12 +95,12 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
     classifier_bundle = load_bundle(settings.classifier, device=device)
     classifier = classifier_bundle.model.eval()
     _set_trainable(classifier, False)
-    arrays, _, summary = load_patch_set(settings.data)
+    arrays, _, summary = load_patch_set(settings.data, ("images", "split"))
     train_index = np.flatnonzero(arrays["split"] == SPLITS.index("train"))
     if len(train_index) < 2 * settings.batch_size:
         raise XAIExplainError(f"the patch set in {settings.data} has too few training patches "
                               f"({len(train_index)}) for batches of {settings.batch_size} pairs")
-    x = classifier_bundle.to_tensor(arrays["images"][train_index]).cpu()
+    images = arrays.pop("images")[train_index]  # int16 HU, mapped to the network's input batch by batch
 
     generators = CycleAMGenerators(settings.widths).to(device)
     networks = {"plus": generators.plus, "minus": generators.minus,
@@ -128,7 +128,7 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
 
     samples_dir = settings.out.with_name(settings.out.name + ".samples")
     # sample grids show the same eight training patches, spread over the set (other nodules, both labels)
-    sample_images = x[np.linspace(0, len(x) - 1, 8).astype(int)].to(device)
+    sample_images = classifier_bundle.to_tensor(images[np.linspace(0, len(images) - 1, 8).astype(int)]).to(device)
     bar = None
     if progress and rank == 0:
         from tqdm import tqdm
@@ -138,8 +138,8 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
     running = {name: 0.0 for name in LOSS_NAMES}
     for step in range(start_step, settings.steps):
         generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + step * 7919 + rank)
-        pairs = torch.randint(0, len(x), (2, settings.batch_size), generator=generator)
-        x_a, x_b = x[pairs[0]].to(device), x[pairs[1]].to(device)
+        pairs = torch.randint(0, len(images), (2, settings.batch_size), generator=generator).numpy()
+        x_a, x_b = (classifier_bundle.to_tensor(images[p]).to(device) for p in pairs)
         if device.type == "cuda":
             x_a, x_b = (t.contiguous(memory_format=torch.channels_last) for t in (x_a, x_b))
         for network in networks.values():
