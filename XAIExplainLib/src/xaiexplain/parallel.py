@@ -62,7 +62,7 @@ def _limit_threads(threads: int) -> None:
 
 
 def map_in_workers(function: Callable, items: Sequence, workers: int = 1, description: str = "",
-                   progress: bool = True) -> list:
+                   progress: bool = True, unit: str = "item") -> list:
     """``[function(item) for item in items]``, in ``workers`` processes when more than one, with a progress
     bar on stderr. ``function`` must be a module-level function; its results should be small (the work it
     does is written to files), so that memory stays bounded however many items there are."""
@@ -70,7 +70,7 @@ def map_in_workers(function: Callable, items: Sequence, workers: int = 1, descri
     if progress and items:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(items), desc=description, unit="item", file=sys.stderr)
+        bar = tqdm(total=len(items), desc=description, unit=unit, file=sys.stderr)
     try:
         if workers <= 1 or len(items) <= 1:
             results = []

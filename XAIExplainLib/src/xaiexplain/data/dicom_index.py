@@ -100,7 +100,8 @@ def index_series(root, workers: int = 1, progress: bool = False) -> SeriesIndex:
     chunks = [files[n:n + FILES_PER_TASK] for n in range(0, len(files), FILES_PER_TASK)]
     members = defaultdict(list)
     unreadable = []
-    for rows in map_in_workers(_read_headers, chunks, workers, "DICOM headers", progress):
+    for rows in map_in_workers(_read_headers, chunks, workers, f"DICOM headers ({FILES_PER_TASK} files)", progress,
+                               unit="part"):
         for path, header in rows:
             if header is None:
                 unreadable.append(Path(path))

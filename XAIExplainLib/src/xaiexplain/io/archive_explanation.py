@@ -118,7 +118,7 @@ def explain_archive(root, out, methods, model=None, options: dict | None = None,
     mine = shard.take(every) if shard else every
     tasks = [_SeriesTask(series, str(out), tuple(methods), model, tuple(sorted(options.items())), device, allow_gaps,
                          command) for series in mine]
-    results = map_in_workers(_explain_series, tasks, workers, "series", progress)
+    results = map_in_workers(_explain_series, tasks, workers, "series", progress, unit="series")
     summary = {"root": str(root), "methods": list(methods), "model": model, "options": options,
                "shard": str(shard) if shard else None, "series_in_archive": len(every), "series": results,
                "command": command, "library_version": __version__}

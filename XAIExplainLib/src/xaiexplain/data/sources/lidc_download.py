@@ -75,7 +75,10 @@ def _slices_by_z(files) -> tuple[list, np.ndarray]:
     with their z; ScanRefused for a series that is not axial CT on one in-plane grid."""
     slices = []
     for path in files:
-        header = pydicom.dcmread(path, stop_before_pixels=True)
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:  # damaged since it was indexed
+            raise ScanRefused(f"{Path(path).name} cannot be read as DICOM") from None
         if is_non_image(header):
             continue
         if modality_of(header) != "CT":
@@ -121,7 +124,11 @@ def scan_patches(files, nodules: list[lidc.LidcNodule], geometry: ScanGeometry) 
             n = int(np.argmin(np.abs(slice_z - z)))
             if abs(slice_z[n] - z) > Z_TOLERANCE_MM:
                 raise ScanRefused(f"the series has no slice at z {z:g} mm, where the readers drew a contour")
-            pixels = sitk.GetArrayFromImage(sitk.ReadImage(str(slices[n][2]), sitk.sitkFloat32)).reshape(rows, columns)
+            try:  # GDCM applies the slice's own rescale slope and intercept
+                pixels = sitk.GetArrayFromImage(sitk.ReadImage(str(slices[n][2]), sitk.sitkFloat32))
+            except RuntimeError:
+                raise ScanRefused(f"the pixel data of {Path(slices[n][2]).name} cannot be decoded") from None
+            pixels = pixels.reshape(rows, columns)
             image = sitk.GetImageFromArray(pixels)
             image.SetSpacing((column_spacing, row_spacing))
             image.SetOrigin(origin_xy)
@@ -209,7 +216,7 @@ def build_lidc_patch_set(root, out, seed: int = 0, workers: int = 1, shard: Shar
             jobs.append(job)
         else:
             statuses[(patient, uid)], kept = status, kept + 1
-    for job, status in zip(jobs, map_in_workers(build_scan_part, jobs, workers, "LIDC scans", progress)):
+    for job, status in zip(jobs, map_in_workers(build_scan_part, jobs, workers, "LIDC scans", progress, unit="scan")):
         statuses[(job.patient_id, job.series_instance_uid)] = status
     wanted_uids = {uid for _, uid in wanted}
     scans = {
