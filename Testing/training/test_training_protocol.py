@@ -36,7 +36,8 @@ def test_central_slices_give_one_patch_per_nodule_through_its_midpoint(protocol_
     paper = full_set_split(0, SPLIT_PROTOCOLS["70/30"])
     for row, index, s in zip(nodules, chosen, split):
         own = arrays["center_lps"][row["first_patch"]:row["first_patch"] + row["patch_count"], 2]
-        assert abs(arrays["center_lps"][index, 2] - row["centroid_lps"][2]) == np.abs(own - row["centroid_lps"][2]).min()
+        distance = np.abs(own - row["centroid_lps"][2])
+        assert abs(arrays["center_lps"][index, 2] - row["centroid_lps"][2]) == distance.min()
         assert SPLITS[s] == paper[row["patient_id"]]
     every, usual = select_protocol(arrays, nodules, summary)
     assert np.array_equal(every, np.arange(len(arrays["label"]))) and np.array_equal(usual, arrays["split"])

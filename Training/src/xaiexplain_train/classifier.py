@@ -228,7 +228,8 @@ def train_classifier(settings: ClassifierSettings, progress: bool = True) -> dic
             "learning_rate": settings.learning_rate, "weight_decay": settings.weight_decay,
             "train_patches": int(len(train_index)), "best_epoch": best["epoch"],
             "protocol": {"slices": settings.slices, "split": settings.split,
-                         "model_selection": "best validation AUC" if validating else "last epoch (no validation split)"},
+                         "model_selection": "best validation AUC" if validating else
+                                            "last epoch (no validation split)"},
             "library_version": xaiexplain.__version__, "torch_version": torch.__version__,
             "python": platform.python_version(), "device": describe(device), "processes": world,
         },

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  xaiexplain-train classifier --data patchset/ --out classifier/\n"
                "  xaiexplain-train classifier --data patchset/ --out classifier/ --resume\n"
                "  torchrun --nproc-per-node 2 $(which xaiexplain-train) classifier --data patchset/ --out c/\n"
-               "  xaiexplain-train classifier --data patchset/ --slices central --split 70/30 --out paper1/  # paper 1\n"
+               "  xaiexplain-train classifier --data patchset/ --slices central --split 70/30 --out p1/  # paper 1\n"
                "  torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\\n"
                "      --rdzv-id job1 $(which xaiexplain-train) classifier --data patchset/ --out c/  # on each node",
         formatter_class=argparse.RawDescriptionHelpFormatter)

