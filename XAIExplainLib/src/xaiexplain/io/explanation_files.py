@@ -7,8 +7,8 @@ import SimpleITK as sitk
 from xaiexplain import __version__
 from xaiexplain.data.series import read_series
 from xaiexplain.devices import select_device
-from xaiexplain.explainers.counterfactuals import DEFAULT_CYCLE_AM
 from xaiexplain.explainers import registry
+from xaiexplain.explainers.counterfactuals import DEFAULT_CYCLE_AM
 from xaiexplain.explainers.on_patches import split_options
 from xaiexplain.explainers.on_series import explain_series
 from xaiexplain.io.figures import explanation_panel
