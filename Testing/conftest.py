@@ -44,8 +44,8 @@ def tiny_patch_set(tmp_path_factory):
 
 
 # The one real LIDC-IDRI series (LIDC-IDRI-0001, TCIA layout) where the project's machines have it; a user's
-# clone has no ../shared, and the tests that need it skip.
-REAL_CT = REPOSITORY.parent / "shared" / "real-ct"
+# clone has no ../shared, and the tests that need it skip (XAIEXPLAIN_REAL_CT=/nowhere shows how).
+REAL_CT = Path(os.environ.get("XAIEXPLAIN_REAL_CT", REPOSITORY.parent / "shared" / "real-ct"))
 REAL_SERIES_UID = "1.3.6.1.4.1.14519.5.2.1.6279.6001.179049373636438705059720603192"
 # Phantom patients of the download tree: few slices (65 and 99), a benign and a malignant nodule, train and test.
 TREE_PHANTOM_PATIENTS = ("LIDC-IDRI-0957", "LIDC-IDRI-0595")
@@ -60,10 +60,16 @@ def real_series_folder():
     return folder
 
 
+def tree_patients() -> set[str]:
+    """The patients of ``lidc_download_tree``: the real LIDC-IDRI-0001 only where it is here."""
+    real = (REAL_CT / "LIDC-IDRI" / "LIDC-IDRI-0001").is_dir()
+    return set(TREE_PHANTOM_PATIENTS) | ({"LIDC-IDRI-0001"} if real else set())
+
+
 @pytest.fixture(scope="session")
-def lidc_download_tree(real_series_folder, tmp_path_factory):
-    """A LIDC-IDRI download tree: the real LIDC-IDRI-0001 (linked, with its XML), the phantom series of two
-    more patients (with the phantom's ground-truth folder beside them), a CR study and a stray file."""
+def lidc_download_tree(tmp_path_factory):
+    """A LIDC-IDRI download tree: the phantom series of two patients (with the phantom's ground-truth folder
+    beside them), a CR study, a stray file, and the real LIDC-IDRI-0001 (linked, with its XML) where it is here."""
     import numpy as np
     import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
@@ -74,7 +80,8 @@ def lidc_download_tree(real_series_folder, tmp_path_factory):
     root = tmp_path_factory.mktemp("download") / "LIDC-IDRI"
     for patient in TREE_PHANTOM_PATIENTS:
         write_phantom_series(lidc.find_scan_by_key(patient), root, seed=0)
-    (root / "LIDC-IDRI-0001").symlink_to(real_series_folder, target_is_directory=True)
+    if "LIDC-IDRI-0001" in tree_patients():
+        (root / "LIDC-IDRI-0001").symlink_to(REAL_CT / "LIDC-IDRI" / "LIDC-IDRI-0001", target_is_directory=True)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # computed radiography
     meta.MediaStorageSOPInstanceUID = generate_uid()

@@ -1,12 +1,12 @@
-"""The training patch set from a LIDC-IDRI download tree (``xaiexplain dataset``): the real LIDC-IDRI-0001 beside
-two phantom patients, a CR study and stray files; workers, shards, resuming and refused scans."""
+"""The training patch set from a LIDC-IDRI download tree (``xaiexplain dataset``): two phantom patients, a CR
+study, stray files and, where it is here, the real LIDC-IDRI-0001; workers, shards, resuming and refused scans."""
 import json
 import shutil
 
 import numpy as np
 import pydicom
 import pytest
-from conftest import TREE_PHANTOM_PATIENTS
+from conftest import TREE_PHANTOM_PATIENTS, tree_patients
 from helpers import xaiexplain
 from xaiexplain.data import lidc
 from xaiexplain.data.dicom_index import index_series
@@ -35,14 +35,16 @@ def nodule_rows(arrays, rows, patient):
 def test_the_index_finds_the_ct_series_by_their_headers_and_leaves_the_rest(lidc_download_tree):
     index = index_series(lidc_download_tree)
     ct = index.of_modality("CT")
-    assert {s.patient_id for s in ct.values()} == {"LIDC-IDRI-0001", *TREE_PHANTOM_PATIENTS}
-    real = next(s for s in ct.values() if s.patient_id == "LIDC-IDRI-0001")
-    assert len(real.files) == 133 and all(f.suffix == ".dcm" for f in real.files)  # not 069.xml
+    assert {s.patient_id for s in ct.values()} == tree_patients()
+    for entry in ct.values():  # the phantom's NRRD and JSON, the stray file and the readers' XML are not series
+        assert all(f.suffix == ".dcm" for f in entry.files)
+        assert len(entry.files) == (133 if entry.patient_id == "LIDC-IDRI-0001" else
+                                    len(lidc.find_scan_by_key(entry.patient_id).slice_zvals))
     assert [s.modality for s in index.series.values()].count("CR") == 1
     assert not index.unreadable
 
 
-def test_the_real_nodule_gives_centred_malignant_patches_of_real_tissue(built):
+def test_the_real_nodule_gives_centred_malignant_patches_of_real_tissue(built, real_series_folder):
     out, stdout = built
     arrays, rows, summary = load_patch_set(out)
     [(row, patches)] = list(nodule_rows(arrays, rows, "LIDC-IDRI-0001"))
@@ -57,7 +59,7 @@ def test_the_real_nodule_gives_centred_malignant_patches_of_real_tissue(built):
     assert images[~masks].mean() < images[masks].mean() - 200
     assert row["split"] == full_set_split(0)["LIDC-IDRI-0001"]
     assert set(arrays) == {"images", "nodule_mask", "center_lps", "label", "nodule", "split"}
-    assert "3 found" in stdout and "1 CR series (ignored)" in stdout
+    assert "1 CR series (ignored)" in stdout
 
 
 def test_phantom_patients_patches_equal_phantom_patches(built, tmp_path):
@@ -85,10 +87,10 @@ def test_the_summary_says_what_was_found_missing_and_refused(built):
     out, _ = built
     summary = json.loads((out / "dataset.json").read_text())
     scans = summary["scans"]
-    assert scans["found"] == scans["built"] == 3 and scans["refused"] == []
+    assert scans["found"] == scans["built"] == len(tree_patients()) and scans["refused"] == []
     labelled_patients = {patient for patient, _ in labelled_scans()}
-    assert set(scans["missing"]) == labelled_patients - {"LIDC-IDRI-0001", *TREE_PHANTOM_PATIENTS}
-    assert summary["source"]["other_series"] == {"CR": 1} and summary["patients"] == 3
+    assert set(scans["missing"]) == labelled_patients - tree_patients()
+    assert summary["source"]["other_series"] == {"CR": 1} and summary["patients"] == len(tree_patients())
     # the split is the full set's, whatever part of the archive is here
     split_of = full_set_split(0)
     assert all(row["split"] == split_of[row["patient_id"]] for row in json.loads((out / "nodules.json").read_text()))
@@ -103,7 +105,7 @@ def test_workers_and_shards_give_the_same_set(built, lidc_download_tree, tmp_pat
         assert part["scans"]["found"] == len(shard.take(sorted(labelled_scans()))) - len(part["scans"]["missing"])
         assert not (tmp_path / "shards" / "dataset.json").exists()
     final = build_lidc_patch_set(lidc_download_tree, tmp_path / "shards", progress=False)
-    assert final["scans"]["kept_from_earlier"] == 3  # the shards built them; the final run assembles
+    assert final["scans"]["kept_from_earlier"] == len(tree_patients())  # the shards built them all
     for name in ("workers", "shards"):
         arrays, rows, _ = load_patch_set(tmp_path / name)
         assert rows == expected_rows
