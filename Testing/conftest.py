@@ -41,3 +41,62 @@ def tiny_patch_set(tmp_path_factory):
             arrays["split"][rows] = SPLITS.index(split)
     write_patch_set(root / "tiny", arrays, nodules, summary)
     return root / "tiny"
+
+
+# The one real LIDC-IDRI series (LIDC-IDRI-0001, TCIA layout) where the project's machines have it; a user's
+# clone has no ../shared, and the tests that need it skip (XAIEXPLAIN_REAL_CT=/nowhere shows how).
+REAL_CT = Path(os.environ.get("XAIEXPLAIN_REAL_CT", REPOSITORY.parent / "shared" / "real-ct"))
+REAL_SERIES_UID = "1.3.6.1.4.1.14519.5.2.1.6279.6001.179049373636438705059720603192"
+# Phantom patients of the download tree: few slices (65 and 99), a benign and a malignant nodule, train and test.
+TREE_PHANTOM_PATIENTS = ("LIDC-IDRI-0957", "LIDC-IDRI-0595")
+
+
+@pytest.fixture(scope="session")
+def real_series_folder():
+    """The real LIDC-IDRI-0001 patient folder (its study / series folders and the readers' XML inside)."""
+    folder = REAL_CT / "LIDC-IDRI" / "LIDC-IDRI-0001"
+    if not folder.is_dir():
+        pytest.skip(f"the real LIDC-IDRI-0001 series is not here ({REAL_CT} is absent, as in a user's clone)")
+    return folder
+
+
+def tree_patients() -> set[str]:
+    """The patients of ``lidc_download_tree``: the real LIDC-IDRI-0001 only where it is here."""
+    real = (REAL_CT / "LIDC-IDRI" / "LIDC-IDRI-0001").is_dir()
+    return set(TREE_PHANTOM_PATIENTS) | ({"LIDC-IDRI-0001"} if real else set())
+
+
+@pytest.fixture(scope="session")
+def lidc_download_tree(tmp_path_factory):
+    """A LIDC-IDRI download tree: the phantom series of two patients (with the phantom's ground-truth folder
+    beside them), a CR study, a stray file, and the real LIDC-IDRI-0001 (linked, with its XML) where it is here."""
+    import numpy as np
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from xaiexplain.data import lidc
+    from xaiexplain.data.sources.phantom_series import write_phantom_series
+
+    root = tmp_path_factory.mktemp("download") / "LIDC-IDRI"
+    for patient in TREE_PHANTOM_PATIENTS:
+        write_phantom_series(lidc.find_scan_by_key(patient), root, seed=0)
+    if "LIDC-IDRI-0001" in tree_patients():
+        (root / "LIDC-IDRI-0001").symlink_to(REAL_CT / "LIDC-IDRI" / "LIDC-IDRI-0001", target_is_directory=True)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # computed radiography
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    radiograph = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+    radiograph.SOPClassUID, radiograph.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    radiograph.Modality, radiograph.PatientID = "CR", TREE_PHANTOM_PATIENTS[0]
+    radiograph.StudyInstanceUID, radiograph.SeriesInstanceUID = generate_uid(), generate_uid()
+    radiograph.Rows = radiograph.Columns = 8
+    radiograph.BitsAllocated, radiograph.BitsStored, radiograph.HighBit, radiograph.PixelRepresentation = 16, 16, 15, 0
+    radiograph.SamplesPerPixel, radiograph.PhotometricInterpretation = 1, "MONOCHROME2"
+    radiograph.PixelData = np.zeros((8, 8), np.uint16).tobytes()
+    folder = root / TREE_PHANTOM_PATIENTS[0] / radiograph.StudyInstanceUID / radiograph.SeriesInstanceUID
+    folder.mkdir(parents=True)
+    radiograph.save_as(folder / "1-1.dcm", enforce_file_format=True)
+    (root / TREE_PHANTOM_PATIENTS[0] / "download-notes.txt").write_text("stray file\n")
+    assert pydicom.dcmread(folder / "1-1.dcm").Modality == "CR"
+    return root

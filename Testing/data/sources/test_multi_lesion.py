@@ -40,7 +40,7 @@ def test_multi_lesion_images_are_positive_exactly_while_a_malignant_nodule_is_in
 def test_froc_study_command_writes_table_and_plot(multi_lesion_set, tmp_path, capsys):
     folder, _ = multi_lesion_set
     shutil.copytree(folder, tmp_path / "study" / "data")  # the study reuses OUT/data
-    assert train_main(["froc-study", "--out", str(tmp_path / "study"), "--epochs", "6", "--widths", "4,8,16,32",
+    assert train_main(["froc-study", "--out", str(tmp_path / "study"), "--epochs", "8", "--widths", "4,8,16,32",
                        "--method", "saliency", "--device", "cpu", "--seed", str(SEED)]) == 0
     assert "| saliency |" in capsys.readouterr().out
     result = json.loads((tmp_path / "study" / "froc.json").read_text())

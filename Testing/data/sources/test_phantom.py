@@ -100,3 +100,33 @@ def test_missing_consensus_masks_are_refused():
     bare.consensus = None
     with pytest.raises(ValueError, match="consensus"):
         phantom.render_scan(GEOMETRY, [bare])
+
+
+def ring_median_hu(geometry, nodules, nodule, seed=0):
+    """Median HU of a nodule's surroundings: in-plane 3-15 mm from its drawn edge, on every slice through it."""
+    from scipy import ndimage
+    from xaiexplain.data.sources.phantom_patches import nodule_region
+
+    region = phantom.render_region(geometry, nodules, seed, *nodule_region(geometry, nodule))
+    values = []
+    for hu, labels in zip(region.hu, region.nodule_labels):
+        mask = labels == nodule.nodule_index + 1
+        if mask.any():
+            distance = ndimage.distance_transform_edt(~mask, sampling=geometry.pixel_spacing)
+            values.append(hu[(distance > 3) & (distance <= 15)])
+    return float(np.median(np.concatenate(values)))
+
+
+def test_the_lungs_contain_every_annotated_nodule_of_lidc_idri_0267():
+    """LIDC-IDRI-0267's apical nodule (nodule 1) lay in the mediastinum's soft tissue (ring median 28 HU):
+    a lung pocket now joins it to the lung; nodule 0, which the lung outline surrounds, is drawn as before."""
+    from xaiexplain.data import lidc
+    from xaiexplain.data.sources.phantom_lungs import lung_pocket
+
+    scan = lidc.find_scan_by_key("LIDC-IDRI-0267")
+    geometry = lidc.scan_geometry(scan)
+    nodules = lidc.scan_nodules(scan, with_masks=True, geometry=geometry)
+    assert len(nodules) == 2 and nodules[1].bbox_ijk[2][0] > 0.85 * geometry.shape[0]  # apical
+    for nodule in nodules:
+        assert ring_median_hu(geometry, nodules, nodule) < -700  # lung parenchyma (-860 HU and vessels)
+    assert lung_pocket(geometry, nodules[0], 0) is None and lung_pocket(geometry, nodules[1], 0) is not None

@@ -2,9 +2,14 @@
 selection on validation AUC, the decision threshold at the validation ROC point closest to the top-left
 corner (paper 2), test metrics with bootstrap confidence intervals.
 
+Paper 1's protocol is an option (``slices="central"``: one patch per nodule; ``split="70/30"``: train and
+test, no validation, so the last epoch is kept and the decision threshold is the softmax's argmax, 0.5).
+
 Reproducible: shuffling and augmentation draw from generators seeded by (seed, epoch, rank), so a run
 resumed from a checkpoint continues exactly as the uninterrupted one (on CPU). Several processes under
 torchrun train with DistributedDataParallel (gloo on CPU, nccl on GPU); rank 0 validates and writes.
+Each process holds the int16 patches it needs (rank 0 all splits, the others the training split) and
+normalises them batch by batch, not a float copy of the whole set.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ import torch.distributed as dist
 import xaiexplain
 from sklearn.metrics import roc_auc_score
 from torch import nn
-from xaiexplain.data.patch_set import SPLITS, load_patch_set
+from xaiexplain.data.patch_set import SPLITS, load_patch_set, select_protocol
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.evaluate import classifier_metrics as metrics
 from xaiexplain.io.files import write_csv_rows
@@ -31,6 +36,8 @@ from . import checkpoints
 from .devices import describe, start_run
 
 HU_WINDOW = (-1000.0, 400.0)
+# Without validation patients (paper 1's 70 / 30 split) the decision is the two-way softmax's argmax.
+ARGMAX_THRESHOLD = 0.5
 
 
 @dataclass
@@ -48,12 +55,25 @@ class ClassifierSettings:
     checkpoint_dir: Path | None = None
     bootstrap_samples: int = 1000
     max_train_patches: int | None = None  # a subset for quick runs and tests
+    slices: str = "all"  # or "central": one patch per nodule (paper 1)
+    split: str = "70/15/15"  # or "70/30": train and test (paper 1)
     command: str = ""
 
 
 def normalise(images_hu: np.ndarray) -> torch.Tensor:
     low, high = HU_WINDOW
     return torch.from_numpy(np.clip((images_hu.astype(np.float32) - low) / (high - low), 0, 1)[:, None])
+
+
+class PatchImages:
+    """The int16 HU patches of the rows a process needs; indexed by patch-set row, they come normalised."""
+
+    def __init__(self, images: np.ndarray, rows: np.ndarray):
+        self.rows = np.unique(rows)
+        self.images = images[self.rows]
+
+    def __getitem__(self, index) -> torch.Tensor:
+        return normalise(self.images[np.searchsorted(self.rows, index)])
 
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -94,18 +114,22 @@ def _probabilities(model, x: torch.Tensor, device, batch_size: int = 512) -> np.
 def train_classifier(settings: ClassifierSettings, progress: bool = True) -> dict | None:
     """Train and write the bundle; returns its config on rank 0 (None on other ranks)."""
     device, rank, world = start_run(settings.device, settings.seed)
-    arrays, nodules, summary = load_patch_set(settings.data)
-    split = arrays["split"]
-    train_index = np.flatnonzero(split == SPLITS.index("train"))
+    names = ("images", "label", "split", "nodule") + (("center_lps",) if settings.slices == "central" else ())
+    arrays, nodules, summary = load_patch_set(settings.data, names)
+    chosen, split = select_protocol(arrays, nodules, summary, settings.slices, settings.split)
+    train_index = chosen[split == SPLITS.index("train")]
     if settings.max_train_patches:
         train_index = np.sort(np.random.default_rng(settings.seed).permutation(train_index)[:settings.max_train_patches])
-    validation_index = np.flatnonzero(split == SPLITS.index("validation"))
-    test_index = np.flatnonzero(split == SPLITS.index("test"))
+    validation_index = chosen[split == SPLITS.index("validation")]
+    test_index = chosen[split == SPLITS.index("test")]
     labels = torch.from_numpy(arrays["label"].astype(np.int64))
-    x = normalise(arrays["images"])
-    if len(np.unique(arrays["label"][train_index])) < 2 or len(np.unique(arrays["label"][validation_index])) < 2:
+    x = PatchImages(arrays.pop("images"), chosen if rank == 0 else train_index)
+    selection = "validation" if len(validation_index) else "test"  # the split that must hold both labels too
+    if len(np.unique(arrays["label"][train_index])) < 2 or \
+            len(np.unique(arrays["label"][chosen[split == SPLITS.index(selection)]])) < 2:
         raise XAIExplainError(f"the patch set in {settings.data} needs benign and malignant nodules in its train "
-                              "and validation splits")
+                              f"and {selection} splits")
+    validating = len(validation_index) > 0
 
     model = NoduleClassifier(widths=settings.widths, input_size=int(summary["patch_size"])).to(device)
     if device.type == "cuda":
@@ -155,12 +179,13 @@ def train_classifier(settings: ClassifierSettings, progress: bool = True) -> dic
             total += loss.item() * len(batch)
             seen += len(batch)
         if rank == 0:
-            validation_p = _probabilities(model, x[validation_index], device)
-            validation_y = arrays["label"][validation_index]
-            auc = float(roc_auc_score(validation_y, validation_p))
+            auc = None
+            if validating:
+                validation_p = _probabilities(model, x[validation_index], device)
+                auc = float(roc_auc_score(arrays["label"][validation_index], validation_p))
             history.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), "validation_auc": auc,
                             "seconds": round(time.time() - started, 1)})
-            if auc > best["auc"]:
+            if not validating or auc > best["auc"]:  # without validation: the last epoch
                 best = {"epoch": epoch + 1, "auc": auc,
                         "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
             checkpoints.save_checkpoint(checkpoint, {"model": model.state_dict(), "best": best["state"]},
@@ -168,7 +193,7 @@ def train_classifier(settings: ClassifierSettings, progress: bool = True) -> dic
                                                                    "best_auc": best["auc"], "history": history})
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", val_auc=f"{auc:.3f}")
+                bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", val_auc="-" if auc is None else f"{auc:.3f}")
         if world > 1:
             dist.barrier()
     if bar is not None:
@@ -177,8 +202,11 @@ def train_classifier(settings: ClassifierSettings, progress: bool = True) -> dic
         return None
 
     model.load_state_dict(best["state"])
-    validation_p = _probabilities(model, x[validation_index], device)
-    threshold = metrics.threshold_closest_to_top_left(arrays["label"][validation_index], validation_p)
+    if validating:
+        validation_p = _probabilities(model, x[validation_index], device)
+        threshold = metrics.threshold_closest_to_top_left(arrays["label"][validation_index], validation_p)
+    else:
+        threshold = ARGMAX_THRESHOLD
     test_p = _probabilities(model, x[test_index], device)
     test_y = arrays["label"][test_index]
     test_nodules = arrays["nodule"][test_index]
@@ -199,12 +227,16 @@ def train_classifier(settings: ClassifierSettings, progress: bool = True) -> dic
             "seed": settings.seed, "epochs": settings.epochs, "batch_size": settings.batch_size,
             "learning_rate": settings.learning_rate, "weight_decay": settings.weight_decay,
             "train_patches": int(len(train_index)), "best_epoch": best["epoch"],
+            "protocol": {"slices": settings.slices, "split": settings.split,
+                         "model_selection": "best validation AUC" if validating else
+                                            "last epoch (no validation split)"},
             "library_version": xaiexplain.__version__, "torch_version": torch.__version__,
             "python": platform.python_version(), "device": describe(device), "processes": world,
         },
         "metrics": {
-            "validation_auc": best["auc"],
-            "threshold_rule": "validation ROC point closest to the top-left corner",
+            "validation_auc": best["auc"] if validating else None,
+            "threshold_rule": "validation ROC point closest to the top-left corner" if validating else
+                              "0.5, the two-way softmax's argmax (no validation split)",
             "test_patches": metrics.bootstrap_metrics(test_y, test_p, threshold, groups=test_nodules,
                                                       samples=settings.bootstrap_samples, seed=settings.seed),
             "test_nodules": metrics.bootstrap_metrics(per_nodule_y, per_nodule_p, threshold,

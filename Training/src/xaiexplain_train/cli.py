@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from xaiexplain.apps.cli import ArgumentParser, run_reporting_errors
+from xaiexplain.data.patch_set import SLICE_CHOICES, SPLIT_PROTOCOLS
 from xaiexplain.io.files import handle_termination_signals
 
 
@@ -33,7 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "torchrun --nproc-per-node N $(which xaiexplain-train) classifier ...",
         epilog="examples:\n  xaiexplain-train classifier --data patchset/ --out classifier/\n"
                "  xaiexplain-train classifier --data patchset/ --out classifier/ --resume\n"
-               "  torchrun --nproc-per-node 2 $(which xaiexplain-train) classifier --data patchset/ --out c/",
+               "  torchrun --nproc-per-node 2 $(which xaiexplain-train) classifier --data patchset/ --out c/\n"
+               "  xaiexplain-train classifier --data patchset/ --slices central --split 70/30 --out p1/  # paper 1\n"
+               "  torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\\n"
+               "      --rdzv-id job1 $(which xaiexplain-train) classifier --data patchset/ --out c/  # on each node",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     classifier.add_argument("--data", required=True, type=Path, help="patch set folder")
     classifier.add_argument("--out", required=True, type=Path, help="bundle folder to write")
@@ -46,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(classifier)
     classifier.add_argument("--bootstrap", type=int, default=1000, help="bootstrap samples of the test metrics")
     classifier.add_argument("--max-train-patches", type=int, help="train on a seeded subset (quick runs)")
+    classifier.add_argument("--slices", choices=SLICE_CHOICES, default="all",
+                            help="every slice through each nodule (default), or central: one patch per nodule, the "
+                                 "slice through its midpoint (paper 1)")
+    classifier.add_argument("--split", choices=tuple(SPLIT_PROTOCOLS), default="70/15/15",
+                            help="the patch set's train / validation / test split (default), or 70/30: train and test "
+                                 "by patient, no validation, the last epoch kept, threshold 0.5 (paper 1)")
     cycle = commands.add_parser(
         "cycle-am", help="train cycle-consistent activation maximization (G+, G-) for a classifier",
         description="Train two U-Net generators on the same images, G+ towards malignant and G- towards benign "
@@ -187,13 +197,14 @@ def run_classifier(args) -> int:
         data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
         weight_decay=args.weight_decay, widths=args.widths, seed=args.seed, device=args.device,
         resume=args.resume, checkpoint_dir=args.checkpoint_dir, bootstrap_samples=args.bootstrap,
-        max_train_patches=args.max_train_patches, command=args.command_line)
+        max_train_patches=args.max_train_patches, slices=args.slices, split=args.split, command=args.command_line)
     config = train_classifier(settings)
     if config is not None:
         test = config["metrics"]["test_patches"]
-        print(f"best validation AUC {config['metrics']['validation_auc']:.3f} (epoch "
-              f"{config['provenance']['best_epoch']}), threshold {config['decision_threshold']:.3f}; test AUC "
-              f"{test['auc']['value']:.3f} [{test['auc']['ci95'][0]:.3f}, {test['auc']['ci95'][1]:.3f}]")
+        auc = config["metrics"]["validation_auc"]
+        chosen = f"best validation AUC {auc:.3f}" if auc is not None else "no validation split: the last epoch"
+        print(f"{chosen} (epoch {config['provenance']['best_epoch']}), threshold {config['decision_threshold']:.3f}; "
+              f"test AUC {test['auc']['value']:.3f} [{test['auc']['ci95'][0]:.3f}, {test['auc']['ci95'][1]:.3f}]")
         print(f"wrote {args.out}")
     return 0
 

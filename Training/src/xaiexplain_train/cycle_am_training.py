@@ -82,10 +82,12 @@ def running_statistics_frozen(*modules: nn.Module):
 
 
 @torch.no_grad()
-def recompute_running_statistics(generator: nn.Module, images: torch.Tensor, batch_size: int, seed: int = 0) -> None:
+def recompute_running_statistics(generator: nn.Module, images: np.ndarray, to_input, batch_size: int,
+                                 seed: int = 0) -> None:
     """Precise batch norm: the running statistics as the plain average over random batches of all real
-    ``images`` (training mode, momentum None), drawn as training draws them, with the final weights."""
-    images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))]
+    ``images`` (HU; ``to_input`` maps a batch to the generator's input; training mode, momentum None), drawn
+    as training draws them, with the final weights."""
+    order = np.random.default_rng(seed).permutation(len(images))
     layers = _batch_norms(generator)
     momenta = [layer.momentum for layer in layers]
     for layer in layers:
@@ -93,28 +95,25 @@ def recompute_running_statistics(generator: nn.Module, images: torch.Tensor, bat
         layer.momentum = None
     was_training = generator.training
     generator.train()
-    device = next(generator.parameters()).device
     for start in range(0, len(images) - batch_size + 1, batch_size):
-        generator(images[start:start + batch_size].to(device))
+        generator(to_input(images[order[start:start + batch_size]]))
     generator.train(was_training)
     for layer, momentum in zip(layers, momenta):
         layer.momentum = momentum
 
 
 @torch.no_grad()
-def train_inference_gap_hu(generator: nn.Module, images: torch.Tensor, batch_size: int, hu_per_unit: float,
-                           batches: int = 32, seed: int = 0) -> float:
-    """Mean |G(x) in training mode - G(x) in inference mode| in HU over random batches of real ``images``, as
-    training draws them: how far the running statistics are from those of real batches (training mode here
-    changes nothing)."""
-    device = next(generator.parameters()).device
-    chosen = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:batches * batch_size]
-    images = images[chosen]
+def train_inference_gap_hu(generator: nn.Module, images: np.ndarray, to_input, batch_size: int,
+                           hu_per_unit: float, batches: int = 32, seed: int = 0) -> float:
+    """Mean |G(x) in training mode - G(x) in inference mode| in HU over random batches of real ``images`` (HU),
+    as training draws them: how far the running statistics are from those of real batches (training mode
+    here changes nothing)."""
+    chosen = np.random.default_rng(seed).permutation(len(images))[:batches * batch_size]
     with running_statistics_frozen(generator):
         was_training = generator.training
         differences = []
-        for start in range(0, len(images) - batch_size + 1, batch_size):
-            x = images[start:start + batch_size].to(device)
+        for start in range(0, len(chosen) - batch_size + 1, batch_size):
+            x = to_input(images[chosen[start:start + batch_size]])
             generator.train()
             batch_mode = generator(x)
             generator.eval()
@@ -179,14 +178,21 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
     classifier_bundle = load_bundle(settings.classifier, device=device)
     classifier = classifier_bundle.model.eval()
     _set_trainable(classifier, False)
-    arrays, _, summary = load_patch_set(settings.data)
+    arrays, _, summary = load_patch_set(settings.data, ("images", "split"))
     train_index = np.flatnonzero(arrays["split"] == SPLITS.index("train"))
     if len(train_index) < 2 * settings.batch_size:
         raise XAIExplainError(f"the patch set in {settings.data} has too few training patches "
                               f"({len(train_index)}) for batches of {settings.batch_size} pairs")
     # the generators' scale: the classifier's window, HU beyond it kept (cycle_am.input_spec)
     generator_input = cycle_am.input_spec(classifier_bundle.input_spec)
-    x = torch.from_numpy(network_input(arrays["images"][train_index], generator_input)[:, None])
+
+    def to_input(hu: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(network_input(hu, generator_input)[:, None]).to(device)
+
+    # int16 HU, mapped to the generators' input batch by batch; rank 0 keeps the validation split for the
+    # batch-norm check at the end
+    validation_images = arrays["images"][arrays["split"] == SPLITS.index("validation")] if rank == 0 else None
+    images = arrays.pop("images")[train_index]
 
     generators = CycleAMGenerators(settings.widths).to(device)
     networks = {"plus": generators.plus, "minus": generators.minus,
@@ -214,7 +220,7 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
 
     samples_dir = settings.out.with_name(settings.out.name + ".samples")
     # sample grids show the same eight training patches, spread over the set (other nodules, both labels)
-    sample_images = x[np.linspace(0, len(x) - 1, 8).astype(int)].to(device)
+    sample_images = to_input(images[np.linspace(0, len(images) - 1, 8).astype(int)])
     bar = None
     if progress and rank == 0:
         from tqdm import tqdm
@@ -225,8 +231,8 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
     running = {name: 0.0 for name in LOSS_NAMES}
     for step in range(start_step, settings.steps):
         generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + step * 7919 + rank)
-        pairs = torch.randint(0, len(x), (2, settings.batch_size), generator=generator)
-        x_a, x_b = x[pairs[0]].to(device), x[pairs[1]].to(device)
+        pairs = torch.randint(0, len(images), (2, settings.batch_size), generator=generator).numpy()
+        x_a, x_b = (to_input(images[p]) for p in pairs)
         for optimiser in optimisers.values():
             for group in optimiser.param_groups:
                 group["lr"] = learning_rate_at(step, settings)
@@ -260,14 +266,12 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
 
     low, high = generator_input["hu_window"]
     # the gap measured on images the statistics were not computed from: the validation split, where there is one
-    validation = np.flatnonzero(arrays["split"] == SPLITS.index("validation"))
-    held_out = torch.from_numpy(network_input(arrays["images"][validation], generator_input)[:, None]) \
-        if len(validation) >= settings.batch_size else x
-    batch_norm = {"measured_on": "validation" if held_out is not x else "train"}
+    held_out = validation_images if len(validation_images) >= settings.batch_size else images
+    batch_norm = {"measured_on": "validation" if held_out is validation_images else "train"}
     for name in ("plus", "minus"):
-        gap_before = train_inference_gap_hu(networks[name], held_out, settings.batch_size, high - low)
-        recompute_running_statistics(networks[name], x, settings.batch_size)
-        gap_after = train_inference_gap_hu(networks[name], held_out, settings.batch_size, high - low)
+        gap_before = train_inference_gap_hu(networks[name], held_out, to_input, settings.batch_size, high - low)
+        recompute_running_statistics(networks[name], images, to_input, settings.batch_size)
+        gap_after = train_inference_gap_hu(networks[name], held_out, to_input, settings.batch_size, high - low)
         batch_norm[name] = {"train_inference_gap_hu_before": round(gap_before, 2),
                             "train_inference_gap_hu_after": round(gap_after, 2)}
 

@@ -13,6 +13,12 @@ import shlex
 import sys
 from pathlib import Path
 
+from xaiexplain.apps.archive_commands import (
+    add_archive_arguments,
+    add_dataset_command,
+    run_archive_explain,
+    run_dataset,
+)
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.io.files import handle_termination_signals, interrupted_exit_status
 
@@ -25,6 +31,8 @@ examples:
   xaiexplain phantom --patches --out patchset/
   xaiexplain patches --series phantom/LIDC-IDRI-0078 --lidc --out patches/
   xaiexplain patches --series ~/LIDC/LIDC-IDRI-0001 --point -60.5,-20,-120 --out patches/
+  xaiexplain dataset --lidc-root ~/LIDC-IDRI --out lidc-patches/ --workers 8
+  xaiexplain explain --lidc-root ~/LIDC-IDRI --method grad-cam --out explained/ --workers 8
   xaiexplain demo --out demo/
 """
 
@@ -143,14 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "geometry. Writes relevance_<method>.nrrd (float32), labels_<method>.nrrd (uint8, the kind's "
                     "labels, listed in nodules.json), nodules.json and a PNG panel per nodule. In file names ':' "
                     "becomes '_' (iterative_lrp).",
-        epilog=methods_help() + "\nwith cycle-am also counterfactual_malignant.nrrd and counterfactual_benign.nrrd (the "
-               "series with G+(x) / G-(x) in the nodules' patches)\n"
+        epilog=methods_help() + "\nwith cycle-am also counterfactual_malignant.nrrd and counterfactual_benign.nrrd (G+(x) / "
+               "G-(x) in the nodules' patches, on the part of the series' grid that the patches cover)\n"
                "examples:\n  xaiexplain explain --series phantom/LIDC-IDRI-0078 --lidc --method lrp "
                "--method iterative:lrp --out explained/\n"
                "  xaiexplain explain --series scan/ --point -60.5,-20,-120 --method grad-cam --model my_bundle/ "
-               "--out explained/",
+               "--out explained/\n"
+               "  xaiexplain explain --lidc-root ~/LIDC-IDRI --method grad-cam --out explained/ --workers 4\n"
+               "  xaiexplain explain --lidc-root ~/LIDC-IDRI --method grad-cam --out explained/ --shard 2/8",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_series_arguments(explain)
+    _add_series_arguments(explain, required=False)
+    add_archive_arguments(explain)
     explain.add_argument("--method", action="append", required=True, metavar="METHOD",
                          help="an explanation method (repeatable)")
     explain.add_argument("--model", default=None, help="model bundle folder or shipped name (default demo-classifier)")
@@ -162,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--cycle-am", default=None, dest="cycle_am",
                          help="cycle-am bundle folder or shipped name (the option generators; default demo-cycle-am)")
     explain.add_argument("--out", required=True, type=Path, help="output folder")
+
+    add_dataset_command(commands)
 
     benchmark = commands.add_parser(
         "benchmark", help="every method measured side by side on held-out phantom nodules",
@@ -190,13 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_series_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--series", required=True, type=Path, help="folder holding the DICOM series")
+def _add_series_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--series", required=required, type=Path, help="folder holding the DICOM series")
     parser.add_argument("--series-uid", help="SeriesInstanceUID, when the folder holds several series")
     parser.add_argument("--allow-gaps", action="store_true",
                         help="read a series with missing slices (a step over 1.5 x the median) on interpolated "
                              "slices instead of refusing it; the gaps are recorded in the output's JSON")
-    where = parser.add_mutually_exclusive_group(required=True)
+    where = parser.add_mutually_exclusive_group(required=required)
     where.add_argument("--lidc", action="store_true",
                        help="the nodules the LIDC radiologists annotated in this series (found by SeriesInstanceUID)")
     where.add_argument("--point", type=parse_point, action="append", metavar="X,Y,Z",
@@ -338,10 +351,17 @@ def run_benchmark(args, command_line: str) -> int:
 def run_explain(args, command_line: str) -> int:
     from xaiexplain.io.explanation_files import write_series_explanation
 
+    if args.lidc_root:
+        return run_archive_explain(args, explain_options(args), command_line)
+    if not args.series or not (args.lidc or args.point):
+        raise XAIExplainError("say what to explain: --series DIR with --lidc or --point X,Y,Z, or --lidc-root DIR")
+    if args.workers > 1 or args.shard:
+        raise XAIExplainError("--workers and --shard split an archive (--lidc-root) over processes; one series "
+                              "runs in one")
     written, _ = write_series_explanation(args.series, args.out, methods=args.method, model=args.model,
                                        series_uid=args.series_uid, use_lidc=args.lidc, points=args.point,
                                        half_height_mm=args.half_height_mm, options=explain_options(args),
-                                       command=command_line, allow_gaps=args.allow_gaps)
+                                       command=command_line, allow_gaps=args.allow_gaps, device=args.device)
     for row in written["nodules"]:
         print(f"{row['name']}: p(malignant) {row['probability']:.3f} -> {row['decision']} "
               f"(threshold {row['threshold']:.3f})")
@@ -350,8 +370,7 @@ def run_explain(args, command_line: str) -> int:
 
 
 COMMANDS = {"nodules": run_nodules, "phantom": run_phantom, "patches": run_patches, "explain": run_explain,
-            "benchmark": run_benchmark,
-            "demo": run_demo}
+            "dataset": run_dataset, "benchmark": run_benchmark, "demo": run_demo}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,6 +17,7 @@ nodules read by at least 3 radiologists are eligible; median malignancy > 3 is m
 from __future__ import annotations
 
 import contextlib
+import copy
 import gzip
 import importlib
 import importlib.util
@@ -46,6 +47,7 @@ NODULE_TABLE_VERSION = 2
 
 _pylidc = None
 _dicom_root: str | None = None
+_tables: dict[tuple[str, int], list] = {}  # nodule tables read in this process, by file and database stamp
 
 
 class LidcError(XAIExplainError):
@@ -346,9 +348,13 @@ def nodule_table(progress: bool = False, refresh: bool = False) -> list[LidcNodu
     if not refresh:
         shipped = Path(__file__).parents[1] / "bundled" / (name + ".gz")
         for path, text_of in ((cache, cache.read_text), (shipped, lambda: gzip.decompress(shipped.read_bytes()))):
-            nodules = _stored_table(text_of, stamp) if path.exists() else None
-            if nodules is not None:
-                return nodules
+            if (str(path), stamp) not in _tables:
+                nodules = _stored_table(text_of, stamp) if path.exists() else None
+                if nodules is None:
+                    continue
+                _tables[(str(path), stamp)] = nodules
+            # copies: callers attach consensus masks to their nodules
+            return [copy.copy(nodule) for nodule in _tables[(str(path), stamp)]]
     scans = pl.query(pl.Scan).order_by(pl.Scan.id).all()
     if progress:
         from tqdm import tqdm
@@ -356,6 +362,7 @@ def nodule_table(progress: bool = False, refresh: bool = False) -> list[LidcNodu
         scans = tqdm(scans, desc="LIDC scans", unit="scan")
     nodules = [nodule for scan in scans for nodule in scan_nodules(scan)]
     write_json_atomic(cache, {"database_size": stamp, "nodules": [n.to_json() for n in nodules]})
+    _tables.pop((str(cache), stamp), None)
     return nodules
 
 

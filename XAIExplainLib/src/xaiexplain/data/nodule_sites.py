@@ -8,6 +8,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from xaiexplain.data import lidc, series
+from xaiexplain.data.geometry import ScanGeometry
 from xaiexplain.data.patches import (
     DEFAULT_HALF_HEIGHT_MM,
     PatchError,
@@ -23,6 +24,8 @@ class NoduleSite:
     center_lps: tuple[float, float, float]
     z_range: tuple[float, float]
     lidc: lidc.LidcNodule | None = field(default=None, repr=False)
+    # pylidc's grid of the LIDC nodule in the series' world (its consensus mask's indices -> LPS)
+    geometry: ScanGeometry | None = field(default=None, repr=False)
 
 
 def lidc_sites(ct: series.CTSeries, with_masks: bool = False) -> list[NoduleSite]:
@@ -39,7 +42,8 @@ def lidc_sites(ct: series.CTSeries, with_masks: bool = False) -> list[NoduleSite
     for nodule in lidc.scan_nodules(scan, with_masks=with_masks, geometry=geometry):
         (_, _), (_, _), (k0, k1) = nodule.bbox_ijk
         sites.append(NoduleSite(name=f"nodule_{nodule.nodule_index:02d}", center_lps=nodule.centroid_lps,
-                                z_range=(geometry.slice_z[k0], geometry.slice_z[k1 - 1]), lidc=nodule))
+                                z_range=(geometry.slice_z[k0], geometry.slice_z[k1 - 1]), lidc=nodule,
+                                geometry=geometry))
     return sites
 
 
@@ -65,3 +69,23 @@ def consensus_label_image(ct: series.CTSeries, sites: list[NoduleSite]) -> sitk.
     for site in sites:
         site.lidc.consensus.paste_into(labels, site.lidc.nodule_index + 1)
     return geometry.to_image(labels)
+
+
+def consensus_distance_mm(site: NoduleSite, points_lps) -> np.ndarray:
+    """Distance (mm) from each LPS point to the readers' consensus mask of an LIDC site (from
+    ``lidc_sites(ct, with_masks=True)``): 0 where the point's voxel of pylidc's grid (nearest pixel, nearest
+    slice within half a step) is in the mask, else the distance to the nearest centre of a mask voxel."""
+    points = np.atleast_2d(np.asarray(points_lps, dtype=float))
+    mask, geometry = site.lidc.consensus, site.geometry
+    voxels = np.argwhere(mask.mask) + np.asarray(mask.offset)  # (k, i, j)
+    centres = geometry.index_to_lps(voxels[:, [1, 2, 0]].astype(float))
+    distances = np.sqrt(((points[:, None, :] - centres[None]) ** 2).sum(axis=-1)).min(axis=1)
+    slice_z = np.asarray(geometry.slice_z)
+    i, j, _ = np.round(geometry.lps_to_index(points)).astype(int).T
+    k = np.abs(points[:, 2:3] - slice_z[None]).argmin(axis=1)
+    near_slice = np.abs(points[:, 2] - slice_z[k]) <= geometry.slice_spacing / 2
+    local = np.stack([k, i, j], axis=1) - np.asarray(mask.offset)
+    in_box = np.all((local >= 0) & (local < np.asarray(mask.mask.shape)), axis=1)
+    inside = near_slice & in_box
+    inside[inside] = mask.mask[tuple(local[inside].T)]
+    return np.where(inside, 0.0, distances)

@@ -167,7 +167,7 @@ def backproject(stacks: list[PatchStack], values: list[np.ndarray], reference: s
             raise ValueError(f"values of shape {stack_values.shape} for patches of shape {stack.patches.shape}")
         for n in range(len(stack.patches)):
             slab = stack.slab_image(n, stack_values[n])
-            region = _covered_region(slab, reference)
+            region = covered_region(slab, reference)
             if region is None:
                 continue
             start, size = region
@@ -191,7 +191,7 @@ def backproject(stacks: list[PatchStack], values: list[np.ndarray], reference: s
     return image
 
 
-def _covered_region(slab: sitk.Image, reference: sitk.Image):
+def covered_region(slab: sitk.Image, reference: sitk.Image):
     """Index start and size of the part of ``reference`` that the slab can reach, or None."""
     size = np.asarray(slab.GetSize())
     corners = [slab.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner])

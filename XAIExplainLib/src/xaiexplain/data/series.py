@@ -83,7 +83,7 @@ def read_series(folder, series_instance_uid: str | None = None, allow_gaps: bool
     headers, non_images = _dicom_headers(folder)
     if not headers:
         if non_images:
-            kinds = ", ".join(sorted({_modality(header) or "?" for _, header in non_images}))
+            kinds = ", ".join(sorted({modality_of(header) or "?" for _, header in non_images}))
             raise SeriesError(f"{_shown_path(folder)} holds no images, only {len(non_images)} DICOM objects that "
                               f"are not images ({_shown(kinds)})")
         raise SeriesError(f"{_shown_path(folder)} holds no DICOM files")
@@ -95,7 +95,7 @@ def read_series(folder, series_instance_uid: str | None = None, allow_gaps: bool
             for _, header in non_images:
                 if str(header.get("SeriesInstanceUID", "")) == series_instance_uid:
                     raise SeriesError(f"the series {_shown(series_instance_uid, 64)} in {_shown_path(folder)} is a "
-                                      f"{_shown(_modality(header) or 'non-image')} object, not an image series")
+                                      f"{_shown(modality_of(header) or 'non-image')} object, not an image series")
             raise SeriesError(f"{_shown_path(folder)} holds no series with SeriesInstanceUID "
                               f"{_shown(series_instance_uid, 64)}; it holds {_describe(by_series)}")
         chosen = by_series[series_instance_uid]
@@ -107,14 +107,14 @@ def read_series(folder, series_instance_uid: str | None = None, allow_gaps: bool
     return _read_one_series(folder, chosen, allow_gaps)
 
 
-def _modality(header) -> str:
+def modality_of(header) -> str:
     return str(header.get("Modality", "") or "").strip().upper()
 
 
-def _is_non_image(header) -> bool:
+def is_non_image(header) -> bool:
     """A DICOM object that is no image slice: a segmentation, a report, a presentation state, an RT plan..."""
     sop_class = str(header.get("SOPClassUID", "") or "").strip()
-    return sop_class in NON_IMAGE_SOP_CLASSES or _modality(header) in NON_IMAGE_MODALITIES
+    return sop_class in NON_IMAGE_SOP_CLASSES or modality_of(header) in NON_IMAGE_MODALITIES
 
 
 def _dicom_headers(folder: Path) -> tuple[list, list]:
@@ -130,7 +130,7 @@ def _dicom_headers(folder: Path) -> tuple[list, list]:
                               f"({type(error).__name__})") from None
         if str(header.get("SOPClassUID", "") or "").strip() == DICOMDIR_SOP_CLASS:
             continue
-        if _is_non_image(header):
+        if is_non_image(header):
             non_images.append((path, header))  # a SEG, SR, ... beside the slices: not part of the volume
             continue
         if "SeriesInstanceUID" not in header:  # pydicom reads a file cut short as far as it goes
@@ -236,7 +236,7 @@ def _gap_sentence(folder: Path, gaps: list, median_step: float) -> str:
 
 def _read_one_series(folder: Path, members: list, allow_gaps: bool = False) -> CTSeries:
     first = members[0][1]
-    modality = _modality(first)
+    modality = modality_of(first)
     if modality != "CT":
         raise SeriesError(f"{_shown_path(folder)} holds a {_shown(modality) or 'modality-less'} series, not CT")
     geometries = [_slice_geometry(folder, path, header) for path, header in members]

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
-from xaiexplain.data.nodule_sites import NoduleSite, lidc_sites, point_sites
-from xaiexplain.data.patches import DEFAULT_HALF_HEIGHT_MM, PatchStack, backproject, extract_stack
+from xaiexplain.data.nodule_sites import NoduleSite, consensus_distance_mm, lidc_sites, point_sites
+from xaiexplain.data.patches import DEFAULT_HALF_HEIGHT_MM, PatchStack, backproject, covered_region, extract_stack
 from xaiexplain.data.series import CTSeries
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.explainers import iterative, registry
@@ -28,7 +28,9 @@ class SeriesExplanation:
     sites: list[NoduleSite]
     stacks: list[PatchStack]
     maps: dict[str, list[np.ndarray]] = field(default_factory=dict)  # per method, per nodule (slices, H, W)
-    # for cycle-am: the series with each nodule's patches replaced by G+(x) ("malignant") and G-(x) ("benign")
+    # for cycle-am: the part of the series its nodules' patches cover (the bounding box of their footprints,
+    # on the series' grid with its own origin), with the patches replaced by G+(x) ("malignant") and G-(x)
+    # ("benign"); outside it the counterfactual series is the series itself
     counterfactuals: dict[str, sitk.Image] = field(default_factory=dict)
 
 
@@ -65,7 +67,8 @@ def explain_series(image, points, bundle=None, methods=("saliency",), progress=N
     SeriesExplanation
         ``relevance`` and ``labels`` (SimpleITK images per method, the series' geometry), ``nodules``
         (per nodule: probability, decision, threshold, per method the peak and, for iterative methods,
-        the passes), ``maps`` (per method, per nodule), ``counterfactuals`` (cycle-am).
+        the passes; for LIDC sites where the peaks lie against the readers' consensus), ``maps`` (per method,
+        per nodule), ``counterfactuals`` (cycle-am: G+(x) and G-(x) in the box the patches cover).
 
     Examples
     --------
@@ -85,7 +88,7 @@ def explain_series(image, points, bundle=None, methods=("saliency",), progress=N
     if isinstance(points, str):
         if points != "lidc" or not isinstance(image, CTSeries):
             raise XAIExplainError("points must be LPS points, or 'lidc' with a CTSeries read from an LIDC scan")
-        sites = lidc_sites(image)
+        sites = lidc_sites(image, with_masks=True)  # the masks: where the peaks lie against the readers' outline
     elif len(points) and all(isinstance(p, NoduleSite) for p in points):
         sites = list(points)
     else:
@@ -126,11 +129,10 @@ def explain_series(image, points, bundle=None, methods=("saliency",), progress=N
             # the peak of what speaks for the decision
             evidence = registry.get(method).map_kind.for_decision(nodule_maps, row["decision"] == "malignant")
             peak = np.unravel_index(np.argmax(evidence), nodule_maps.shape)
-            stack = stacks[n]
-            middle = (stack.size - 1) / 2
-            peak_lps = stack.centers_lps[peak[0]] + (np.array([peak[2], peak[1], middle]) - middle) * \
-                np.array([stack.pixel_mm, stack.pixel_mm, 0.0])
+            peak_lps = _patch_point_lps(stacks[n], *peak)
             entry = {"peak_lps": peak_lps.tolist(), "peak_relevance": float(nodule_maps[peak])}
+            if sites[n].lidc is not None and sites[n].lidc.consensus is not None:
+                entry.update(_peaks_against_consensus(sites[n], stacks[n], evidence, peak_lps))
             rows = slice(bounds[n], bounds[n + 1])
             if isinstance(details, iterative.IterativeResult):
                 entry.update({"iterations": details.iterations[rows].tolist(),
@@ -151,10 +153,33 @@ def explain_series(image, points, bundle=None, methods=("saliency",), progress=N
                              maps=per_method_maps, counterfactuals=series_counterfactuals)
 
 
+def _patch_point_lps(stack: PatchStack, n: int, row: int, column: int) -> np.ndarray:
+    """LPS mm of pixel (row, column) of patch n."""
+    middle = (stack.size - 1) / 2
+    return stack.centers_lps[n] + (np.array([column, row, middle]) - middle) * np.array([stack.pixel_mm,
+                                                                                          stack.pixel_mm, 0.0])
+
+
+def _peaks_against_consensus(site: NoduleSite, stack: PatchStack, evidence: np.ndarray, peak_lps) -> dict:
+    """Where the peak of the evidence for the decision lies against the readers' consensus mask: for the
+    nodule's peak, inside or the distance in mm; for each slice's own peak, inside or not."""
+    slice_peaks = [_patch_point_lps(stack, n, *np.unravel_index(np.argmax(plane), plane.shape))
+                   for n, plane in enumerate(evidence)]
+    distances = consensus_distance_mm(site, np.vstack([peak_lps, *slice_peaks]))
+    return {"peak_in_consensus": bool(distances[0] == 0), "peak_distance_to_consensus_mm": float(distances[0]),
+            "slice_peaks_in_consensus": [bool(d == 0) for d in distances[1:]]}
+
+
 def _replace_patches(image: sitk.Image, stacks: list[PatchStack], values: list[np.ndarray]) -> sitk.Image:
-    """The image with the voxels the patches cover replaced by the patches' values (float32)."""
-    patched = sitk.GetArrayFromImage(backproject(stacks, values, image, background=np.nan))
-    original = sitk.GetArrayFromImage(image).astype(np.float32)
-    result = sitk.GetImageFromArray(np.where(np.isnan(patched), original, patched).astype(np.float32))
-    result.CopyInformation(image)
+    """The part of the image that the patches cover (the bounding box of their footprints, on the image's
+    grid with its own origin) with the patches' values where they lie, float32: not a copy of the series."""
+    regions = [covered_region(stack.slab_image(n), image) for stack in stacks for n in range(len(stack.patches))]
+    regions = [region for region in regions if region is not None]
+    start = np.min([region[0] for region in regions], axis=0)
+    stop = np.max([np.add(*region) for region in regions], axis=0)
+    crop = sitk.Cast(sitk.RegionOfInterest(image, (stop - start).tolist(), start.tolist()), sitk.sitkFloat32)
+    patched = sitk.GetArrayFromImage(backproject(stacks, values, crop, background=np.nan))
+    result = sitk.GetImageFromArray(np.where(np.isnan(patched), sitk.GetArrayViewFromImage(crop), patched)
+                                    .astype(np.float32))
+    result.CopyInformation(crop)
     return result

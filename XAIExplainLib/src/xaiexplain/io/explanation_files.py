@@ -6,30 +6,42 @@ import SimpleITK as sitk
 
 from xaiexplain import __version__
 from xaiexplain.data.series import read_series
+from xaiexplain.devices import select_device
 from xaiexplain.explainers import registry
 from xaiexplain.explainers.on_patches import prepare_methods
 from xaiexplain.explainers.on_series import explain_series
 from xaiexplain.io.figures import explanation_panel
 from xaiexplain.io.files import output_set, safe_name
-from xaiexplain.models.bundles import load_bundle
+from xaiexplain.models.bundles import DEFAULT_CLASSIFIER, load_bundle
 
 
 def panel_file_name(nodule_name: str) -> str:
     return f"panel_{safe_name(nodule_name)}.png"
 
 
+def recorded_options(options: dict) -> dict:
+    """The methods' options as ``nodules.json`` records them (a bundle given as an object by its path)."""
+    return {name: value if isinstance(value, (str, int, float, bool)) else str(getattr(value, "path", value))
+            for name, value in options.items()}
+
+
 def write_series_explanation(series_folder, out, methods, model=None, series_uid=None, use_lidc=False, points=None,
                              half_height_mm=5.0, options: dict | None = None, command: str = "",
-                             progress=None, panels: bool = True, allow_gaps: bool = False):
+                             progress=None, panels: bool = True, allow_gaps: bool = False, device: str = "cpu"):
     """Explain a series and write its files into ``out`` as one output set with ``nodules.json`` as its
     manifest (see ``files.output_set``: an existing ``out`` keeps every file that no earlier explanation
     wrote); returns (the nodules.json summary, the SeriesExplanation). ``options``: the methods' options
     (each goes to the methods that take it, e.g. ``layer``, ``generators``). ``progress(method)`` is called as
     each method finishes; ``panels=False`` leaves out the PNG panels; ``allow_gaps`` explains a series with
-    missing slices on interpolated ones and records the gaps."""
-    bundle = load_bundle(model) if model else load_bundle()
-    # before any reading: a typo in an option, cycle-am generators of another classifier
-    method_options = prepare_methods(bundle, methods, options or {})
+    missing slices on interpolated ones and records the gaps; ``device`` is where the models run (``auto``:
+    the GPU when there is one)."""
+    options = dict(options or {})
+    recorded = recorded_options(options)
+    device = select_device(device)
+    bundle = load_bundle(model or DEFAULT_CLASSIFIER, device=device)
+    # before any reading: a typo in an option; cycle-am's generators loaded once on the classifier's device,
+    # and refused unless trained against it
+    method_options = prepare_methods(bundle, methods, options)
     ct = read_series(series_folder, series_uid, allow_gaps=allow_gaps)
     with output_set(out, "nodules.json") as written:  # checks that out is writable before computing
         result = explain_series(ct, "lidc" if use_lidc else points, bundle, methods, half_height_mm=half_height_mm,
@@ -53,7 +65,8 @@ def write_series_explanation(series_folder, out, methods, model=None, series_uid
         written.manifest_data = {
             "series_folder": str(series_folder), "patient_id": ct.patient_id,
             "series_instance_uid": ct.series_instance_uid, "model": str(bundle.path),
-            "methods": list(methods), "command": command, "library_version": __version__,
+            "methods": list(methods), "options": recorded, "command": command,
+            "library_version": __version__,
             "files": files, "label_values": {m: dict(registry.get(m).map_kind.labels) for m in methods},
             "slice_gaps_mm": [list(gap) for gap in ct.gaps],
             "nodules": result.nodules}

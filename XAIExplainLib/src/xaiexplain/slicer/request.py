@@ -151,7 +151,7 @@ def compute(request: ExplanationRequest, progress=None) -> ExplanationOutput:
     called at each step: loading the models, finding the LIDC annotations, each method."""
     from xaiexplain.data.nodule_sites import consensus_label_image, lidc_sites
     from xaiexplain.data.series import CTSeries
-    from xaiexplain.explainers.counterfactuals import DEFAULT_CYCLE_AM
+    from xaiexplain.explainers.counterfactuals import generators_for
     from xaiexplain.explainers.on_series import explain_series
     from xaiexplain.models.bundles import DEFAULT_CLASSIFIER, load_bundle
 
@@ -161,7 +161,8 @@ def compute(request: ExplanationRequest, progress=None) -> ExplanationOutput:
 
     report(0.0, "loading the models")
     classifier = load_bundle(request.classifier or DEFAULT_CLASSIFIER, device=request.device)
-    generators = (load_bundle(request.cycle_am or DEFAULT_CYCLE_AM, device=request.device, role="cycle-am")
+    # cycle-am's generators on the classifier's device, refused unless trained against it
+    generators = (generators_for(classifier, request.cycle_am, request.options.get("allow_other_classifier", False))
                   if request.uses_generators else None)
     consensus, sites = None, []
     if request.points_lps is None:

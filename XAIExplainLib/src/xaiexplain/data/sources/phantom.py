@@ -13,7 +13,8 @@ noise. Each nodule is drawn in its consensus mask:
 - spiculation (>= 2) adds thin strands radiating into the lung, recorded as ground truth;
 - calcification (1 popcorn, 2 laminated, 3 solid, 4 non-central, 5 central, 6 absent) adds a dense core,
   recorded as ground truth.
-The lung is widened around every nodule so a nodule's surroundings are lung, also against the wall.
+The lung is widened around every nodule so a nodule's surroundings are lung, also against the wall, and
+joined to a nodule the lung outline misses by a pocket of lung (``phantom_lungs``).
 """
 from __future__ import annotations
 
@@ -24,6 +25,15 @@ from scipy import ndimage
 
 from xaiexplain.data.geometry import ScanGeometry
 from xaiexplain.data.lidc import LidcNodule
+from xaiexplain.data.sources.phantom_lungs import (
+    ANATOMY_STREAM,
+    INNER_BODY,
+    body_radius,
+    heart_and_aorta,
+    lung_outline,
+    lung_pockets,
+    region_coordinates,
+)
 
 AIR_HU = -1000.0
 LUNG_HU = -860.0
@@ -57,8 +67,9 @@ class PhantomVolume:
 def render_scan(geometry: ScanGeometry, nodules: list[LidcNodule], seed: int = 0) -> PhantomVolume:
     """The whole scan (slab by slab: identical to rendering it at once)."""
     sprites = _nodule_sprites(geometry, nodules, seed)
-    slabs = [_render(geometry, sprites, seed, (k, min(k + SLAB_SLICES, geometry.shape[0])), (0, geometry.rows),
-                     (0, geometry.columns)) for k in range(0, geometry.shape[0], SLAB_SLICES)]
+    pockets = lung_pockets(geometry, nodules, seed)
+    slabs = [_render(geometry, sprites, pockets, seed, (k, min(k + SLAB_SLICES, geometry.shape[0])),
+                     (0, geometry.rows), (0, geometry.columns)) for k in range(0, geometry.shape[0], SLAB_SLICES)]
     return PhantomVolume(hu=np.concatenate([s.hu for s in slabs]),
                          nodule_labels=np.concatenate([s.nodule_labels for s in slabs]),
                          spicules=np.concatenate([s.spicules for s in slabs]),
@@ -68,44 +79,37 @@ def render_scan(geometry: ScanGeometry, nodules: list[LidcNodule], seed: int = 0
 def render_region(geometry: ScanGeometry, nodules: list[LidcNodule], seed: int, k_range, i_range,
                   j_range) -> PhantomVolume:
     """The half-open index box of the scan, exactly as in ``render_scan``. ``nodules`` must be all the
-    scan's nodules (with consensus masks): a neighbour's spicules may reach into the box."""
+    scan's nodules (with consensus masks): a neighbour's spicules or lung pocket may reach into the box."""
     box = (tuple(k_range), tuple(i_range), tuple(j_range))
     sprites = _nodule_sprites(geometry, nodules, seed, within=box)
-    return _render(geometry, sprites, seed, *box)
+    return _render(geometry, sprites, lung_pockets(geometry, nodules, seed, within=box), seed, *box)
 
 
 # -- anatomy ----------------------------------------------------------------------------------------------
 
-def _render(geometry, sprites, seed, k_range, i_range, j_range) -> PhantomVolume:
+def _render(geometry, sprites, pockets, seed, k_range, i_range, j_range) -> PhantomVolume:
+    x, y, z, height, width = region_coordinates(geometry, k_range, i_range, j_range)
     k = np.arange(*k_range)
-    i = np.arange(*i_range)
-    j = np.arange(*j_range)
-    width = geometry.columns * geometry.pixel_spacing
-    x = (geometry.origin_xy[0] + j * geometry.pixel_spacing).astype(np.float32)[None, None, :]
-    y = (geometry.origin_xy[1] + i * geometry.pixel_spacing).astype(np.float32)[None, :, None]
-    z_all = np.asarray(geometry.slice_z)
-    z = z_all[k].astype(np.float32)[:, None, None]
-    # height in the scan from 0 (lowest slice) to 1 (highest): lungs narrow to the apex, heart at the base
-    height = ((z - z_all[0]) / max(z_all[-1] - z_all[0], 1.0)).astype(np.float32)
-    rng = np.random.default_rng([seed, 7])
-    shape = (len(k), len(i), len(j))
+    rng = np.random.default_rng([seed, ANATOMY_STREAM])
+    shape = (len(k), i_range[1] - i_range[0], j_range[1] - j_range[0])
 
     hu = np.full(shape, AIR_HU, np.float32)
     # body: an ellipse filling most of the field of view, subcutaneous fat under the skin
-    body_radius = np.sqrt((x / (0.46 * width)) ** 2 + ((y - 0.02 * width) / (0.33 * width)) ** 2)
-    hu[np.broadcast_to(body_radius < 1.0, shape)] = FAT_HU
-    hu[np.broadcast_to(body_radius < 0.90, shape)] = SOFT_TISSUE_HU
+    body = body_radius(x, y, width)
+    hu[np.broadcast_to(body < 1.0, shape)] = FAT_HU
+    hu[np.broadcast_to(body < INNER_BODY, shape)] = SOFT_TISSUE_HU
     # spine (posterior, +y in LPS) and ribs
     spine = np.hypot(x, y - 0.25 * width) / (0.055 * width)
     hu = np.where(spine < 1.0, np.where(spine < 0.8, MARROW_HU, BONE_HU), hu)
-    lungs = _lung_mask(x, y, height, width, rng)
-    hu = np.where(_rib_mask(x, y, z, width, rng) & ~lungs & (body_radius < 0.93), BONE_HU, hu)
+    lungs = lung_outline(x, y, height, width, rng)  # the first draws of rng (lung_pocket relies on it)
+    hu = np.where(_rib_mask(x, y, z, width, rng) & ~lungs & (body < 0.93), BONE_HU, hu)
     # mediastinum is soft tissue already; the aorta and heart are blood
-    aorta = np.hypot(x + 0.06 * width, y - 0.12 * width) < 0.045 * width
-    heart = (np.hypot((x + 0.04 * width) / 1.25, y + 0.04 * width) < 0.16 * width * (1.05 - height)) & ~aorta
+    heart, aorta = heart_and_aorta(x, y, height, width)
     hu = np.where(aorta | heart, BLOOD_HU, hu)
 
     lungs = lungs & ~np.broadcast_to(heart, lungs.shape)
+    for pocket in pockets:
+        pocket.add_to(lungs, body < INNER_BODY, k_range, i_range, j_range)
     for sprite in sprites:
         sprite.paste(lungs, k_range, i_range, j_range, "lung", np.logical_or)
     # parenchyma varies slowly (gravity-dependent density posteriorly), vessels branch through it
@@ -124,24 +128,6 @@ def _render(geometry, sprites, seed, k_range, i_range, j_range) -> PhantomVolume
     return PhantomVolume(hu=np.clip(np.round(hu), -1024, 3071).astype(np.int16), nodule_labels=labels,
                          spicules=spicules, calcification=calcification,
                          offset=(int(k_range[0]), int(i_range[0]), int(j_range[0])))
-
-
-def _lung_mask(x, y, height, width, rng) -> np.ndarray:
-    """Two lungs, largest at mid height, narrowing to the apex and above the diaphragm."""
-    size = 0.62 + 0.38 * np.sin(np.pi * np.clip(0.12 + 0.88 * height, 0.0, 1.0))
-    masks = []
-    for side in (-1.0, 1.0):
-        cx = side * 0.205 * width
-        cy = -0.01 * width
-        a = 0.155 * width * size
-        b = 0.235 * width * size
-        angle = np.arctan2(y - cy, x - cx)
-        wobble = 1.0 + 0.06 * np.cos(3 * angle + rng.uniform(0, 2 * np.pi)) + 0.04 * np.cos(5 * angle + rng.uniform(0, 2 * np.pi))
-        radius = np.sqrt(((x - cx) / a) ** 2 + ((y - cy) / b) ** 2)
-        # the medial side is flattened by the mediastinum
-        medial = side * (x - cx) > -0.75 * a
-        masks.append((radius < wobble) & medial)
-    return masks[0] | masks[1]
 
 
 def _rib_mask(x, y, z, width, rng) -> np.ndarray:

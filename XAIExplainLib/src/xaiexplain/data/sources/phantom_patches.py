@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import sys
 import time
-from collections import defaultdict
-
 import numpy as np
 import SimpleITK as sitk
 
 from xaiexplain import __version__
 from xaiexplain.data import lidc
 from xaiexplain.data.geometry import ScanGeometry
-from xaiexplain.data.patch_set import PATCH_SET_MANIFEST, SPLITS, labelled_scans, split_patients, write_patch_set_files
+from xaiexplain.data.patch_set import (
+    PATCH_SET_MANIFEST,
+    PatchSetRows,
+    full_set_split,
+    labelled_scans,
+    write_patch_set_files,
+)
 from xaiexplain.data.patches import FIELD_OF_VIEW_MM, PATCH_SIZE, extract_patch
 from xaiexplain.data.sources import phantom
 from xaiexplain.io.files import output_set
@@ -77,11 +81,8 @@ def render_patch_set(out_dir, seed: int = 0, patient_ids: list[str] | None = Non
 
 
 def _render_patch_set(written, labelled_series, seed, progress, command, started) -> dict:
-    split_of = split_patients([patient for patient, _ in labelled_series], seed)
-
-    arrays = defaultdict(list)
-    rows = []
-    n_patches = 0
+    split_of = full_set_split(seed)
+    assembled = PatchSetRows()
     series_items = sorted(labelled_series.items())
     if progress:
         from tqdm import tqdm
@@ -92,24 +93,9 @@ def _render_patch_set(written, labelled_series, seed, progress, command, started
         for nodule in nodules:
             lidc.load_consensus(nodule)
         for nodule in nodules:
-            if nodule.label is None:
-                continue
-            patches = nodule_patches(geometry, nodule, nodules, seed)
-            count = len(patches["images"])
-            for name, value in patches.items():
-                arrays[name].append(value)
-            split = split_of[patient_id]
-            arrays["label"].append(np.full(count, nodule.label == "malignant", np.int8))
-            arrays["nodule"].append(np.full(count, len(rows), np.int32))
-            arrays["split"].append(np.full(count, SPLITS.index(split), np.int8))
-            rows.append({**nodule.to_json(), "split": split, "first_patch": n_patches, "patch_count": count})
-            n_patches += count
-
-    counts = {split: {label: {"nodules": sum(r["split"] == split and r["label"] == label for r in rows),
-                              "patches": sum(r["patch_count"] for r in rows
-                                             if r["split"] == split and r["label"] == label)}
-                      for label in ("benign", "malignant")}
-              for split in SPLITS}
+            if nodule.label is not None:
+                assembled.add(nodule.to_json(), split_of[patient_id], nodule_patches(geometry, nodule, nodules, seed))
+    rows = assembled.rows
     summary = {
         "format": "xaiexplain-patch-set",
         "version": 1,
@@ -120,9 +106,9 @@ def _render_patch_set(written, labelled_series, seed, progress, command, started
         "field_of_view_mm": FIELD_OF_VIEW_MM,
         "patients": len({r["patient_id"] for r in rows}),
         "nodules": len(rows),
-        "patches": n_patches,
-        "counts": counts,
+        "patches": assembled.patches,
+        "counts": assembled.counts(),
         "seconds": round(time.time() - started, 1),
     }
-    write_patch_set_files(written, {name: np.concatenate(parts) for name, parts in arrays.items()}, rows, summary)
+    write_patch_set_files(written, assembled.arrays(), rows, summary)
     return summary

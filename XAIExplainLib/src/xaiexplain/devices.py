@@ -1,0 +1,31 @@
+"""Which device the models run on: ``--device auto|cpu|cuda``, the same for explaining and for training."""
+from __future__ import annotations
+
+import os
+
+from xaiexplain.errors import XAIExplainError
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def select_device(name: str = "auto"):
+    """The torch.device: ``auto`` takes the GPU when there is one (under torchrun the one of the process's
+    LOCAL_RANK); ``cuda`` without a GPU is a user error."""
+    import torch  # here, so that the command lines that name the choices start without torch
+
+    if name not in DEVICE_CHOICES:
+        raise XAIExplainError(f"--device {name} is not one of {', '.join(DEVICE_CHOICES)}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise XAIExplainError("--device cuda was asked for, but PyTorch sees no CUDA GPU on this machine")
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def describe(device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        properties = torch.cuda.get_device_properties(device)
+        return f"{device} ({properties.name}, {properties.total_memory / 2**30:.0f} GiB)"
+    return f"cpu ({torch.get_num_threads()} threads)"

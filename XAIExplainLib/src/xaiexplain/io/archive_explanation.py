@@ -1,0 +1,163 @@
+"""A whole LIDC-IDRI archive explained (``xaiexplain explain --lidc-root DIR --method M --out OUT``).
+
+Every CT series of the download tree that the LIDC readers annotated is explained as ``xaiexplain explain
+--series ... --lidc`` explains one, into ``OUT/<PatientID>_<SeriesInstanceUID>/`` (the batch script's
+folder name). A series whose folder already holds the explanation with the same methods, options and model
+is kept, so a rerun does only what is missing; ``--shard K/N`` explains one part of the series (the same
+part on every machine) and writes no summary; a run without ``--shard`` explains what is still missing and
+writes ``OUT/nodules.csv``, one row per nodule and method: the readers' label and ratings, the
+classifier's probability and decision, and where the evidence for the decision peaks against the readers'
+consensus mask (inside, distance in mm, on how many slices each slice's own peak lies inside), with
+``OUT/archive.json`` (what was explained, what failed and why) as its manifest.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from xaiexplain import __version__
+from xaiexplain.data import lidc
+from xaiexplain.data.dicom_index import index_series
+from xaiexplain.devices import select_device
+from xaiexplain.errors import XAIExplainError
+from xaiexplain.explainers.on_patches import split_options
+from xaiexplain.io.explanation_files import recorded_options, write_series_explanation
+from xaiexplain.io.files import check_output_folder, output_set
+from xaiexplain.models.bundles import DEFAULT_CLASSIFIER, load_bundle
+from xaiexplain.parallel import Shard, map_in_workers
+from xaiexplain.slicer.scene_files import series_output_name
+
+ARCHIVE_MANIFEST = "archive.json"
+SUMMARY_TABLE = "nodules.csv"
+SERIES_MANIFEST = "nodules.json"
+
+
+@dataclass(frozen=True)
+class ArchiveSeries:
+    """A CT series of a download tree with the LIDC readers' nodules."""
+
+    patient_id: str
+    series_instance_uid: str
+    folder: Path  # the deepest folder holding its files: read it with this SeriesInstanceUID
+    files: tuple[Path, ...]
+    nodules: tuple[lidc.LidcNodule, ...]  # every annotated nodule (any number of readers; see label)
+
+    @property
+    def output_name(self) -> str:
+        return series_output_name(self.patient_id, self.series_instance_uid)
+
+
+def lidc_archive_series(root, workers: int = 1, progress: bool = False) -> list[ArchiveSeries]:
+    """Every CT series under ``root`` that the LIDC readers annotated, by patient and SeriesInstanceUID, found
+    from the DICOM headers in any folder layout (``data.dicom_index``); for the batch script as well."""
+    by_series = {}
+    for nodule in lidc.nodule_table():
+        by_series.setdefault(nodule.series_instance_uid, []).append(nodule)
+    series = [ArchiveSeries(patient_id=entry.patient_id, series_instance_uid=uid, folder=entry.folder,
+                            files=tuple(entry.files), nodules=tuple(by_series[uid]))
+              for uid, entry in index_series(root, workers, progress).of_modality("CT").items() if uid in by_series]
+    return sorted(series, key=lambda s: (s.patient_id, s.series_instance_uid))
+
+
+@dataclass(frozen=True)
+class _SeriesTask:
+    series: ArchiveSeries
+    out: str
+    methods: tuple[str, ...]
+    model: str
+    options: tuple
+    device: str
+    allow_gaps: bool
+    command: str
+
+
+def _is_done(folder: Path, task: _SeriesTask) -> bool:
+    """Whether ``folder`` holds this task's explanation (same methods, options and model), whole."""
+    try:
+        written = json.loads((folder / SERIES_MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return (written.get("series_instance_uid") == task.series.series_instance_uid
+            and written.get("methods") == list(task.methods) and written.get("model") == task.model
+            and written.get("options") == recorded_options(dict(task.options)))
+
+
+def _explain_series(task: _SeriesTask) -> dict:
+    """Explain one series into its folder, unless it is there already; a user's error is its result."""
+    folder = Path(task.out) / task.series.output_name
+    if _is_done(folder, task):
+        return {"series": task.series.output_name, "status": "kept"}
+    try:
+        write_series_explanation(task.series.folder, folder, list(task.methods), model=task.model,
+                                 series_uid=task.series.series_instance_uid, use_lidc=True,
+                                 options=dict(task.options), command=task.command, allow_gaps=task.allow_gaps,
+                                 device=task.device)
+    except XAIExplainError as error:
+        return {"series": task.series.output_name, "status": "failed", "reason": str(error)}
+    return {"series": task.series.output_name, "status": "explained"}
+
+
+def explain_archive(root, out, methods, model=None, options: dict | None = None, workers: int = 1,
+                    shard: Shard | None = None, device: str = "auto", allow_gaps: bool = False,
+                    progress: bool = True, command: str = "") -> dict:
+    """Explain (``shard``: one part of) the annotated series of the download under ``root`` into ``out``;
+    returns the summary (``archive.json``; without ``shard`` also written, with ``nodules.csv``)."""
+    started = time.time()
+    options = dict(options or {})
+    split_options(methods, options)  # unknown methods and options end here, before anything is read
+    select_device(device)  # --device cuda on a machine without a GPU ends here
+    model = str(load_bundle(model or DEFAULT_CLASSIFIER).path)
+    check_output_folder(out, ARCHIVE_MANIFEST)
+    every = lidc_archive_series(root, workers, progress)
+    if not every:
+        raise XAIExplainError(f"{root} holds no CT series that the LIDC readers annotated")
+    mine = shard.take(every) if shard else every
+    tasks = [_SeriesTask(series, str(out), tuple(methods), model, tuple(sorted(options.items())), device, allow_gaps,
+                         command) for series in mine]
+    results = map_in_workers(_explain_series, tasks, workers, "series", progress, unit="series")
+    summary = {"root": str(root), "methods": list(methods), "model": model, "options": recorded_options(options),
+               "shard": str(shard) if shard else None, "series_in_archive": len(every), "series": results,
+               "command": command, "library_version": __version__}
+    if shard is None:
+        with output_set(out, ARCHIVE_MANIFEST) as written:
+            written.path(SUMMARY_TABLE).write_text(summary_table(out, mine, methods, results))
+            summary["seconds"] = round(time.time() - started, 1)
+            written.manifest_data = summary
+    else:
+        summary["seconds"] = round(time.time() - started, 1)
+    return summary
+
+
+SUMMARY_COLUMNS = ("patient_id", "series_instance_uid", "nodule", "n_readers", "label", "exclusion",
+                   *lidc.RATING_NAMES, "diameter_mm", "slices", "probability", "decision", "threshold", "method",
+                   "peak_x_mm", "peak_y_mm", "peak_z_mm", "peak_relevance", "peak_in_consensus",
+                   "peak_distance_to_consensus_mm", "slices_with_peak_in_consensus")
+
+
+def summary_table(out, series: list[ArchiveSeries], methods, results: list[dict]) -> str:
+    """``nodules.csv``: one row per nodule and method of every series explained, read from its folder."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(SUMMARY_COLUMNS)
+    for entry, result in zip(series, results):
+        if result["status"] == "failed":
+            continue
+        written = json.loads((Path(out) / entry.output_name / SERIES_MANIFEST).read_text())
+        for row in written["nodules"]:
+            record = row["lidc"]
+            for method in methods:
+                found = row["methods"][method]
+                writer.writerow([
+                    entry.patient_id, entry.series_instance_uid, row["name"], record["n_readers"],
+                    record["label"] or "", record["exclusion"] or "",
+                    *(record["ratings"][r] for r in lidc.RATING_NAMES),
+                    f"{record['diameter_mm']:.2f}", row["slices"], f"{row['probability']:.4f}", row["decision"],
+                    f"{row['threshold']:.4f}", method, *(f"{c:.2f}" for c in found["peak_lps"]),
+                    f"{found['peak_relevance']:.6g}", "yes" if found["peak_in_consensus"] else "no",
+                    f"{found['peak_distance_to_consensus_mm']:.2f}",
+                    f"{sum(found['slice_peaks_in_consensus'])} of {len(found['slice_peaks_in_consensus'])}"])
+    return buffer.getvalue()
