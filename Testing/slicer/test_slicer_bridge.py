@@ -454,3 +454,19 @@ def test_module_files_compile_and_use_only_widgets_of_the_ui_file():
     for key in ("slicerMacroBuildScriptedModule", "WITH_GENERIC_TESTS", "slicer_add_python_unittest",
                 "Resources/UI/${MODULE_NAME}.ui", "XAIExplainLib"):
         assert key in module_cmake, key
+
+
+# Issue 16: the batch explains a LIDC-IDRI download tree as `explain --lidc-root` does, one scene per series.
+def test_the_batch_explains_a_download_tree(lidc_download_tree, tmp_path):
+    from conftest import tree_patients
+
+    result = subprocess.run([sys.executable, str(BATCH), "--lidc-root", str(lidc_download_tree), "--method",
+                             "grad-cam", "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    folders = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert {name.split("_")[0] for name in folders} == tree_patients()
+    assert all((tmp_path / "out" / name / "scene.mrml").is_file() for name in folders)
+    empty = subprocess.run([sys.executable, str(BATCH), "--lidc-root", str(tmp_path / "out"), "--out",
+                            str(tmp_path / "again")], capture_output=True, text=True)
+    assert empty.returncode == 2 and "holds no CT series that the LIDC readers annotated" in empty.stderr
+    assert not (tmp_path / "again").exists()

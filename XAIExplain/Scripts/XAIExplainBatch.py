@@ -2,6 +2,7 @@
 
 Under 3D Slicer:
     Slicer --no-main-window --python-script Scripts/XAIExplainBatch.py --series DIR [DIR ...] --out OUT [options]
+    Slicer --no-main-window --python-script Scripts/XAIExplainBatch.py --lidc-root LIDC-IDRI/ --out OUT [options]
 Under plain Python with the xaiexplain library and slicer-core installed:
     python Scripts/XAIExplainBatch.py --series DIR [DIR ...] --out OUT [options]
 
@@ -22,8 +23,11 @@ def parse_arguments(argv, parse_point):
         prog="XAIExplainBatch.py", description=__doc__.split("\n\n")[0],
         epilog="Points are LPS millimetres, as in the xaiexplain command line and DICOM; without --point the "
                "LIDC annotations of each series are used (found by its SeriesInstanceUID).")
-    parser.add_argument("--series", nargs="+", required=True, type=Path, metavar="DIR",
-                        help="folders each holding one DICOM series")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--series", nargs="+", type=Path, metavar="DIR", help="folders each holding one DICOM series")
+    where.add_argument("--lidc-root", type=Path, metavar="DIR",
+                       help="a LIDC-IDRI download tree: every CT series in it that the LIDC readers annotated "
+                            "(found by SeriesInstanceUID from the headers, in any folder layout)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (one subfolder per series)")
     parser.add_argument("--method", action="append", dest="methods", metavar="NAME",
                         help="explanation method, repeatable (default grad-cam); e.g. cycle-am, iterative:lrp")
@@ -53,11 +57,26 @@ def run(argv) -> int:
     methods = arguments.methods or ["grad-cam"]
     failures, written = [], {}
     try:
-        for folder in arguments.series:
+        if arguments.lidc_root is not None:
+            from xaiexplain.io.archive_explanation import lidc_archive_series
+
+            try:
+                found = lidc_archive_series(arguments.lidc_root)
+            except XAIExplainError as error:
+                print(f"{arguments.lidc_root}: {error}", file=sys.stderr)
+                return 2
+            if not found:
+                print(f"{arguments.lidc_root} holds no CT series that the LIDC readers annotated", file=sys.stderr)
+                return 2
+            series = [(entry.folder, entry.series_instance_uid) for entry in found]
+        else:
+            series = [(folder, None) for folder in arguments.series]
+        for folder, series_uid in series:
             try:
                 scene_file = xs.explain_series_folder(folder, arguments.out, methods, arguments.points,
                                                       arguments.model, arguments.cycle_am, arguments.device,
-                                                      allow_gaps=arguments.allow_gaps, written_by_this_run=written)
+                                                      series_instance_uid=series_uid, allow_gaps=arguments.allow_gaps,
+                                                      written_by_this_run=written)
                 print(f"{folder}: {scene_file}")
             except XAIExplainError as error:
                 failures.append(f"{folder}: {error}")
