@@ -45,6 +45,7 @@ def test_flip_rates_count_only_the_opposite_decision(tiny):
     to_malignant = at_threshold["G+ to malignant, among those called benign"]
     assert to_malignant["eligible"] == 3 and to_malignant["eligible_groups"] == 3
     assert to_malignant["rate"] == pytest.approx(2 / 3)
+    assert to_malignant["mean_probability"] == pytest.approx(np.mean([0.95, 0.5, 0.85]))  # p(G+(x)) of those
     # called malignant: 0, 1, 2, 3, 7; G- goes below 0.8 on all but patch 1
     to_benign = at_threshold["G- to benign, among those called malignant"]
     assert to_benign["eligible"] == 5 and to_benign["rate"] == pytest.approx(4 / 5)

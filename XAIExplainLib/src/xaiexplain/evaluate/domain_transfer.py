@@ -39,15 +39,17 @@ def group_means(values, groups) -> np.ndarray:
     return np.bincount(inverse, weights=np.asarray(values, float)) / counts
 
 
-def conditional_rate(eligible, flipped, groups, rng, samples: int = BOOTSTRAP_SAMPLES) -> dict:
-    """The share of ``flipped`` among ``eligible`` items, with a 95 % interval from resampling groups."""
+def conditional_rate(eligible, flipped, probability, groups, rng, samples: int = BOOTSTRAP_SAMPLES) -> dict:
+    """The share of ``flipped`` among ``eligible`` items, with a 95 % interval from resampling groups, and the
+    mean ``probability`` (of the counterfactual) over the eligible items."""
     eligible, flipped = np.asarray(eligible, bool), np.asarray(flipped, bool) & np.asarray(eligible, bool)
     _, inverse = np.unique(groups, return_inverse=True)
     per_group_eligible = np.bincount(inverse, weights=eligible)
     per_group_flipped = np.bincount(inverse, weights=flipped)
     count = int(eligible.sum())
     entry = {"rate": float(flipped.sum() / count) if count else None, "eligible": count,
-             "eligible_groups": int((per_group_eligible > 0).sum())}
+             "eligible_groups": int((per_group_eligible > 0).sum()),
+             "mean_probability": float(np.asarray(probability, float)[eligible].mean()) if count else None}
     if count:
         draws = rng.integers(0, len(per_group_eligible), (samples, len(per_group_eligible)))
         denominators = per_group_eligible[draws].sum(axis=1)
@@ -61,9 +63,9 @@ def flip_rates(p_original, p_malignant, p_benign, threshold: float, groups, rng)
     called_malignant = p_original >= threshold
     return {"threshold": float(threshold),
             "G+ to malignant, among those called benign": conditional_rate(
-                ~called_malignant, p_malignant >= threshold, groups, rng),
+                ~called_malignant, p_malignant >= threshold, p_malignant, groups, rng),
             "G- to benign, among those called malignant": conditional_rate(
-                called_malignant, p_benign < threshold, groups, rng)}
+                called_malignant, p_benign < threshold, p_benign, groups, rng)}
 
 
 def domain_transfer(p_original, p_malignant, p_benign, ssim_malignant, ssim_benign, threshold: float, nodules,
@@ -108,9 +110,12 @@ def _flip_lines(rates: dict, unit: str) -> list[str]:
     for label, entry in rates.items():
         for name in ("G+ to malignant, among those called benign", "G- to benign, among those called malignant"):
             rate = entry[name]
-            shown = "no such " + unit if rate["rate"] is None else f"{rate['rate']:.3f} [{_interval(rate)}]"
+            if rate["rate"] is None:
+                shown, mean = "no such " + unit, ""
+            else:
+                shown, mean = f"{rate['rate']:.3f} [{_interval(rate)}]", f"{rate['mean_probability']:.3f}"
             lines.append(f"| {label} ({entry['threshold']:.3f}) | {name.replace('those', unit)} | {shown} | "
-                         f"{rate['eligible']} |")
+                         f"{rate['eligible']} | {mean} |")
     return lines
 
 
@@ -128,7 +133,8 @@ def domain_transfer_table(result: dict) -> str:
     for name, entry in nodule["paired_t_tests"].items():
         lines.append(f"| {name} | t({entry['df']}) = {entry['t']:.2f} | {entry['p']:.2e} | "
                      f"{entry['mean_difference']:+.3f} |")
-    lines += ["", "| flip rate | which | rate [95 % CI, nodules resampled] | of |", "|---|---|---|---|"]
+    lines += ["", "| flip rate | which | rate [95 % CI, nodules resampled] | of | mean p(malignant) of the "
+              "counterfactual |", "|---|---|---|---|---|"]
     lines += _flip_lines(result["per_patch_flip_rates"], "patches")
     lines += _flip_lines(nodule["flip_rates"], "nodules")
     patch = result["patch_level"]
