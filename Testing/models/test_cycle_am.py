@@ -104,3 +104,18 @@ def test_the_activation_gradient_reaches_calcification_and_leads_into_the_window
     (cycle_am.classifier_view(clipped) * weights).sum().backward()
     assert not clipped.grad[..., 30:34, 30:34].any()  # what a plain clip gives
     torch.testing.assert_close(cycle_am.straight_through_classifier_view(images), cycle_am.classifier_view(images))
+
+
+def test_the_residual_is_bounded_by_one_window_width():
+    """An unbounded residual G(x) = x + U(x) painted stripes of up to 4300 HU into G-(x) within 800 steps:
+    the output is x + m tanh(U(x) / m), so no pixel moves by more than m (one window width, 1400 HU)."""
+    torch.manual_seed(0)
+    generator = cycle_am.Generator(widths=(4, 8, 8, 16), max_change=1.0)
+    torch.nn.init.constant_(generator.output.bias, 50.0)  # a U-Net that wants to add 70 000 HU everywhere
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        change = generator(x) - x
+    assert float(change.max()) <= 1.0 and float(change.min()) > 0.99
+    torch.nn.init.constant_(generator.output.bias, 0.01)  # small changes pass almost unchanged
+    with torch.no_grad():
+        torch.testing.assert_close(generator(x) - x, torch.full_like(x, 0.01), atol=1e-3, rtol=0)

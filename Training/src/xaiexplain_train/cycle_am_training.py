@@ -278,10 +278,10 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
     config = {
         "kind": "cycle-am",
         "architecture": "CycleAMGenerators",
-        "arguments": {"widths": list(settings.widths)},
+        "arguments": {"widths": list(settings.widths), "max_change": generators.plus.max_change},
         "input": generator_input,
-        "output": "residual: G(x) = x + U(x) on the input's scale, clipped to hu_window only where the classifier "
-                  "reads it",
+        "output": "bounded residual: G(x) = x + max_change tanh(U(x) / max_change) on the input's scale, clipped to "
+                  "hu_window only where the classifier reads it",
         "classifier": {"path": str(settings.classifier), "weights_sha256": classifier_bundle.fingerprint,
                        "decision_threshold": classifier_bundle.threshold},
         "decision_threshold": classifier_bundle.threshold,

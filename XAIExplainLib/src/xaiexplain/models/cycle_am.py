@@ -62,15 +62,18 @@ class Encoder(nn.Module):
 class Generator(nn.Module):
     """U-Net of depth 3 (stages 0-3), nearest-neighbour upsampling, skip connections.
 
-    The U-Net's output is a residual added to the input: G(x) = x + U(x), on the unclipped HU scale, so any
-    pixel can move either way by any amount with the same gradient everywhere. (The paper leaves the
-    output layer open; an output squashed into the classifier's window, sigmoid(logit(x) + U(x)), cannot
-    move pixels at the window's edges: its gradient vanishes there, and 92 % of calcified pixels sit at the
-    top.) With the last convolution starting at zero every generator starts as the identity, which the
-    similarity and cycle losses want anyway."""
+    The U-Net's output is a bounded residual added to the input on the unclipped HU scale: G(x) = x + m
+    tanh(U(x) / m), so every pixel, whatever its value, moves either way with gradient 1 at the start, by at
+    most ``max_change`` m (default one window width, 1400 HU: calcification at 850 HU down to soft tissue,
+    lung at -860 up to a solid nodule). (The paper leaves the output layer open. An output squashed into the
+    classifier's window, sigmoid(logit(x) + U(x)), cannot move pixels at the window's edges: its gradient
+    vanishes there, and 92 % of calcified pixels sit at the top. An unbounded residual painted stripes and
+    spots of up to 4300 HU.) With the last convolution starting at zero every generator starts as the
+    identity, which the similarity and cycle losses want anyway."""
 
-    def __init__(self, widths=PAPER_WIDTHS, in_channels: int = 1):
+    def __init__(self, widths=PAPER_WIDTHS, in_channels: int = 1, max_change: float = 1.0):
         super().__init__()
+        self.max_change = max_change
         self.encoder = Encoder(widths, in_channels)
         self.decoder = nn.ModuleList(
             _stage(widths[n + 1] + widths[n], widths[n], 1) for n in reversed(range(len(widths) - 1)))
@@ -83,7 +86,7 @@ class Generator(nn.Module):
         y = skips[-1]
         for stage, skip in zip(self.decoder, reversed(skips[:-1])):
             y = stage(torch.cat([functional.interpolate(y, scale_factor=2, mode="nearest"), skip], dim=1))
-        return x + self.output(y)
+        return x + self.max_change * torch.tanh(self.output(y) / self.max_change)
 
 
 class PairDiscriminator(nn.Module):
