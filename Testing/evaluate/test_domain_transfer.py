@@ -62,3 +62,15 @@ def test_flip_rates_count_only_the_opposite_decision(tiny):
     assert by_nodule["G- to benign, among those called malignant"]["rate"] is None
     table = domain_transfer_table(result)
     assert "t(2) = " in table and "among patches called benign" in table and "among nodules called malignant" in table
+
+
+def test_probabilities_through_the_blur_are_reported_over_nodules(tiny):
+    nodules, p_x, p_plus, p_minus, ssim_plus, ssim_minus = tiny
+    blurred = {"x": p_x, "G-(x)": np.full(8, 0.6), "G+(x)": p_plus}
+    result = domain_transfer(p_x, p_plus, p_minus, ssim_plus, ssim_minus, THRESHOLD, nodules, through_blur=blurred)
+    through = result["per_nodule"]["probability_through_blur"]
+    assert through["x"]["mean"] == pytest.approx(result["per_nodule"]["probability"]["x"]["mean"])
+    assert through["G-(x)"]["mean"] == pytest.approx(0.6) and through["G-(x)"]["n"] == 3
+    assert "G-(x)) through a 1 px blur | 0.600" in domain_transfer_table(result)
+    assert "probability_through_blur" not in domain_transfer(p_x, p_plus, p_minus, ssim_plus, ssim_minus,
+                                                             THRESHOLD, nodules)["per_nodule"]

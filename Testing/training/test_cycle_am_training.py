@@ -138,6 +138,7 @@ def test_two_processes_with_torchrun(tiny_patch_set, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     config = json.loads((tmp_path / "ddp" / "config.json").read_text())
     assert config["provenance"]["processes"] == 2 and config["kind"] == "cycle-am"
+    assert config["provenance"]["activation_blur_px"] == 0.0  # the default: paper 1's plain read
 
 
 def test_generated_batches_do_not_enter_the_generators_running_statistics():

@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     cycle.add_argument("--similarity", choices=("l1+dssim", "dssim"), default="l1+dssim",
                        help="similarity loss: (L1 + DSSIM) / 2 (default; the generators' residual output can move "
                             "pixels by any amount, which DSSIM alone barely bounds) or paper 1's DSSIM")
+    cycle.add_argument("--activation-blur", type=float, default=0.0, metavar="SIGMA",
+                       help="the classifier reads generated images through a Gaussian blur of SIGMA px in the "
+                            "activation-maximization loss, so that a pixel pattern against the classifier does not "
+                            "pay (default 0: paper 1's plain read; 1 removed G-'s checkered patterns in a trial "
+                            "but halved G+'s flip rate, see the README)")
     cycle.add_argument("--widths", type=_widths, default=(48, 96, 192, 384),
                        help="kernels per stage (default the paper's 48,96,192,384)")
     _add_run_arguments(cycle)
@@ -181,7 +186,8 @@ def run_cycle_am(args) -> int:
 
     settings = CycleAMSettings(
         data=args.data, classifier=args.classifier, out=args.out, steps=args.steps, batch_size=args.batch_size,
-        learning_rate=args.lr, lr_decay_from=args.lr_decay_from, similarity=args.similarity, widths=args.widths,
+        learning_rate=args.lr, lr_decay_from=args.lr_decay_from, similarity=args.similarity,
+        activation_blur=args.activation_blur, widths=args.widths,
         seed=args.seed, device=args.device, resume=args.resume, checkpoint_dir=args.checkpoint_dir,
         checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, command=args.command_line)
     config = train_cycle_am(settings)

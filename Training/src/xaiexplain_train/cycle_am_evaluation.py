@@ -8,7 +8,8 @@ import numpy as np
 from xaiexplain.data.patch_set import SPLITS, load_patch_set
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.evaluate.domain_transfer import domain_transfer, domain_transfer_table
-from xaiexplain.explainers.counterfactuals import counterfactuals, generators_for, proximity
+from xaiexplain.explainers.counterfactuals import (counterfactuals, generators_for, probabilities_through_blur,
+                                                   proximity)
 from xaiexplain.io.files import output_set, write_json_atomic
 from xaiexplain.models.bundles import load_bundle
 
@@ -27,7 +28,8 @@ def evaluate_cycle_am(classifier, generators, data, out, split: str = "test", re
     pair = counterfactuals(classifier, images, generator_bundle)
     ssim_plus, ssim_minus = proximity(classifier, images, pair)
     result = domain_transfer(classifier.predict(images), pair.malignant_probability, pair.benign_probability,
-                             ssim_plus, ssim_minus, classifier.threshold, arrays["nodule"][chosen])
+                             ssim_plus, ssim_minus, classifier.threshold, arrays["nodule"][chosen],
+                             through_blur=probabilities_through_blur(classifier, images, pair))
     result.update({"split": split, "data": str(data), "data_seed": summary.get("seed"), "command": command,
                    "classifier": str(classifier.path), "cycle_am": str(generator_bundle.path)})
     with output_set(out, "evaluation.json") as written:

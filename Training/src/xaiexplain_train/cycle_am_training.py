@@ -9,6 +9,11 @@ generator reads the other's output, and those batches would otherwise enter the 
 uses at inference on real images. After the last step the statistics are recomputed over the training
 images with the final weights (precise batch norm, Wu & Johnson 2021), and the remaining gap between a
 generator in training mode (batch statistics) and in inference mode is recorded in the bundle.
+
+``activation_blur`` > 0 lets the classifier read generated images through a Gaussian blur in the
+activation-maximization loss (``cycle_am.activation_maximization_loss``; 0, the default, is paper 1's plain
+read): the shipped G- lowers p(malignant) partly with checkered pixel patterns that a 1 px blur undoes; a
+trial with 1 px removed them at the cost of G+'s flip rate (README).
 """
 from __future__ import annotations
 
@@ -47,6 +52,7 @@ class CycleAMSettings:
     learning_rate: float = 2e-4
     lr_decay_from: int | None = None  # linear decay to zero from this step (CycleGAN's schedule)
     similarity: str = "l1+dssim"  # or paper 1's "dssim" (cycle_am.similarity_loss)
+    activation_blur: float = 0.0  # px; 0: the classifier reads G(x) unblurred, as in paper 1
     widths: tuple[int, ...] = cycle_am.PAPER_WIDTHS
     seed: int = 0
     device: str = "auto"
@@ -132,7 +138,8 @@ def learning_rate_at(step: int, settings: CycleAMSettings) -> float:
 
 
 def training_step(networks: dict, classifier: nn.Module, optimisers: dict, x_a, x_b, generator: torch.Generator,
-                  device: torch.device, similarity_kind: str = "l1+dssim") -> dict[str, float]:
+                  device: torch.device, similarity_kind: str = "l1+dssim",
+                  activation_blur: float = 0.0) -> dict[str, float]:
     """One batch: the discriminators, then both generators (eq. 4 for G+ and, mirrored, for G-)."""
     plus, minus = networks["plus"], networks["minus"]
     d_plus, d_minus = networks["d_plus"], networks["d_minus"]
@@ -161,8 +168,9 @@ def training_step(networks: dict, classifier: nn.Module, optimisers: dict, x_a, 
                       + cycle_am.similarity_loss(x_a, generated_minus, similarity_kind))
         adversarial = (frozen_plus(x_b, generated_plus, generator, fake_is_real=True)
                        + frozen_minus(x_b, generated_minus, generator, fake_is_real=True))
-        activation = (cycle_am.activation_maximization_loss(classifier, generated_plus, MALIGNANT)
-                      + cycle_am.activation_maximization_loss(classifier, generated_minus, 1 - MALIGNANT))
+        activation = (cycle_am.activation_maximization_loss(classifier, generated_plus, MALIGNANT, activation_blur)
+                      + cycle_am.activation_maximization_loss(classifier, generated_minus, 1 - MALIGNANT,
+                                                              activation_blur))
         generator_loss = cycle + similarity + adversarial + activation
     optimisers["generators"].zero_grad(set_to_none=True)
     generator_loss.backward()
@@ -240,7 +248,8 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
             x_a, x_b = (t.contiguous(memory_format=torch.channels_last) for t in (x_a, x_b))
         for network in networks.values():
             network.train()
-        losses = training_step(trained, classifier, optimisers, x_a, x_b, generator, device, settings.similarity)
+        losses = training_step(trained, classifier, optimisers, x_a, x_b, generator, device, settings.similarity,
+                               settings.activation_blur)
         for name in LOSS_NAMES:
             running[name] += losses[name]
         done = step + 1
@@ -289,7 +298,7 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
             "command": settings.command, "data": {"path": str(settings.data), "summary": summary},
             "seed": settings.seed, "steps": settings.steps, "batch_size": settings.batch_size,
             "learning_rate": settings.learning_rate, "lr_decay_from": settings.lr_decay_from,
-            "similarity_loss": settings.similarity,
+            "similarity_loss": settings.similarity, "activation_blur_px": settings.activation_blur,
             "train_patches": int(len(train_index)),
             "library_version": xaiexplain.__version__, "torch_version": torch.__version__,
             "python": platform.python_version(), "device": describe(device), "processes": world,

@@ -69,9 +69,10 @@ def flip_rates(p_original, p_malignant, p_benign, threshold: float, groups, rng)
 
 
 def domain_transfer(p_original, p_malignant, p_benign, ssim_malignant, ssim_benign, threshold: float, nodules,
-                    seed: int = 0) -> dict:
+                    seed: int = 0, through_blur: dict | None = None) -> dict:
     """Paper 1's domain-transfer evaluation over nodules (``nodules``: the nodule of each patch), with the
-    conditional flip rates and patch-level figures beside."""
+    conditional flip rates and patch-level figures beside; ``through_blur``: the probabilities of x, G-(x)
+    and G+(x) read through a slight blur (``counterfactuals.probabilities_through_blur``), reported beside."""
     per_patch = {"x": np.asarray(p_original, float), "G-(x)": np.asarray(p_benign, float),
                  "G+(x)": np.asarray(p_malignant, float)}
     ssim = {"x, G+(x)": np.asarray(ssim_malignant, float), "x, G-(x)": np.asarray(ssim_benign, float)}
@@ -80,7 +81,7 @@ def domain_transfer(p_original, p_malignant, p_benign, ssim_malignant, ssim_beni
     rng = np.random.default_rng(seed)
     single_nodules = np.arange(len(per_nodule["x"]))
     thresholds = {"at the bundle's threshold": threshold, "at 0.5": 0.5}
-    return {
+    result = {
         "patches": int(len(nodules)), "nodules": int(len(single_nodules)), "threshold": float(threshold),
         "per_nodule": {
             "probability": {name: mean_with_interval(per_nodule[name]) for name in IMAGES},
@@ -99,6 +100,10 @@ def domain_transfer(p_original, p_malignant, p_benign, ssim_malignant, ssim_beni
             "ssim": {name: mean_with_interval(values) for name, values in ssim.items()},
         },
     }
+    if through_blur is not None:
+        result["per_nodule"]["probability_through_blur"] = {
+            name: mean_with_interval(group_means(through_blur[name], nodules)) for name in IMAGES}
+    return result
 
 
 def _interval(entry: dict) -> str:
@@ -127,6 +132,8 @@ def domain_transfer_table(result: dict) -> str:
     for name in IMAGES:
         lines.append(f"| p(malignant \\| {name}) | {nodule['probability'][name]['mean']:.3f} | "
                      f"{_interval(nodule['probability'][name])} |")
+    for name, entry in nodule.get("probability_through_blur", {}).items():
+        lines.append(f"| p(malignant \\| {name}) through a 1 px blur | {entry['mean']:.3f} | {_interval(entry)} |")
     for name, entry in nodule["ssim"].items():
         lines.append(f"| SSIM({name}) | {entry['mean']:.3f} | {_interval(entry)} |")
     lines += ["", "| paired two-tailed t-test over nodules | t(df) | p | mean difference |", "|---|---|---|---|"]

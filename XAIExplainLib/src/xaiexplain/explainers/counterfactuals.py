@@ -58,6 +58,21 @@ def counterfactuals(bundle: Bundle, patches_hu: np.ndarray, generators=None,
                            benign_probability=bundle.probability(cycle_am.classifier_view(minus)))
 
 
+BLUR_CHECK_SIGMA = 1.0  # px
+
+
+def probabilities_through_blur(bundle: Bundle, patches_hu: np.ndarray, pair: Counterfactuals,
+                               sigma: float = BLUR_CHECK_SIGMA) -> dict[str, np.ndarray]:
+    """p(malignant) of x, G-(x) and G+(x) as the classifier reads them through a Gaussian blur of ``sigma``
+    px. A counterfactual whose effect (against x read through the same blur) mostly vanishes under a 1 px
+    blur changed pixels in a pattern against the classifier, not the nodule."""
+    def blurred(images_hu):
+        view = cycle_am.classifier_view(bundle.to_tensor(images_hu))
+        return np.concatenate([bundle.probability(cycle_am.gaussian_blur(view[n:n + BATCH], sigma))
+                               for n in range(0, len(view), BATCH)])
+    return {"x": blurred(patches_hu), "G-(x)": blurred(pair.benign), "G+(x)": blurred(pair.malignant)}
+
+
 def proximity(bundle: Bundle, patches_hu: np.ndarray, pair: Counterfactuals) -> tuple[np.ndarray, np.ndarray]:
     """SSIM(x, G+(x)) and SSIM(x, G-(x)) per patch, on the images as the classifier reads them."""
     x = bundle.to_tensor(patches_hu)

@@ -232,8 +232,28 @@ def straight_through_classifier_view(images: torch.Tensor) -> torch.Tensor:
     return _ClipIntoWindow.apply(images)
 
 
-def activation_maximization_loss(classifier: nn.Module, generated, target_class: int) -> torch.Tensor:
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (N, C, H, W) images, ``sigma`` in pixels, edges reflected; 0: unchanged."""
+    if sigma <= 0:
+        return images
+    radius = max(1, round(3 * sigma))
+    taps = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    kernel = torch.exp(-(taps / sigma) ** 2 / 2)
+    kernel = (kernel / kernel.sum()).repeat(images.shape[1], 1, 1, 1)
+    blurred = functional.pad(images, (radius, radius, radius, radius), mode="reflect")
+    blurred = functional.conv2d(blurred, kernel.view(-1, 1, 1, 2 * radius + 1), groups=images.shape[1])
+    return functional.conv2d(blurred, kernel.view(-1, 1, 2 * radius + 1, 1), groups=images.shape[1])
+
+
+def activation_maximization_loss(classifier: nn.Module, generated, target_class: int,
+                                 blur_sigma: float = 0.0) -> torch.Tensor:
     """Cross entropy of the frozen classifier's output towards the generator's class (no image labels);
-    ``generated`` on the generators' scale, read through the window with a straight-through gradient."""
-    logits = classifier(straight_through_classifier_view(generated)).float()
+    ``generated`` on the generators' scale, read through the window with a straight-through gradient.
+
+    With ``blur_sigma`` > 0 the classifier reads the generated image through a Gaussian blur of that many
+    pixels. A 1 px blur keeps what a nodule looks like; a change that works only unblurred is a pixel-level
+    pattern against the classifier (an adversarial example), not a change of the nodule, and the blur leaves
+    such patterns no gradient (transformation robustness, as in feature visualization: C. Olah et al.,
+    Feature visualization, Distill 2017)."""
+    logits = classifier(gaussian_blur(straight_through_classifier_view(generated), blur_sigma)).float()
     return functional.cross_entropy(logits, torch.full((len(generated),), target_class, device=logits.device))
