@@ -126,7 +126,8 @@ def test_through_the_blur_a_pixel_pattern_gets_no_activation_gradient():
     by 1 px raised p from 0.21 to 0.56 on the benchmark's patches called malignant, while the same blur
     leaves p(x) of those at 0.97): read through a 1 px blur, the classifier's gradient keeps the nodule-sized
     changes and all but drops the pixel-level checkerboard, which then no longer pays."""
-    classifier = xaiexplain.load_bundle().model
+    bundle = xaiexplain.load_bundle()
+    classifier = bundle.model
     for parameter in classifier.parameters():
         parameter.requires_grad_(False)
     rng = np.random.default_rng(0)
@@ -137,7 +138,7 @@ def test_through_the_blur_a_pixel_pattern_gets_no_activation_gradient():
     bump[22:42, 22:42] = 1.0
     shares = {}
     for sigma in (0.0, 1.0):
-        x = xaiexplain.load_bundle().to_tensor(images).requires_grad_(True)
+        x = bundle.to_tensor(images).requires_grad_(True)
         cycle_am.activation_maximization_loss(classifier, x, 1 - MALIGNANT, blur_sigma=sigma).backward()
         gradient = x.grad[:, 0]
         shares[sigma] = float((gradient * checkerboard).sum().abs() / (gradient * bump).sum().abs())

@@ -66,10 +66,8 @@ def probabilities_through_blur(bundle: Bundle, patches_hu: np.ndarray, pair: Cou
     """p(malignant) of x, G-(x) and G+(x) as the classifier reads them through a Gaussian blur of ``sigma``
     px. A counterfactual whose effect (against x read through the same blur) mostly vanishes under a 1 px
     blur changed pixels in a pattern against the classifier, not the nodule."""
-    def blurred(images_hu):
-        view = cycle_am.classifier_view(bundle.to_tensor(images_hu))
-        return np.concatenate([bundle.probability(cycle_am.gaussian_blur(view[n:n + BATCH], sigma))
-                               for n in range(0, len(view), BATCH)])
+    def blurred(images_hu):  # the classifier's to_tensor clips to its window; probability batches
+        return bundle.probability(cycle_am.gaussian_blur(bundle.to_tensor(images_hu), sigma))
     return {"x": blurred(patches_hu), "G-(x)": blurred(pair.benign), "G+(x)": blurred(pair.malignant)}
 
 
