@@ -37,6 +37,9 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_patch_set, tmp_path):
     resumed = json.loads((tmp_path / "split" / "config.json").read_text())
     assert resumed["metrics"] == config["metrics"]
     assert resumed["decision_threshold"] == config["decision_threshold"]
+    # before: the resumed run's seconds started again at 0
+    seconds = [row["seconds"] for row in json.loads((tmp_path / "split.checkpoint" / "checkpoint.json").read_text())["history"]]
+    assert len(seconds) == 3 and seconds == sorted(seconds), seconds
     for name in ("accuracy", "f1", "sensitivity", "specificity", "ppv", "npv", "informedness", "markedness",
                  "mcc", "auc"):
         entry = config["metrics"]["test_patches"][name]

@@ -151,7 +151,8 @@ def train_classifier(settings: ClassifierSettings, progress: bool = True) -> dic
         best = {"epoch": info["best_epoch"], "auc": info["best_auc"], "state": states["best"]}
         start_epoch, history = info["epoch"] + 1, info["history"]
 
-    started = time.time()
+    # seconds count on from the checkpoint's, so a resumed run's curves and total time stay whole
+    started = time.time() - (history[-1]["seconds"] if history else 0.0)
     epochs = range(start_epoch, settings.epochs)
     bar = None
     if progress and rank == 0:
