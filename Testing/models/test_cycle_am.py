@@ -30,11 +30,15 @@ def test_losses_are_finite_and_zero_where_they_must_be():
     other = torch.rand(3, 1, 64, 64)
     for loss in (cycle_am.dssim, cycle_am.ms_dssim, cycle_am.cycle_loss, cycle_am.similarity_loss):
         assert float(loss(x, x)) == pytest.approx(0.0, abs=1e-6), loss.__name__
-        different = loss(x, other)
-        assert torch.isfinite(different) and 0 < float(different) <= 1, loss.__name__
-    # the cycle loss is the mean of L1 and MS-DSSIM (eq. 2)
-    expected = (torch.mean(torch.abs(x - other)) + cycle_am.ms_dssim(x, other)) / 2
-    torch.testing.assert_close(cycle_am.cycle_loss(x, other), expected)
+        assert torch.isfinite(loss(x, other)) and float(loss(x, other)) > 0, loss.__name__
+    for loss in (cycle_am.dssim, cycle_am.ms_dssim, cycle_am.cycle_loss):
+        assert float(loss(x, other)) <= 1, loss.__name__
+    # the cycle loss is the mean of L1 and MS-DSSIM (eq. 2); the similarity loss weights its L1 term
+    l1 = torch.mean(torch.abs(x - other))
+    torch.testing.assert_close(cycle_am.cycle_loss(x, other), (l1 + cycle_am.ms_dssim(x, other)) / 2)
+    torch.testing.assert_close(cycle_am.similarity_loss(x, other, l1_weight=20.0),
+                               20.0 * l1 + cycle_am.dssim(x, other) / 2)
+    torch.testing.assert_close(cycle_am.similarity_loss(x, other, "dssim"), cycle_am.dssim(x, other))
 
 
 def test_discriminator_labels_invert_for_the_generators():
@@ -64,7 +68,7 @@ def test_a_few_steps_raise_the_activation_of_the_generators_class():
     for _ in range(12):
         generated = generator(x)
         am = cycle_am.activation_maximization_loss(classifier, generated, MALIGNANT)
-        loss = am + cycle_am.similarity_loss(x, generated)
+        loss = am + cycle_am.similarity_loss(x, generated, "dssim")
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -147,3 +151,25 @@ def test_through_the_blur_a_pixel_pattern_gets_no_activation_gradient():
     assert float(blurred.abs().max()) < 0.02  # what the classifier sees of a checkerboard through the blur
     constant = torch.full((1, 1, 8, 8), 0.3)
     torch.testing.assert_close(cycle_am.gaussian_blur(constant, 1.0), constant)  # no change to flat areas
+
+
+
+def test_read_flipped_and_turned_a_change_in_one_corner_pays_a_quarter():
+    """With ``symmetries`` the classifier reads each image as one of the eight symmetries of the square: a
+    change at one corner reaches a classifier that looks at that corner in two of eight reads (G- had learned
+    a blob in the bottom right corner), while a centred nodule reads the same in all."""
+    images = torch.arange(64 * 64, dtype=torch.float32).view(1, 1, 64, 64).repeat(512, 1, 1, 1)
+    read = cycle_am.random_dihedral(images, torch.Generator().manual_seed(0))
+    distinct = {tuple(r[0, [0, 0, -1, -1], [0, -1, 0, -1]].tolist()) for r in read}
+    assert len(distinct) == 8
+    corner = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64 * 64, 2, bias=False))
+    with torch.no_grad():
+        corner[1].weight.zero_()
+        corner[1].weight[MALIGNANT, 64 * 64 - 1] = 1.0  # the classifier looks at the bottom right pixel only
+    change = torch.full((512, 1, 64, 64), 0.5, requires_grad=True)
+    cycle_am.activation_maximization_loss(corner, change, MALIGNANT, symmetries=torch.Generator().manual_seed(1)).backward()
+    reached = (change.grad[:, 0, -1, -1] != 0).float().mean().item()
+    assert reached == pytest.approx(0.25, abs=0.06)
+    centred = torch.zeros(1, 1, 64, 64)
+    centred[..., 24:40, 24:40] = 1.0
+    assert torch.equal(cycle_am.random_dihedral(centred.repeat(8, 1, 1, 1), torch.Generator()), centred.repeat(8, 1, 1, 1))

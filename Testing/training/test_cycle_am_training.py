@@ -138,7 +138,21 @@ def test_two_processes_with_torchrun(tiny_patch_set, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     config = json.loads((tmp_path / "ddp" / "config.json").read_text())
     assert config["provenance"]["processes"] == 2 and config["kind"] == "cycle-am"
-    assert config["provenance"]["activation_blur_px"] == 0.0  # the default: paper 1's plain read
+    # the defaults: G- alone reads through the 1 px blur; the similarity's L1 weighted 20
+    assert config["provenance"]["activation_blur_px"] == {"G+": 0.0, "G-": 1.0}
+    assert config["provenance"]["similarity_l1_weight"] == 20.0
+    assert config["provenance"]["activation_read_flipped_and_turned"] is True
+
+
+def test_activation_blur_takes_one_width_for_both_generators_or_one_each():
+    import argparse
+
+    from xaiexplain_train.cli import _blur
+
+    assert _blur("1") == (1.0, 1.0) and _blur("0,1.5") == (0.0, 1.5)
+    for wrong in ("1,2,3", "-1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _blur(wrong)
 
 
 def test_generated_batches_do_not_enter_the_generators_running_statistics():

@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     cycle = commands.add_parser(
         "cycle-am", help="train cycle-consistent activation maximization (G+, G-) for a classifier",
         description="Train two U-Net generators on the same images, G+ towards malignant and G- towards benign "
-                    "on the frozen classifier, with cycle (L1 + MS-DSSIM), similarity (DSSIM), adversarial "
+                    "on the frozen classifier, with cycle (L1 + MS-DSSIM), similarity (L1 + DSSIM), adversarial "
                     "(pair PatchGAN at two scales) and activation-maximization losses (paper 1, eq. 1-4). "
                     "Writes a bundle with both generators, loss curves (CSV, PNG) and sample grids.",
         epilog="examples:\n  xaiexplain-train cycle-am --classifier demo-classifier --data patchset/ --out cycle_am/\n"
@@ -75,13 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="from this step on, the learning rate falls linearly to zero at the last step, as "
                             "CycleGAN trains (default: constant)")
     cycle.add_argument("--similarity", choices=("l1+dssim", "dssim"), default="l1+dssim",
-                       help="similarity loss: (L1 + DSSIM) / 2 (default; the generators' residual output can move "
+                       help="similarity loss: W x L1 + DSSIM / 2 (default; the generators' residual output can move "
                             "pixels by any amount, which DSSIM alone barely bounds) or paper 1's DSSIM")
-    cycle.add_argument("--activation-blur", type=float, default=0.0, metavar="SIGMA",
+    cycle.add_argument("--similarity-l1-weight", type=float, default=None, metavar="W",
+                       help="W, the L1 weight of the similarity loss on the window-width scale (default 20, "
+                            "xaiexplain.models.cycle_am.SIMILARITY_L1_WEIGHT: keeps the background from drifting; "
+                            "0.5 prices a 30 HU shift of the whole patch at a tenth of the activation loss)")
+    cycle.add_argument("--activation-blur", type=_blur, default=(0.0, 1.0), metavar="SIGMA[,SIGMA]",
                        help="the classifier reads generated images through a Gaussian blur of SIGMA px in the "
                             "activation-maximization loss, so that a pixel pattern against the classifier does not "
-                            "pay (default 0: paper 1's plain read; 1 removed G-'s checkered patterns in a trial "
-                            "but halved G+'s flip rate, see the README)")
+                            "pay; one value for both generators or two for G+,G- (default 0,1: G- only, whose "
+                            "checkered patterns a 1 px blur undid; 0: paper 1's plain read; see the README)")
+    cycle.add_argument("--activation-as-read", dest="activation_symmetries", action="store_false",
+                       help="the classifier reads generated images as they are (paper 1) in the activation-"
+                            "maximization loss; by default it reads each flipped and turned at random, so that a "
+                            "change at one place of the patch (a blob in a corner) does not pay")
     cycle.add_argument("--widths", type=_widths, default=(48, 96, 192, 384),
                        help="kernels per stage (default the paper's 48,96,192,384)")
     _add_run_arguments(cycle)
@@ -181,13 +189,22 @@ def _widths(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(","))
 
 
+def _blur(text: str) -> tuple[float, float]:
+    """SIGMA for both generators, or SIGMA_PLUS,SIGMA_MINUS."""
+    values = tuple(float(v) for v in text.split(","))
+    if len(values) not in (1, 2) or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: one or two blur widths in px, not negative (G+,G-)")
+    return values * 2 if len(values) == 1 else values
+
+
 def run_cycle_am(args) -> int:
     from .cycle_am_training import CycleAMSettings, train_cycle_am
 
     settings = CycleAMSettings(
         data=args.data, classifier=args.classifier, out=args.out, steps=args.steps, batch_size=args.batch_size,
         learning_rate=args.lr, lr_decay_from=args.lr_decay_from, similarity=args.similarity,
-        activation_blur=args.activation_blur, widths=args.widths,
+        activation_blur=args.activation_blur, activation_symmetries=args.activation_symmetries, widths=args.widths,
+        **({} if args.similarity_l1_weight is None else {"similarity_l1_weight": args.similarity_l1_weight}),
         seed=args.seed, device=args.device, resume=args.resume, checkpoint_dir=args.checkpoint_dir,
         checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, command=args.command_line)
     config = train_cycle_am(settings)

@@ -10,10 +10,13 @@ uses at inference on real images. After the last step the statistics are recompu
 images with the final weights (precise batch norm, Wu & Johnson 2021), and the remaining gap between a
 generator in training mode (batch statistics) and in inference mode is recorded in the bundle.
 
-``activation_blur`` > 0 lets the classifier read generated images through a Gaussian blur in the
-activation-maximization loss (``cycle_am.activation_maximization_loss``; 0, the default, is paper 1's plain
-read): the shipped G- lowers p(malignant) partly with checkered pixel patterns that a 1 px blur undoes; a
-trial with 1 px removed them at the cost of G+'s flip rate (README).
+``activation_blur`` (G+, G-) lets the classifier read each generator's images through a Gaussian blur of
+that many pixels in the activation-maximization loss (``cycle_am.activation_maximization_loss``; 0 is paper
+1's plain read). The default blurs for G- only: trained without it, G- lowered p(malignant) partly with
+checkered pixel patterns that a 1 px blur undoes (p(G-(x)) 0.18, through the blur 0.51), while G+'s changes
+held (0.89 -> 0.90); a trial blurring for both removed the checkers but cut G+'s flip rate from 0.71 to
+0.42 (README). ``activation_symmetries`` lets the classifier read each generated image flipped and turned at
+random, so that a change in one corner of the patch (G-'s blob) does not pay.
 """
 from __future__ import annotations
 
@@ -52,7 +55,9 @@ class CycleAMSettings:
     learning_rate: float = 2e-4
     lr_decay_from: int | None = None  # linear decay to zero from this step (CycleGAN's schedule)
     similarity: str = "l1+dssim"  # or paper 1's "dssim" (cycle_am.similarity_loss)
-    activation_blur: float = 0.0  # px; 0: the classifier reads G(x) unblurred, as in paper 1
+    similarity_l1_weight: float = cycle_am.SIMILARITY_L1_WEIGHT
+    activation_blur: tuple[float, float] = (0.0, 1.0)  # px for (G+, G-); 0: unblurred, as in paper 1
+    activation_symmetries: bool = True  # the classifier reads G(x) flipped and turned at random; False: paper 1
     widths: tuple[int, ...] = cycle_am.PAPER_WIDTHS
     seed: int = 0
     device: str = "auto"
@@ -139,7 +144,9 @@ def learning_rate_at(step: int, settings: CycleAMSettings) -> float:
 
 def training_step(networks: dict, classifier: nn.Module, optimisers: dict, x_a, x_b, generator: torch.Generator,
                   device: torch.device, similarity_kind: str = "l1+dssim",
-                  activation_blur: float = 0.0) -> dict[str, float]:
+                  similarity_l1_weight: float = cycle_am.SIMILARITY_L1_WEIGHT,
+                  activation_blur: tuple[float, float] = (0.0, 0.0),
+                  activation_symmetries: bool = False) -> dict[str, float]:
     """One batch: the discriminators, then both generators (eq. 4 for G+ and, mirrored, for G-)."""
     plus, minus = networks["plus"], networks["minus"]
     d_plus, d_minus = networks["d_plus"], networks["d_minus"]
@@ -164,13 +171,15 @@ def training_step(networks: dict, classifier: nn.Module, optimisers: dict, x_a, 
         with running_statistics_frozen(plus, minus):  # generated batches do not enter the running statistics
             cycled = minus(generated_plus), plus(generated_minus)
         cycle = cycle_am.cycle_loss(x_a, cycled[0]) + cycle_am.cycle_loss(x_a, cycled[1])
-        similarity = (cycle_am.similarity_loss(x_a, generated_plus, similarity_kind)
-                      + cycle_am.similarity_loss(x_a, generated_minus, similarity_kind))
+        similarity = (cycle_am.similarity_loss(x_a, generated_plus, similarity_kind, similarity_l1_weight)
+                      + cycle_am.similarity_loss(x_a, generated_minus, similarity_kind, similarity_l1_weight))
         adversarial = (frozen_plus(x_b, generated_plus, generator, fake_is_real=True)
                        + frozen_minus(x_b, generated_minus, generator, fake_is_real=True))
-        activation = (cycle_am.activation_maximization_loss(classifier, generated_plus, MALIGNANT, activation_blur)
+        symmetries = generator if activation_symmetries else None
+        activation = (cycle_am.activation_maximization_loss(classifier, generated_plus, MALIGNANT, activation_blur[0],
+                                                            symmetries)
                       + cycle_am.activation_maximization_loss(classifier, generated_minus, 1 - MALIGNANT,
-                                                              activation_blur))
+                                                              activation_blur[1], symmetries))
         generator_loss = cycle + similarity + adversarial + activation
     optimisers["generators"].zero_grad(set_to_none=True)
     generator_loss.backward()
@@ -249,7 +258,8 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
         for network in networks.values():
             network.train()
         losses = training_step(trained, classifier, optimisers, x_a, x_b, generator, device, settings.similarity,
-                               settings.activation_blur)
+                               settings.similarity_l1_weight, settings.activation_blur,
+                               settings.activation_symmetries)
         for name in LOSS_NAMES:
             running[name] += losses[name]
         done = step + 1
@@ -298,7 +308,10 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
             "command": settings.command, "data": {"path": str(settings.data), "summary": summary},
             "seed": settings.seed, "steps": settings.steps, "batch_size": settings.batch_size,
             "learning_rate": settings.learning_rate, "lr_decay_from": settings.lr_decay_from,
-            "similarity_loss": settings.similarity, "activation_blur_px": settings.activation_blur,
+            "similarity_loss": settings.similarity,
+            "similarity_l1_weight": settings.similarity_l1_weight if settings.similarity == "l1+dssim" else None,
+            "activation_blur_px": dict(zip(("G+", "G-"), settings.activation_blur)),
+            "activation_read_flipped_and_turned": settings.activation_symmetries,
             "train_patches": int(len(train_index)),
             "library_version": xaiexplain.__version__, "torch_version": torch.__version__,
             "python": platform.python_version(), "device": describe(device), "processes": world,
