@@ -8,6 +8,21 @@ from xaiexplain.models import cycle_am
 from xaiexplain.models.architectures import MALIGNANT
 
 
+def frozen_shipped_classifier():
+    bundle = xaiexplain.load_bundle()
+    for parameter in bundle.model.parameters():
+        parameter.requires_grad_(False)
+    return bundle, bundle.model
+
+
+def lung_patches_with_a_nodule(count: int, start: int, stop: int) -> np.ndarray:
+    """``count`` 64 x 64 HU patches of noisy lung (-850 HU) with a square solid nodule (30 HU) at rows and
+    columns start..stop."""
+    images = np.full((count, 64, 64), -850.0) + np.random.default_rng(0).normal(0, 20, (count, 64, 64))
+    images[:, start:stop, start:stop] = 30.0
+    return images
+
+
 def test_shapes_at_paper_widths():
     torch.manual_seed(0)
     generator = cycle_am.Generator()
@@ -53,14 +68,8 @@ def test_discriminator_labels_invert_for_the_generators():
 
 
 def test_a_few_steps_raise_the_activation_of_the_generators_class():
-    bundle = xaiexplain.load_bundle()
-    classifier = bundle.model
-    for parameter in classifier.parameters():
-        parameter.requires_grad_(False)
-    rng = np.random.default_rng(0)
-    images = np.full((8, 64, 64), -850.0) + rng.normal(0, 20, (8, 64, 64))
-    images[:, 26:38, 26:38] = 30.0  # a small solid nodule
-    x = bundle.to_tensor(images)
+    bundle, classifier = frozen_shipped_classifier()
+    x = bundle.to_tensor(lung_patches_with_a_nodule(8, 26, 38))  # a small solid nodule
     torch.manual_seed(0)
     generator = cycle_am.Generator(widths=(8, 16, 32, 64))
     optimiser = torch.optim.Adam(generator.parameters(), lr=2e-3)
@@ -130,13 +139,8 @@ def test_through_the_blur_a_pixel_pattern_gets_no_activation_gradient():
     by 1 px raised p from 0.21 to 0.56 on the benchmark's patches called malignant, while the same blur
     leaves p(x) of those at 0.97): read through a 1 px blur, the classifier's gradient keeps the nodule-sized
     changes and all but drops the pixel-level checkerboard, which then no longer pays."""
-    bundle = xaiexplain.load_bundle()
-    classifier = bundle.model
-    for parameter in classifier.parameters():
-        parameter.requires_grad_(False)
-    rng = np.random.default_rng(0)
-    images = np.full((4, 64, 64), -850.0) + rng.normal(0, 20, (4, 64, 64))
-    images[:, 22:42, 22:42] = 30.0  # a large solid nodule
+    bundle, classifier = frozen_shipped_classifier()
+    images = lung_patches_with_a_nodule(4, 22, 42)  # a large solid nodule
     checkerboard = torch.from_numpy((-1.0) ** np.add.outer(np.arange(64), np.arange(64))).float()
     bump = torch.zeros(64, 64)
     bump[22:42, 22:42] = 1.0
