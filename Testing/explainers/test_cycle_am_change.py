@@ -2,6 +2,7 @@
 calcification, which the classifier relies on, and is labelled as a change, not as evidence."""
 import numpy as np
 import pytest
+from scipy import ndimage
 import SimpleITK as sitk
 import xaiexplain
 from xaiexplain.data import lidc
@@ -58,9 +59,8 @@ def held_out():
 
 
 # Before: the generators shifted the background by 20-50 HU over the whole patch, which carried 60-97 % of
-# |R| on calcified patches: the benchmark's calcification mass for cycle-am was 0.091 (IG 0.39). The issue
-# asks for 0.2; the shipped bundle reaches 0.18 (G- still changes vessels and the patch's edges of patches
-# already benign), so this holds the gain, not the target.
+# |R| on calcified patches: the benchmark's calcification mass for cycle-am was 0.091 (IG 0.39); with the
+# L1 weight of 20 but no identity loss, 0.184.
 def test_the_change_is_concentrated_on_the_calcification(held_out):
     data, bundle, maps, _ = held_out
     decisions = bundle.predict(data["images"]) >= bundle.threshold
@@ -69,7 +69,7 @@ def test_the_change_is_concentrated_on_the_calcification(held_out):
     masks = data["calcification_mask"]
     calcified = [n for n in range(len(maps)) if masks[n].any()]
     assert len(calcified) >= 8
-    assert localization_entry(for_decision, masks, calcified)["mass_accuracy"] >= 0.15
+    assert localization_entry(for_decision, masks, calcified)["mass_accuracy"] >= 0.2
 
 
 # Before: G- lowered p(malignant) on patches called malignant partly with checkered pixel patterns: read
@@ -82,3 +82,15 @@ def test_the_benign_counterfactual_survives_a_one_pixel_blur(held_out):
     effect = (p - pair.benign_probability)[called_malignant].mean()
     effect_through_blur = (blurred["x"] - blurred["G-(x)"])[called_malignant].mean()
     assert effect > 0.4 and effect_through_blur >= 0.75 * effect, (effect, effect_through_blur)
+
+
+# Before (no identity loss): on the 21 held-out patches already called benign G- still darkened vessels and
+# brightened the patch's edges, mean 8.2 HU and 99th percentile 117 HU more than 4 px from the nodule (up to
+# 1032 HU); that change is all |R| there, since G+ has work to do on those patches and G- has none.
+def test_the_benign_generator_leaves_patches_called_benign_alone_away_from_the_nodule(held_out):
+    data, bundle, _, pair = held_out
+    called_benign = bundle.predict(data["images"]) < bundle.threshold
+    assert called_benign.sum() >= 10
+    away = np.stack([~ndimage.binary_dilation(mask, iterations=4) for mask in data["nodule_mask"][called_benign]])
+    change = np.abs(pair.benign - data["images"])[called_benign][away]
+    assert change.mean() <= 4.0 and np.percentile(change, 99) <= 40.0, (change.mean(), np.percentile(change, 99))

@@ -56,6 +56,20 @@ def test_losses_are_finite_and_zero_where_they_must_be():
     torch.testing.assert_close(cycle_am.similarity_loss(x, other, "dssim"), cycle_am.dssim(x, other))
 
 
+def test_the_identity_loss_weighs_each_image_by_the_probability_of_the_generators_class():
+    x = torch.rand(3, 1, 32, 32)
+    generated = x.clone()
+    generated[0] += 0.1  # 140 HU over the whole first image
+    generated[2, :, :8] -= 0.4  # a quarter of the third
+    assert float(cycle_am.identity_loss(x, x, torch.ones(3))) == 0.0
+    # an image the classifier does not assign to the generator's class costs nothing, however changed
+    assert float(cycle_am.identity_loss(x, generated, torch.tensor([0.0, 1.0, 0.0]))) == 0.0
+    per_image = torch.tensor([0.1, 0.0, 0.1])
+    probability = torch.tensor([0.9, 0.5, 0.2])
+    torch.testing.assert_close(cycle_am.identity_loss(x, generated, probability, weight=60.0),
+                               60.0 * (probability * per_image).mean())
+
+
 def test_discriminator_labels_invert_for_the_generators():
     torch.manual_seed(1)
     discriminator = cycle_am.PairDiscriminator(widths=(8, 16, 32, 64))

@@ -42,8 +42,9 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_runs):
         torch.testing.assert_close(split[name], whole[name], rtol=0, atol=0, msg=name)
     history = json.loads((tiny_runs / "whole.checkpoint" / "checkpoint.json").read_text())["history"]
     assert [row["step"] for row in history] == [2, 4]
-    assert all(np.isfinite(row[name]) for row in history for name in ("cycle", "similarity", "adversarial",
-                                                                       "activation", "discriminators"))
+    assert all(np.isfinite(row[name]) for row in history for name in ("cycle", "similarity", "identity",
+                                                                       "adversarial", "activation",
+                                                                       "discriminators"))
 
 
 def test_bundle_round_trip_curves_and_samples(tiny_runs):
@@ -138,9 +139,12 @@ def test_two_processes_with_torchrun(tiny_patch_set, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     config = json.loads((tmp_path / "ddp" / "config.json").read_text())
     assert config["provenance"]["processes"] == 2 and config["kind"] == "cycle-am"
-    # the defaults: G- alone reads through the 1 px blur; the similarity's L1 weighted 20
+    # the defaults: G- alone reads through the 1 px blur; the similarity's L1 weighted 20; the identity loss 60;
+    # the discriminators judge three scales
     assert config["provenance"]["activation_blur_px"] == {"G+": 0.0, "G-": 1.0}
     assert config["provenance"]["similarity_l1_weight"] == 20.0
+    assert config["provenance"]["identity_weight"] == 60.0
+    assert config["provenance"]["discriminator_scales"] == [1, 2, 3]
     assert config["provenance"]["activation_read_flipped_and_turned"] is True
 
 
@@ -153,6 +157,17 @@ def test_activation_blur_takes_one_width_for_both_generators_or_one_each():
     for wrong in ("1,2,3", "-1"):
         with pytest.raises(argparse.ArgumentTypeError):
             _blur(wrong)
+
+
+def test_discriminator_scales_are_distinct_encoder_stages_from_one_to_three():
+    import argparse
+
+    from xaiexplain_train.cli import _scales
+
+    assert _scales("3,1,2,1") == (1, 2, 3) and _scales("2") == (2,)
+    for wrong in ("0,2", "4", "", "a"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _scales(wrong)
 
 
 def test_generated_batches_do_not_enter_the_generators_running_statistics():

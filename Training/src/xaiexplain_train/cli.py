@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="W, the L1 weight of the similarity loss on the window-width scale (default 20, "
                             "xaiexplain.models.cycle_am.SIMILARITY_L1_WEIGHT: keeps the background from drifting; "
                             "0.5 prices a 30 HU shift of the whole patch at a tenth of the activation loss)")
+    cycle.add_argument("--identity-weight", type=float, default=None, metavar="W",
+                       help="W, the weight of CycleGAN's identity loss, W x p(class of G | x) x L1(x, G(x)): a "
+                            "generator leaves images the classifier already assigns to its class unchanged "
+                            "(default 60, xaiexplain.models.cycle_am.IDENTITY_WEIGHT; 0: none, as in paper 1)")
     cycle.add_argument("--activation-blur", type=_blur, default=(0.0, 1.0), metavar="SIGMA[,SIGMA]",
                        help="the classifier reads generated images through a Gaussian blur of SIGMA px in the "
                             "activation-maximization loss, so that a pixel pattern against the classifier does not "
@@ -90,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the classifier reads generated images as they are (paper 1) in the activation-"
                             "maximization loss; by default it reads each flipped and turned at random, so that a "
                             "change at one place of the patch (a blob in a corner) does not pay")
+    cycle.add_argument("--discriminator-scales", type=_scales, default=None, metavar="STAGES",
+                       help="the encoder stages whose patch outputs the pair discriminators judge, from 1 (half "
+                            "resolution) to 3 (default 1,2,3, xaiexplain.models.cycle_am.DISCRIMINATOR_SCALES: paper 1's "
+                            "'multiple intermediate scales'; without stage 1, G- painted 2 px checkers above the "
+                            "window)")
     cycle.add_argument("--widths", type=_widths, default=(48, 96, 192, 384),
                        help="kernels per stage (default the paper's 48,96,192,384)")
     _add_run_arguments(cycle)
@@ -189,6 +198,17 @@ def _widths(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(","))
 
 
+def _scales(text: str) -> tuple[int, ...]:
+    """Distinct encoder stages 1 to 3, comma-separated."""
+    try:
+        values = tuple(sorted({int(v) for v in text.split(",")}))
+    except ValueError:
+        values = ()
+    if not values or values[0] < 1 or values[-1] > 3:
+        raise argparse.ArgumentTypeError(f"{text!r}: encoder stages from 1 to 3, comma-separated")
+    return values
+
+
 def _blur(text: str) -> tuple[float, float]:
     """SIGMA for both generators, or SIGMA_PLUS,SIGMA_MINUS."""
     values = tuple(float(v) for v in text.split(","))
@@ -205,6 +225,8 @@ def run_cycle_am(args) -> int:
         learning_rate=args.lr, lr_decay_from=args.lr_decay_from, similarity=args.similarity,
         activation_blur=args.activation_blur, activation_symmetries=args.activation_symmetries, widths=args.widths,
         **({} if args.similarity_l1_weight is None else {"similarity_l1_weight": args.similarity_l1_weight}),
+        **({} if args.identity_weight is None else {"identity_weight": args.identity_weight}),
+        **({} if args.discriminator_scales is None else {"discriminator_scales": args.discriminator_scales}),
         seed=args.seed, device=args.device, resume=args.resume, checkpoint_dir=args.checkpoint_dir,
         checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, command=args.command_line)
     config = train_cycle_am(settings)

@@ -42,7 +42,7 @@ from xaiexplain.models.bundles import load_bundle, network_input, save_bundle
 from . import checkpoints
 from .devices import describe, start_run
 
-LOSS_NAMES = ("discriminators", "cycle", "similarity", "adversarial", "activation")
+LOSS_NAMES = ("discriminators", "cycle", "similarity", "identity", "adversarial", "activation")
 
 
 @dataclass
@@ -56,9 +56,11 @@ class CycleAMSettings:
     lr_decay_from: int | None = None  # linear decay to zero from this step (CycleGAN's schedule)
     similarity: str = "l1+dssim"  # or paper 1's "dssim" (cycle_am.similarity_loss)
     similarity_l1_weight: float = cycle_am.SIMILARITY_L1_WEIGHT
+    identity_weight: float = cycle_am.IDENTITY_WEIGHT  # 0: none, as in paper 1 (cycle_am.identity_loss)
     activation_blur: tuple[float, float] = (0.0, 1.0)  # px for (G+, G-); 0: unblurred, as in paper 1
     activation_symmetries: bool = True  # the classifier reads G(x) flipped and turned at random; False: paper 1
     widths: tuple[int, ...] = cycle_am.PAPER_WIDTHS
+    discriminator_scales: tuple[int, ...] = cycle_am.DISCRIMINATOR_SCALES  # encoder stages the PatchGANs read
     seed: int = 0
     device: str = "auto"
     resume: bool = False
@@ -146,7 +148,7 @@ def training_step(networks: dict, classifier: nn.Module, optimisers: dict, x_a, 
                   device: torch.device, similarity_kind: str = "l1+dssim",
                   similarity_l1_weight: float = cycle_am.SIMILARITY_L1_WEIGHT,
                   activation_blur: tuple[float, float] = (0.0, 0.0),
-                  activation_symmetries: bool = False) -> dict[str, float]:
+                  activation_symmetries: bool = False, identity_weight: float = 0.0) -> dict[str, float]:
     """One batch: the discriminators, then both generators (eq. 4 for G+ and, mirrored, for G-)."""
     plus, minus = networks["plus"], networks["minus"]
     d_plus, d_minus = networks["d_plus"], networks["d_minus"]
@@ -173,6 +175,13 @@ def training_step(networks: dict, classifier: nn.Module, optimisers: dict, x_a, 
         cycle = cycle_am.cycle_loss(x_a, cycled[0]) + cycle_am.cycle_loss(x_a, cycled[1])
         similarity = (cycle_am.similarity_loss(x_a, generated_plus, similarity_kind, similarity_l1_weight)
                       + cycle_am.similarity_loss(x_a, generated_minus, similarity_kind, similarity_l1_weight))
+        if identity_weight:
+            with torch.no_grad():
+                decided = torch.softmax(classifier(cycle_am.classifier_view(x_a)).float(), dim=1)
+            identity = (cycle_am.identity_loss(x_a, generated_plus, decided[:, MALIGNANT], identity_weight)
+                        + cycle_am.identity_loss(x_a, generated_minus, decided[:, 1 - MALIGNANT], identity_weight))
+        else:
+            identity = torch.zeros((), device=x_a.device)
         adversarial = (frozen_plus(x_b, generated_plus, generator, fake_is_real=True)
                        + frozen_minus(x_b, generated_minus, generator, fake_is_real=True))
         symmetries = generator if activation_symmetries else None
@@ -180,12 +189,12 @@ def training_step(networks: dict, classifier: nn.Module, optimisers: dict, x_a, 
                                                             symmetries)
                       + cycle_am.activation_maximization_loss(classifier, generated_minus, 1 - MALIGNANT,
                                                               activation_blur[1], symmetries))
-        generator_loss = cycle + similarity + adversarial + activation
+        generator_loss = cycle + similarity + identity + adversarial + activation
     optimisers["generators"].zero_grad(set_to_none=True)
     generator_loss.backward()
     optimisers["generators"].step()
     return {"discriminators": discriminator_loss.item(), "cycle": cycle.item(), "similarity": similarity.item(),
-            "adversarial": adversarial.item(), "activation": activation.item()}
+            "identity": identity.item(), "adversarial": adversarial.item(), "activation": activation.item()}
 
 
 def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | None:
@@ -213,8 +222,8 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
 
     generators = CycleAMGenerators(settings.widths).to(device)
     networks = {"plus": generators.plus, "minus": generators.minus,
-                "d_plus": cycle_am.PairDiscriminator(settings.widths).to(device),
-                "d_minus": cycle_am.PairDiscriminator(settings.widths).to(device)}
+                "d_plus": cycle_am.PairDiscriminator(settings.widths, scales=settings.discriminator_scales).to(device),
+                "d_minus": cycle_am.PairDiscriminator(settings.widths, scales=settings.discriminator_scales).to(device)}
     if device.type == "cuda":
         networks = {k: v.to(memory_format=torch.channels_last) for k, v in networks.items()}
     optimisers = {
@@ -259,7 +268,7 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
             network.train()
         losses = training_step(trained, classifier, optimisers, x_a, x_b, generator, device, settings.similarity,
                                settings.similarity_l1_weight, settings.activation_blur,
-                               settings.activation_symmetries)
+                               settings.activation_symmetries, settings.identity_weight)
         for name in LOSS_NAMES:
             running[name] += losses[name]
         done = step + 1
@@ -310,6 +319,8 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
             "learning_rate": settings.learning_rate, "lr_decay_from": settings.lr_decay_from,
             "similarity_loss": settings.similarity,
             "similarity_l1_weight": settings.similarity_l1_weight if settings.similarity == "l1+dssim" else None,
+            "identity_weight": settings.identity_weight,
+            "discriminator_scales": list(settings.discriminator_scales),
             "activation_blur_px": dict(zip(("G+", "G-"), settings.activation_blur)),
             "activation_read_flipped_and_turned": settings.activation_symmetries,
             "train_patches": int(len(train_index)),
