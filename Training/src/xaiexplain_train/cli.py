@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         "cycle-am", help="train cycle-consistent activation maximization (G+, G-) for a classifier",
         description="Train two U-Net generators on the same images, G+ towards malignant and G- towards benign "
                     "on the frozen classifier, with cycle (L1 + MS-DSSIM), similarity (L1 + DSSIM), adversarial "
-                    "(pair PatchGAN at two scales) and activation-maximization losses (paper 1, eq. 1-4). "
+                    "(pair PatchGAN at three scales) and activation-maximization losses (paper 1, eq. 1-4), and "
+                    "CycleGAN's identity loss on images the classifier already assigns to a generator's class. "
                     "Writes a bundle with both generators, loss curves (CSV, PNG) and sample grids.",
         epilog="examples:\n  xaiexplain-train cycle-am --classifier demo-classifier --data patchset/ --out cycle_am/\n"
                "  xaiexplain-train cycle-am --classifier demo-classifier --data patchset/ --out cycle_am/ --resume",

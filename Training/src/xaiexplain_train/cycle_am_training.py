@@ -16,7 +16,9 @@ that many pixels in the activation-maximization loss (``cycle_am.activation_maxi
 checkered pixel patterns that a 1 px blur undoes (p(G-(x)) 0.18, through the blur 0.51), while G+'s changes
 held (0.89 -> 0.90); a trial blurring for both removed the checkers but cut G+'s flip rate from 0.71 to
 0.42 (README). ``activation_symmetries`` lets the classifier read each generated image flipped and turned at
-random, so that a change in one corner of the patch (G-'s blob) does not pay.
+random, so that a change in one corner of the patch (G-'s blob) does not pay. ``identity_weight`` adds
+CycleGAN's identity loss, weighted per image by the classifier's probability of the generator's class on x
+(``cycle_am.identity_loss``), so that G- leaves patches already called benign alone (and G+ malignant ones).
 """
 from __future__ import annotations
 
