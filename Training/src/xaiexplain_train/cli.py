@@ -97,9 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "change at one place of the patch (a blob in a corner) does not pay")
     cycle.add_argument("--discriminator-scales", type=_scales, default=None, metavar="STAGES",
                        help="the encoder stages whose patch outputs the pair discriminators judge, from 1 (half "
-                            "resolution) to 3 (default 1,2,3, xaiexplain.models.cycle_am.DISCRIMINATOR_SCALES: paper 1's "
-                            "'multiple intermediate scales'; without stage 1, G- painted 2 px checkers above the "
-                            "window)")
+                            "resolution) to 3 (default 1,2,3, xaiexplain.models.cycle_am.DISCRIMINATOR_SCALES: "
+                            "paper 1's 'multiple intermediate scales'; without stage 1, G- painted 2 px checkers "
+                            "above the window)")
     cycle.add_argument("--widths", type=_widths, default=(48, 96, 192, 384),
                        help="kernels per stage (default the paper's 48,96,192,384)")
     _add_run_arguments(cycle)

@@ -179,7 +179,7 @@ def training_step(networks: dict, classifier: nn.Module, optimisers: dict, x_a, 
                       + cycle_am.similarity_loss(x_a, generated_minus, similarity_kind, similarity_l1_weight))
         if identity_weight:
             with torch.no_grad():
-                decided = torch.softmax(classifier(cycle_am.classifier_view(x_a)).float(), dim=1)
+                decided = cycle_am.class_probabilities(classifier, x_a)
             identity = (cycle_am.identity_loss(x_a, generated_plus, decided[:, MALIGNANT], identity_weight)
                         + cycle_am.identity_loss(x_a, generated_minus, decided[:, 1 - MALIGNANT], identity_weight))
         else:
@@ -224,8 +224,8 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
 
     generators = CycleAMGenerators(settings.widths).to(device)
     networks = {"plus": generators.plus, "minus": generators.minus,
-                "d_plus": cycle_am.PairDiscriminator(settings.widths, scales=settings.discriminator_scales).to(device),
-                "d_minus": cycle_am.PairDiscriminator(settings.widths, scales=settings.discriminator_scales).to(device)}
+                **{name: cycle_am.PairDiscriminator(settings.widths, scales=settings.discriminator_scales).to(device)
+                   for name in ("d_plus", "d_minus")}}
     if device.type == "cuda":
         networks = {k: v.to(memory_format=torch.channels_last) for k, v in networks.items()}
     optimisers = {
@@ -362,8 +362,7 @@ def write_sample_grid(plus, minus, classifier, images, hu_window, path: Path, ti
     minus.eval()
     low, high = hu_window
     columns = [images, plus(images).float(), minus(images).float()]
-    probabilities = [torch.softmax(classifier(cycle_am.classifier_view(t)).float(), 1)[:, MALIGNANT].cpu().numpy()
-                     for t in columns]
+    probabilities = [cycle_am.class_probabilities(classifier, t)[:, MALIGNANT].cpu().numpy() for t in columns]
     counterfactual_grid(*(t[:, 0].cpu().numpy() * (high - low) + low for t in columns), probabilities, path, title)
     plus.train(was_training)
     minus.train(was_training)

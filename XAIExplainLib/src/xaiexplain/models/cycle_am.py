@@ -239,6 +239,11 @@ def classifier_view(images: torch.Tensor) -> torch.Tensor:
     return images.clamp(0.0, 1.0)
 
 
+def class_probabilities(classifier: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The classifier's class probabilities (N, 2) for generator-scale images, read through its window."""
+    return torch.softmax(classifier(classifier_view(images)).float(), dim=1)
+
+
 class _ClipIntoWindow(torch.autograd.Function):
     """Clipping to [0, 1] forward; backward, the gradient passes wherever a descent step leads into the
     window or stays in it: inside it, above it when the step goes down, below it when the step goes up."""
