@@ -56,6 +56,24 @@ def test_losses_are_finite_and_zero_where_they_must_be():
     torch.testing.assert_close(cycle_am.similarity_loss(x, other, "dssim"), cycle_am.dssim(x, other))
 
 
+def test_the_similarity_prices_a_change_of_the_context_above_one_of_the_nodule():
+    weights = cycle_am.context_weights(64, 3.0)
+    assert weights.shape == (64, 64) and float(weights.min()) == pytest.approx(1.0, abs=2e-3)
+    assert float(weights[31, 0]) == pytest.approx(3.0, abs=0.1) and float(weights[0, 0]) == pytest.approx(5.0, abs=0.2)
+    torch.testing.assert_close(weights, weights.flip(0).T)  # the same whichever way the patch is turned
+    x = torch.zeros(1, 1, 64, 64)
+    at_centre, at_edge = x.clone(), x.clone()
+    at_centre[..., 28:36, 28:36] = 0.5
+    at_edge[..., 28:36, 0:8] = 0.5  # the same change beside the middle of the left edge
+    l1_only = {"l1_weight": 20.0, "context_factor": 3.0}
+    centre_cost = cycle_am.similarity_loss(x, at_centre, **l1_only) - cycle_am.dssim(x, at_centre) / 2
+    edge_cost = cycle_am.similarity_loss(x, at_edge, **l1_only) - cycle_am.dssim(x, at_edge) / 2
+    assert 2.2 < float(edge_cost / centre_cost) < 3.0, (centre_cost, edge_cost)
+    # a factor of 1 is the plain L1
+    torch.testing.assert_close(cycle_am.similarity_loss(x, at_edge, l1_weight=20.0, context_factor=1.0),
+                               cycle_am.similarity_loss(x, at_edge, l1_weight=20.0))
+
+
 def test_the_identity_loss_weighs_each_image_by_the_probability_of_the_generators_class():
     x = torch.rand(3, 1, 32, 32)
     generated = x.clone()
@@ -68,6 +86,29 @@ def test_the_identity_loss_weighs_each_image_by_the_probability_of_the_generator
     probability = torch.tensor([0.9, 0.5, 0.2])
     torch.testing.assert_close(cycle_am.identity_loss(x, generated, probability, weight=60.0),
                                60.0 * (probability * per_image).mean())
+
+
+def test_the_floor_loss_prices_only_pixels_darker_than_the_input_around_them():
+    x = torch.full((2, 1, 24, 24), 0.1)  # lung at -860 HU on the window [-1000, 400]
+    x[:, :, 8:16, 8:16] = 0.8  # a solid nodule at 120 HU
+    brightened = x.clone()
+    brightened[:, :, 10:14, 10:14] = 1.5  # calcification, far above the window
+    darkened_to_lung = x.clone()
+    darkened_to_lung[:, :, 8:16, 8:16] = 0.1  # the nodule removed, down to the lung around it
+    assert float(cycle_am.floor_loss(x, x)) == 0.0
+    assert float(cycle_am.floor_loss(x, brightened)) == 0.0
+    assert float(cycle_am.floor_loss(x, darkened_to_lung)) == 0.0
+    # a ring 0.1 (140 HU) darker than the lung round the nodule costs weight x its mean undershoot
+    ringed = x.clone()
+    ringed[:, :, 7, 7:17] = 0.0
+    torch.testing.assert_close(cycle_am.floor_loss(x, ringed, weight=200.0), torch.tensor(200.0 * 0.1 * 10 / 576))
+    # the floor reaches 4 px: in a nodule 20 px wide, a pixel 4 px from the lung may fall to the lung, one
+    # 5 px from it no lower than the nodule
+    wide = torch.full((1, 1, 24, 24), 0.1)
+    wide[:, :, 2:22, 2:22] = 0.8
+    floor = cycle_am.local_floor(wide)[0, 0]
+    assert float(floor[5, 12]) == pytest.approx(0.1) and float(floor[6, 12]) == pytest.approx(0.8)
+    assert cycle_am.local_floor(x).shape == x.shape and cycle_am.local_floor(x)[0, 0, 0, 0] == 0.1
 
 
 def test_discriminator_labels_invert_for_the_generators():

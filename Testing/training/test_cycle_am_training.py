@@ -42,9 +42,8 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_runs):
         torch.testing.assert_close(split[name], whole[name], rtol=0, atol=0, msg=name)
     history = json.loads((tiny_runs / "whole.checkpoint" / "checkpoint.json").read_text())["history"]
     assert [row["step"] for row in history] == [2, 4]
-    assert all(np.isfinite(row[name]) for row in history for name in ("cycle", "similarity", "identity",
-                                                                       "adversarial", "activation",
-                                                                       "discriminators"))
+    losses = ("discriminators", "cycle", "similarity", "identity", "floor", "adversarial", "activation")
+    assert all(np.isfinite(row[name]) for row in history for name in losses)
 
 
 def test_bundle_round_trip_curves_and_samples(tiny_runs):
@@ -139,11 +138,12 @@ def test_two_processes_with_torchrun(tiny_patch_set, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     config = json.loads((tmp_path / "ddp" / "config.json").read_text())
     assert config["provenance"]["processes"] == 2 and config["kind"] == "cycle-am"
-    # the defaults: G- alone reads through the 1 px blur; the similarity's L1 weighted 20; the identity loss 60;
-    # the discriminators judge three scales
+    # the defaults: G- alone reads through the 1 px blur; the similarity's L1 weighted 20, 3 times that at the
+    # edges; the identity loss 60; the floor loss 200 over 4 px; the discriminators judge three scales
     assert config["provenance"]["activation_blur_px"] == {"G+": 0.0, "G-": 1.0}
-    assert config["provenance"]["similarity_l1_weight"] == 20.0
+    assert config["provenance"]["similarity_l1_weight"] == 20.0 and config["provenance"]["context_l1_factor"] == 3.0
     assert config["provenance"]["identity_weight"] == 60.0
+    assert config["provenance"]["floor_weight"] == 200.0 and config["provenance"]["floor_radius_px"] == 4
     assert config["provenance"]["discriminator_scales"] == [1, 2, 3]
     assert config["provenance"]["activation_read_flipped_and_turned"] is True
 

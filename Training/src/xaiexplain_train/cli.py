@@ -59,9 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     cycle = commands.add_parser(
         "cycle-am", help="train cycle-consistent activation maximization (G+, G-) for a classifier",
         description="Train two U-Net generators on the same images, G+ towards malignant and G- towards benign "
-                    "on the frozen classifier, with cycle (L1 + MS-DSSIM), similarity (L1 + DSSIM), adversarial "
+                    "on the frozen classifier, with cycle (L1 + MS-DSSIM), similarity (L1, dearer away from the "
+                    "patch's centre, + DSSIM), adversarial "
                     "(pair PatchGAN at three scales) and activation-maximization losses (paper 1, eq. 1-4), and "
-                    "CycleGAN's identity loss on images the classifier already assigns to a generator's class. "
+                    "CycleGAN's identity loss on images the classifier already assigns to a generator's class, "
+                    "and a floor loss: no generated pixel darker than the darkest of the input around it. "
                     "Writes a bundle with both generators, loss curves (CSV, PNG) and sample grids.",
         epilog="examples:\n  xaiexplain-train cycle-am --classifier demo-classifier --data patchset/ --out cycle_am/\n"
                "  xaiexplain-train cycle-am --classifier demo-classifier --data patchset/ --out cycle_am/ --resume",
@@ -82,10 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="W, the L1 weight of the similarity loss on the window-width scale (default 20, "
                             "xaiexplain.models.cycle_am.SIMILARITY_L1_WEIGHT: keeps the background from drifting; "
                             "0.5 prices a 30 HU shift of the whole patch at a tenth of the activation loss)")
+    cycle.add_argument("--context-l1-factor", type=float, default=None, metavar="F",
+                       help="the similarity's L1 weight rises with the squared distance from the patch's centre (the "
+                            "nodule) to F times it at the middle of the edges (default 3, "
+                            "xaiexplain.models.cycle_am.CONTEXT_L1_FACTOR; 1: the same weight everywhere)")
     cycle.add_argument("--identity-weight", type=float, default=None, metavar="W",
                        help="W, the weight of CycleGAN's identity loss, W x p(class of G | x) x L1(x, G(x)): a "
                             "generator leaves images the classifier already assigns to its class unchanged "
                             "(default 60, xaiexplain.models.cycle_am.IDENTITY_WEIGHT; 0: none, as in paper 1)")
+    cycle.add_argument("--floor-weight", type=float, default=None, metavar="W",
+                       help="W, the weight of the floor loss, W x mean(max(floor(x) - G(x), 0)) with floor(x) the "
+                            "darkest input pixel within 4 px: a generator may darken a nodule down to the lung "
+                            "around it, not below (default 200, xaiexplain.models.cycle_am.FLOOR_WEIGHT; 0: none, "
+                            "as in paper 1)")
     cycle.add_argument("--activation-blur", type=_blur, default=(0.0, 1.0), metavar="SIGMA[,SIGMA]",
                        help="the classifier reads generated images through a Gaussian blur of SIGMA px in the "
                             "activation-maximization loss, so that a pixel pattern against the classifier does not "
@@ -226,7 +237,9 @@ def run_cycle_am(args) -> int:
         learning_rate=args.lr, lr_decay_from=args.lr_decay_from, similarity=args.similarity,
         activation_blur=args.activation_blur, activation_symmetries=args.activation_symmetries, widths=args.widths,
         **({} if args.similarity_l1_weight is None else {"similarity_l1_weight": args.similarity_l1_weight}),
+        **({} if args.context_l1_factor is None else {"context_l1_factor": args.context_l1_factor}),
         **({} if args.identity_weight is None else {"identity_weight": args.identity_weight}),
+        **({} if args.floor_weight is None else {"floor_weight": args.floor_weight}),
         **({} if args.discriminator_scales is None else {"discriminator_scales": args.discriminator_scales}),
         seed=args.seed, device=args.device, resume=args.resume, checkpoint_dir=args.checkpoint_dir,
         checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, command=args.command_line)

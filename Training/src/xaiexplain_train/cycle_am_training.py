@@ -19,6 +19,10 @@ held (0.89 -> 0.90); a trial blurring for both removed the checkers but cut G+'s
 random, so that a change in one corner of the patch (G-'s blob) does not pay. ``identity_weight`` adds
 CycleGAN's identity loss, weighted per image by the classifier's probability of the generator's class on x
 (``cycle_am.identity_loss``), so that G- leaves patches already called benign alone (and G+ malignant ones).
+``floor_weight`` keeps each generated pixel no darker than the darkest of the input around it
+(``cycle_am.floor_loss``), so that G- does not ring nodules with pixels darker than the lung, and
+``context_l1_factor`` makes a change of the context cost more than one of the nodule at the patch's centre
+(``cycle_am.context_weights``), so that G- does not paint blobs beside the patch's edges instead.
 """
 from __future__ import annotations
 
@@ -44,7 +48,7 @@ from xaiexplain.models.bundles import load_bundle, network_input, save_bundle
 from . import checkpoints
 from .devices import describe, start_run
 
-LOSS_NAMES = ("discriminators", "cycle", "similarity", "identity", "adversarial", "activation")
+LOSS_NAMES = ("discriminators", "cycle", "similarity", "identity", "floor", "adversarial", "activation")
 
 
 @dataclass
@@ -58,7 +62,9 @@ class CycleAMSettings:
     lr_decay_from: int | None = None  # linear decay to zero from this step (CycleGAN's schedule)
     similarity: str = "l1+dssim"  # or paper 1's "dssim" (cycle_am.similarity_loss)
     similarity_l1_weight: float = cycle_am.SIMILARITY_L1_WEIGHT
+    context_l1_factor: float = cycle_am.CONTEXT_L1_FACTOR  # 1: the same L1 weight everywhere
     identity_weight: float = cycle_am.IDENTITY_WEIGHT  # 0: none, as in paper 1 (cycle_am.identity_loss)
+    floor_weight: float = cycle_am.FLOOR_WEIGHT  # 0: none, as in paper 1 (cycle_am.floor_loss)
     activation_blur: tuple[float, float] = (0.0, 1.0)  # px for (G+, G-); 0: unblurred, as in paper 1
     activation_symmetries: bool = True  # the classifier reads G(x) flipped and turned at random; False: paper 1
     widths: tuple[int, ...] = cycle_am.PAPER_WIDTHS
@@ -150,7 +156,8 @@ def training_step(networks: dict, classifier: nn.Module, optimisers: dict, x_a, 
                   device: torch.device, similarity_kind: str = "l1+dssim",
                   similarity_l1_weight: float = cycle_am.SIMILARITY_L1_WEIGHT,
                   activation_blur: tuple[float, float] = (0.0, 0.0),
-                  activation_symmetries: bool = False, identity_weight: float = 0.0) -> dict[str, float]:
+                  activation_symmetries: bool = False, identity_weight: float = 0.0,
+                  floor_weight: float = 0.0, context_l1_factor: float = 1.0) -> dict[str, float]:
     """One batch: the discriminators, then both generators (eq. 4 for G+ and, mirrored, for G-)."""
     plus, minus = networks["plus"], networks["minus"]
     d_plus, d_minus = networks["d_plus"], networks["d_minus"]
@@ -175,8 +182,9 @@ def training_step(networks: dict, classifier: nn.Module, optimisers: dict, x_a, 
         with running_statistics_frozen(plus, minus):  # generated batches do not enter the running statistics
             cycled = minus(generated_plus), plus(generated_minus)
         cycle = cycle_am.cycle_loss(x_a, cycled[0]) + cycle_am.cycle_loss(x_a, cycled[1])
-        similarity = (cycle_am.similarity_loss(x_a, generated_plus, similarity_kind, similarity_l1_weight)
-                      + cycle_am.similarity_loss(x_a, generated_minus, similarity_kind, similarity_l1_weight))
+        similarity = sum(cycle_am.similarity_loss(x_a, generated, similarity_kind, similarity_l1_weight,
+                                                  context_l1_factor)
+                         for generated in (generated_plus, generated_minus))
         if identity_weight:
             with torch.no_grad():
                 decided = cycle_am.class_probabilities(classifier, x_a)
@@ -184,6 +192,7 @@ def training_step(networks: dict, classifier: nn.Module, optimisers: dict, x_a, 
                         + cycle_am.identity_loss(x_a, generated_minus, decided[:, 1 - MALIGNANT], identity_weight))
         else:
             identity = torch.zeros((), device=x_a.device)
+        floor = sum(cycle_am.floor_loss(x_a, generated, floor_weight) for generated in (generated_plus, generated_minus))
         adversarial = (frozen_plus(x_b, generated_plus, generator, fake_is_real=True)
                        + frozen_minus(x_b, generated_minus, generator, fake_is_real=True))
         symmetries = generator if activation_symmetries else None
@@ -191,12 +200,13 @@ def training_step(networks: dict, classifier: nn.Module, optimisers: dict, x_a, 
                                                             symmetries)
                       + cycle_am.activation_maximization_loss(classifier, generated_minus, 1 - MALIGNANT,
                                                               activation_blur[1], symmetries))
-        generator_loss = cycle + similarity + identity + adversarial + activation
+        generator_loss = cycle + similarity + identity + floor + adversarial + activation
     optimisers["generators"].zero_grad(set_to_none=True)
     generator_loss.backward()
     optimisers["generators"].step()
     return {"discriminators": discriminator_loss.item(), "cycle": cycle.item(), "similarity": similarity.item(),
-            "identity": identity.item(), "adversarial": adversarial.item(), "activation": activation.item()}
+            "identity": identity.item(), "floor": floor.item(), "adversarial": adversarial.item(),
+            "activation": activation.item()}
 
 
 def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | None:
@@ -270,7 +280,8 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
             network.train()
         losses = training_step(trained, classifier, optimisers, x_a, x_b, generator, device, settings.similarity,
                                settings.similarity_l1_weight, settings.activation_blur,
-                               settings.activation_symmetries, settings.identity_weight)
+                               settings.activation_symmetries, settings.identity_weight, settings.floor_weight,
+                               settings.context_l1_factor)
         for name in LOSS_NAMES:
             running[name] += losses[name]
         done = step + 1
@@ -321,7 +332,9 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
             "learning_rate": settings.learning_rate, "lr_decay_from": settings.lr_decay_from,
             "similarity_loss": settings.similarity,
             "similarity_l1_weight": settings.similarity_l1_weight if settings.similarity == "l1+dssim" else None,
+            "context_l1_factor": settings.context_l1_factor,
             "identity_weight": settings.identity_weight,
+            "floor_weight": settings.floor_weight, "floor_radius_px": cycle_am.FLOOR_RADIUS,
             "discriminator_scales": list(settings.discriminator_scales),
             "activation_blur_px": dict(zip(("G+", "G-"), settings.activation_blur)),
             "activation_read_flipped_and_turned": settings.activation_symmetries,
