@@ -269,9 +269,9 @@ def local_floor(images: torch.Tensor, radius: int = FLOOR_RADIUS) -> torch.Tenso
 def floor_loss(x, generated, weight: float = FLOOR_WEIGHT, radius: int = FLOOR_RADIUS) -> torch.Tensor:
     """A counterfactual is made of the tissue around it: no pixel of G(x) darker than the darkest of x within
     ``radius`` px (``local_floor``), weight * mean(max(floor(x) - G(x), 0)). Neither class of nodule is drawn
-    with air: a generator may darken a nodule down to the lung around it, not below, so it cannot carve dark
-    rings and notches (nor values below -1000 HU, which no CT holds). One-sided on purpose: brightening, as
-    calcification, stays free of it. Not in paper 1 (its output layer cannot leave the window)."""
+    with air: a generator may darken a nodule down to the lung around it, and carving dark rings and notches
+    below it (or values below -1000 HU, which no CT holds) costs more than it gains. One-sided on purpose:
+    brightening, as calcification, stays free of it. Not in paper 1 (its output layer cannot leave the window)."""
     floor = local_floor(x.float(), radius)
     return weight * functional.relu(floor - generated.float()).mean()
 
