@@ -170,6 +170,26 @@ def test_discriminator_scales_are_distinct_encoder_stages_from_one_to_three():
             _scales(wrong)
 
 
+# Before: the first shipped generators' adversarial loss rose from 1.48 to 3.48 over their 1000 steps (2.89 to
+# 3.48, 20 %, over the second half) while the discriminators' fell. The bundle before the floor loss: 3.34 to
+# 3.71 (11 %) from step 400 to 800; shipped: 3.26 to 3.53 (8 %).
+def test_the_shipped_generators_losses_level_off_over_the_second_half():
+    import csv
+
+    from xaiexplain.models.bundles import BUNDLED
+
+    with open(BUNDLED / "demo-cycle-am" / "loss_curves.csv", newline="") as table:
+        rows = list(csv.DictReader(table))
+    steps = [int(row["step"]) for row in rows]
+    half = steps.index(min(steps, key=lambda step: abs(step - steps[-1] / 2)))
+    assert steps[-1] >= 800 and 0 < half < len(rows) - 1
+    generator_losses = ("cycle", "similarity", "identity", "floor", "adversarial", "activation")
+    assert set(generator_losses) <= rows[0].keys()
+    for name in generator_losses:
+        start, end = float(rows[half][name]), float(rows[-1][name])
+        assert end <= 1.1 * start, (name, start, end)
+
+
 def test_generated_batches_do_not_enter_the_generators_running_statistics():
     """In the cycle pass each generator reads the other's output; batch norm in training mode would fold those
     generated batches into the running statistics used at inference on real images (8.6 HU between training

@@ -229,6 +229,12 @@ def _blur(text: str) -> tuple[float, float]:
     return values * 2 if len(values) == 1 else values
 
 
+# cycle-am options whose defaults live in the library (xaiexplain.models.cycle_am); None on the command line
+# leaves them to CycleAMSettings
+CYCLE_AM_DEFAULTS_IN_THE_LIBRARY = ("similarity_l1_weight", "context_l1_factor", "identity_weight", "floor_weight",
+                                    "discriminator_scales")
+
+
 def run_cycle_am(args) -> int:
     from .cycle_am_training import CycleAMSettings, train_cycle_am
 
@@ -236,11 +242,7 @@ def run_cycle_am(args) -> int:
         data=args.data, classifier=args.classifier, out=args.out, steps=args.steps, batch_size=args.batch_size,
         learning_rate=args.lr, lr_decay_from=args.lr_decay_from, similarity=args.similarity,
         activation_blur=args.activation_blur, activation_symmetries=args.activation_symmetries, widths=args.widths,
-        **({} if args.similarity_l1_weight is None else {"similarity_l1_weight": args.similarity_l1_weight}),
-        **({} if args.context_l1_factor is None else {"context_l1_factor": args.context_l1_factor}),
-        **({} if args.identity_weight is None else {"identity_weight": args.identity_weight}),
-        **({} if args.floor_weight is None else {"floor_weight": args.floor_weight}),
-        **({} if args.discriminator_scales is None else {"discriminator_scales": args.discriminator_scales}),
+        **{name: getattr(args, name) for name in CYCLE_AM_DEFAULTS_IN_THE_LIBRARY if getattr(args, name) is not None},
         seed=args.seed, device=args.device, resume=args.resume, checkpoint_dir=args.checkpoint_dir,
         checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, command=args.command_line)
     config = train_cycle_am(settings)

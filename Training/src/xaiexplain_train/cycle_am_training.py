@@ -192,7 +192,8 @@ def training_step(networks: dict, classifier: nn.Module, optimisers: dict, x_a, 
                         + cycle_am.identity_loss(x_a, generated_minus, decided[:, 1 - MALIGNANT], identity_weight))
         else:
             identity = torch.zeros((), device=x_a.device)
-        floor = sum(cycle_am.floor_loss(x_a, generated, floor_weight) for generated in (generated_plus, generated_minus))
+        floor = sum(cycle_am.floor_loss(x_a, generated, floor_weight)
+                    for generated in (generated_plus, generated_minus))
         adversarial = (frozen_plus(x_b, generated_plus, generator, fake_is_real=True)
                        + frozen_minus(x_b, generated_minus, generator, fake_is_real=True))
         symmetries = generator if activation_symmetries else None
@@ -278,10 +279,12 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
             x_a, x_b = (t.contiguous(memory_format=torch.channels_last) for t in (x_a, x_b))
         for network in networks.values():
             network.train()
-        losses = training_step(trained, classifier, optimisers, x_a, x_b, generator, device, settings.similarity,
-                               settings.similarity_l1_weight, settings.activation_blur,
-                               settings.activation_symmetries, settings.identity_weight, settings.floor_weight,
-                               settings.context_l1_factor)
+        losses = training_step(trained, classifier, optimisers, x_a, x_b, generator, device,
+                               similarity_kind=settings.similarity, similarity_l1_weight=settings.similarity_l1_weight,
+                               activation_blur=settings.activation_blur,
+                               activation_symmetries=settings.activation_symmetries,
+                               identity_weight=settings.identity_weight, floor_weight=settings.floor_weight,
+                               context_l1_factor=settings.context_l1_factor)
         for name in LOSS_NAMES:
             running[name] += losses[name]
         done = step + 1
