@@ -64,7 +64,7 @@ CT series, outlines of the strongest relevance, and for cycle-consistent activat
 counterfactual images. Each map is coloured as its kind says: evidence (red for malignant, blue for benign),
 change (red brighter, blue darker in the malignant version) or sensitivity (green). Place a point on each
 nodule, or use the LIDC annotations of an LIDC-IDRI series. See the
-<a href="https://github.com/xaiexplain/XAIExplain#readme">documentation</a>.
+<a href="https://github.com/xaiexplain/SlicerXAIExplain#readme">documentation</a>.
 """
         self.parent.acknowledgementText = """
 Implements cycle-consistent activation maximization (Katzmann et al.) and iterative augmentation of visual
