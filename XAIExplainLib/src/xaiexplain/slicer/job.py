@@ -15,6 +15,7 @@ from pathlib import Path
 
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.slicer import job_files
+from xaiexplain.slicer.processes import job_folder_prefix, sweep_stale_job_folders
 from xaiexplain.slicer.request import ExplanationOutput, ExplanationRequest
 
 WORKER_MODULE = "xaiexplain.apps.slicer_worker"
@@ -48,13 +49,15 @@ class ExplanationJob:
         self.request = request
         if temporary_root is not None:
             Path(temporary_root).mkdir(parents=True, exist_ok=True)
-        self.folder = Path(tempfile.mkdtemp(prefix="xaiexplain-job-", dir=temporary_root))
+        sweep_stale_job_folders(temporary_root or tempfile.gettempdir())  # a crashed Slicer's copies of CTs
+        self.folder = Path(tempfile.mkdtemp(prefix=job_folder_prefix(), dir=temporary_root))
         self.state, self.fraction, self.message, self.error = "running", 0.0, "starting the worker", None
         self.log: list[str] = []  # the worker's lines that are not progress (warnings, tracebacks)
         self.worker_pid: int | None = None
         self._pending, self._end_of_output, self._exited_at, self._done = b"", False, None, False
         try:
-            job_files.write_request(self.folder, request)
+            # this process's id: the worker ends itself when it is gone (the launcher may outlive a crash)
+            job_files.write_request(self.folder, request, slicer_pid=os.getpid())
             self.process = launch([python or sys.executable, "-m", WORKER_MODULE, str(self.folder)],
                                   worker_environment())
             os.set_blocking(self.process.stdout.fileno(), False)  # pipes too on Windows, from Python 3.12
