@@ -234,3 +234,29 @@ def test_the_next_job_sweeps_the_job_folders_of_ended_processes_only(tmp_path):
     assert job_files.read_slicer_pid(job.folder) == os.getpid()
     job.wait(timeout=30)
     job.close()
+
+
+def test_the_gpu_choices_are_what_the_workers_pytorch_can_use(tmp_path):
+    from xaiexplain.slicer.job import usable_devices
+
+    import torch
+
+    expected = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
+        ["mps"] if torch.backends.mps.is_available() else [])
+    assert usable_devices(launch) == expected
+    broken = tmp_path / "python"
+    broken.write_text("#!/bin/sh\necho 'ImportError: DLL load failed while importing _C'\nexit 1\n")
+    broken.chmod(0o755)
+    with pytest.raises(XAIExplainError, match="could not say which devices it can use: ImportError: DLL"):
+        usable_devices(launch, python=str(broken))
+
+
+def test_a_gpu_this_machine_lacks_is_one_sentence_from_the_worker(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    job = ExplanationJob(request(["grad-cam"], device="cuda"), launch, temporary_root=tmp_path)
+    run_to_end(job)
+    assert job.state == "failed" and job.process.returncode == job_files.EXIT_USER_ERROR
+    assert job.error == "--device cuda was asked for, but PyTorch sees no CUDA GPU on this machine"

@@ -37,6 +37,28 @@ def worker_environment() -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
 
 
+def usable_devices(launch, python: str | None = None, timeout: float = 120.0) -> list[str]:
+    """The devices the worker's PyTorch can use ("cpu", then "cuda" and "mps" where there are such GPUs),
+    asked of the worker's Python started as the worker is (``launch``, see ``ExplanationJob``); an
+    XAIExplainError with its last line when it cannot say (e.g. torch not installed yet)."""
+    import subprocess
+
+    process = launch([python or sys.executable, "-m", "xaiexplain.devices"], worker_environment())
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise XAIExplainError(f"PyTorch did not say within {timeout:g} s which devices it can use") from None
+    lines = [line for line in (output.decode("utf-8", "replace") if isinstance(output, bytes) else output)
+             .splitlines() if line.strip()]
+    events = [event for event in map(job_files.parse_line, lines) if event and event[job_files.LINE_KEY] == "devices"]
+    if process.returncode != 0 or not events:
+        last = lines[-1] if lines else f"exit status {process.returncode}"
+        raise XAIExplainError(f"PyTorch could not say which devices it can use: {last}")
+    return [str(device) for device in events[-1]["devices"]]
+
+
 class ExplanationJob:
     """One explanation in a worker process.
 
