@@ -102,6 +102,7 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = None
         self._logLinesShown = 0
         self._resultsVolumeId = None  # the volume whose explanation the Results section shows
+        self._usableDevices = None  # what the worker's PyTorch reported, once asked
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -276,6 +277,7 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _setDeviceChoices(self, devices):
         """The GPU choices: what the worker's PyTorch reported it can use (cpu always)."""
+        self._usableDevices = list(devices)
         combo = self.ui.deviceComboBox
         combo.blockSignals(True)
         combo.clear()
@@ -342,7 +344,7 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _deviceUsable(self):
         """A GPU choice the worker's PyTorch cannot use is refused here, in one sentence."""
         device = self._parameterNode.device
-        if device == "cpu":
+        if device == "cpu" or device in (self._usableDevices or []):
             return True
         with slicer.util.WaitCursor():
             self._setStatus(f"Asking PyTorch whether it can use {device}...")
