@@ -5,11 +5,14 @@ This file is the thin Slicer layer (panel, parameter node, progress, cancel). Th
 models run in a separate PythonSlicer process (``xaiexplain.slicer.ExplanationJob``), never on a thread of
 the application: Slicer's main thread holds the GIL while its Qt loop is idle.
 """
+import contextlib
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
+import ctk
 import qt
 import slicer
 import vtk
@@ -64,7 +67,7 @@ CT series, outlines of the strongest relevance, and for cycle-consistent activat
 counterfactual images. Each map is coloured as its kind says: evidence (red for malignant, blue for benign),
 change (red brighter, blue darker in the malignant version) or sensitivity (green). Place a point on each
 nodule, or use the LIDC annotations of an LIDC-IDRI series. See the
-<a href="https://github.com/xaiexplain/XAIExplain#readme">documentation</a>.
+<a href="https://github.com/xaiexplain/SlicerXAIExplain#readme">documentation</a>.
 """
         self.parent.acknowledgementText = """
 Implements cycle-consistent activation maximization (Katzmann et al.) and iterative augmentation of visual
@@ -83,7 +86,7 @@ class XAIExplainParameterNode:
     useLidcAnnotations: bool = False
     methods: str = ",".join(DEFAULT_METHODS)
     modelBundle: str = ""
-    useGpu: bool = False
+    device: str = "cpu"
     overlayOpacity: float = 0.8
 
 
@@ -97,7 +100,9 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._observedPoints = None
         self._job = None
         self._timer = None
-        self._allMethodsListed = False
+        self._logLinesShown = 0
+        self._resultsVolumeId = None  # the volume whose explanation the Results section shows
+        self._usableDevices = None  # what the worker's PyTorch reported, once asked
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -116,35 +121,70 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.setInterval(POLL_INTERVAL_MS)
         self._timer.timeout.connect(self._poll)
 
-        # radio buttons have no parameter-node connector: wired by hand
+        self.ui.modelPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs | ctk.ctkPathLineEdit.Drives
+        # label maps are not of the selector's node type; the module's own volumes are hidden by id
+        self.ui.inputVolumeSelector.showChildNodeTypes = False
+
+        # radio buttons, the path, the device and the method list have no parameter-node connector (a
+        # path parameter would turn "" into "."): wired by hand
         self.ui.lidcRadioButton.toggled.connect(self._lidcToggled)
         self.ui.methodsList.itemChanged.connect(self._methodsChanged)
+        self.ui.modelPathLineEdit.currentPathChanged.connect(self._modelBundleChanged)
+        self.ui.deviceComboBox.currentTextChanged.connect(self._deviceChanged)
+        self.ui.findDevicesButton.clicked.connect(self.onFindDevices)
         self.ui.shownMethodComboBox.currentTextChanged.connect(self._showMethod)
         self.ui.overlayOpacitySlider.valueChanged.connect(self._opacityChanged)
         self.ui.resultsTableView.connect("selectionChanged()", self._jumpToSelectedNodule)
         self.ui.applyButton.clicked.connect(self.onApplyButton)
+        self.ui.showPackagesButton.clicked.connect(self.onShowPackages)
+        self.ui.upgradePackagesButton.clicked.connect(self.onUpgradePackages)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self._hideOwnVolumes)
         self.ui.progressBar.hide()
         self._fillMethodList()
         self.initializeParameterNode()
 
+    @contextlib.contextmanager
+    def _reportingErrors(self, what):
+        """Around every entry point of the panel (a Qt slot): an exception that escaped one would reach only
+        the Python console. Shown in a dialog, the status line and the log instead."""
+        try:
+            yield
+        except Exception as error:
+            try:
+                from xaiexplain.slicer.environment import failure_sentence
+
+                sentence = failure_sentence(error)
+            except Exception:  # the library itself is broken
+                sentence = str(error) or type(error).__name__
+            details = traceback.format_exc()
+            logging.error(f"{what}: {details}")
+            self._setStatus(f"{what}: {sentence}")
+            self._log(details)
+            slicer.util.errorDisplay(f"{what}:\n\n{sentence}", detailedText=details)
+
+    def _setStatus(self, text):
+        """The status line, drawn at once (also while an install blocks the event loop), and the log."""
+        self.ui.statusLabel.text = text
+        self._log(text)
+        slicer.app.processEvents()
+
+    def _log(self, text):
+        self.ui.logTextEdit.appendPlainText(text.rstrip())
+
     def _fillMethodList(self):
-        """All methods once the library's requirements are installed; before that the defaults (the first
-        Apply installs the requirements)."""
-        if self._allMethodsListed:
-            return
+        """Every method, from the library's method table (no torch in Slicer's process: the list is there
+        before the requirements are installed, and when torch cannot load)."""
         self.ui.methodsList.blockSignals(True)
         self.ui.methodsList.clear()
         try:
-            from xaiexplain.explainers import registry
+            import xaiexplain.slicer as xs
 
-            records = [registry.get(method) for method in registry.available_methods()]
-            entries = [(r.name, f"{r.kind}: {r.summary}. {r.reference}") for r in records]
-            self._allMethodsListed = True
-        except ImportError:
-            entries = [(m, "The other methods appear once Apply has installed the requirements.")
-                       for m in DEFAULT_METHODS]
+            entries = [(r["name"], f"{r['kind']}: {r['summary']}. {r['reference']}") for r in xs.method_table()]
+        except (ImportError, OSError, ValueError) as error:  # a damaged installation: the defaults
+            logging.error(f"XAIExplain's method table cannot be read ({error}); reinstall the extension")
+            entries = [(m, "") for m in DEFAULT_METHODS]
         for method, tip in entries:
             item = qt.QListWidgetItem(method, self.ui.methodsList)
             item.setToolTip(tip)
@@ -196,6 +236,11 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updateMethodChecks()
             self.ui.lidcRadioButton.checked = self._parameterNode.useLidcAnnotations
             self.ui.pointsRadioButton.checked = not self._parameterNode.useLidcAnnotations
+            self.ui.modelPathLineEdit.currentPath = self._parameterNode.modelBundle
+            if self.ui.deviceComboBox.findText(self._parameterNode.device) < 0:
+                self.ui.deviceComboBox.addItem(self._parameterNode.device)  # checked by the worker
+            self.ui.deviceComboBox.setCurrentText(self._parameterNode.device)
+            self._hideOwnVolumes()
         self._updateGui()
 
     def _observePoints(self, points):
@@ -221,6 +266,32 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _lidcToggled(self, checked):
         if self._parameterNode:
             self._parameterNode.useLidcAnnotations = checked
+
+    def _modelBundleChanged(self, path):
+        if self._parameterNode:
+            self._parameterNode.modelBundle = path
+
+    def _deviceChanged(self, device):
+        if self._parameterNode and device:
+            self._parameterNode.device = device
+
+    def _setDeviceChoices(self, devices):
+        """The GPU choices: what the worker's PyTorch reported it can use (cpu always)."""
+        self._usableDevices = list(devices)
+        combo = self.ui.deviceComboBox
+        combo.blockSignals(True)
+        combo.clear()
+        combo.addItems(list(devices))
+        combo.blockSignals(False)
+        device = self._parameterNode.device if self._parameterNode else "cpu"
+        combo.setCurrentText(device if device in devices else "cpu")
+        self._deviceChanged(combo.currentText)
+
+    def _hideOwnVolumes(self, caller=None, event=None):
+        """The CT selector offers no relevance or counterfactual volume of this module."""
+        import xaiexplain.slicer as xs
+
+        self.ui.inputVolumeSelector.sortFilterProxyModel().hiddenNodeIDs = xs.not_inputs(slicer.mrmlScene)
 
     def _methodsChanged(self, _item=None):
         if self._parameterNode:
@@ -248,19 +319,69 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.toolTip = problem or "Explain the classifier's decision for each nodule"
 
     def onApplyButton(self):
-        if self._job is not None:
-            self._stopJob()
-            self.ui.statusLabel.text = "Cancelled; nothing was added to the scene."
-            return
-        if not self.logic.ensureRequirements():
-            return
-        self._fillMethodList()
-        with slicer.util.tryWithErrorDisplay("Could not start the explanation.", waitCursor=True):
-            self._job = self.logic.start(self._parameterNode)
+        with self._reportingErrors("XAIExplain could not start the explanation"):
+            if self._job is not None:
+                self._stopJob()
+                self._setStatus("Cancelled; nothing was added to the scene.")
+                return
+            if not self._installRequirements() or not self._deviceUsable():
+                return
+            with slicer.util.WaitCursor():
+                self._job = self.logic.start(self._parameterNode)
+            self._logLinesShown = 0
             self.ui.progressBar.value = 0
             self.ui.progressBar.show()
             self._timer.start()
         self._updateGui()
+
+    def _installRequirements(self):
+        """What is missing installed, its progress in the status line; False when it is not there."""
+        installed = False
+        with self._reportingErrors("XAIExplain could not install its Python packages"):
+            installed = self.logic.ensureRequirements(report=self._setStatus)
+        return installed
+
+    def _deviceUsable(self):
+        """A GPU choice the worker's PyTorch cannot use is refused here, in one sentence."""
+        device = self._parameterNode.device
+        if device == "cpu" or device in (self._usableDevices or []):
+            return True
+        with slicer.util.WaitCursor():
+            self._setStatus(f"Asking PyTorch whether it can use {device}...")
+            devices = self.logic.usableDevices()
+        self._setDeviceChoices(devices)
+        if device in devices:
+            return True
+        sentence = (f"PyTorch cannot use {device} on this computer (it can use {', '.join(devices)}); choose one "
+                    "of these.")
+        self._setStatus(sentence)
+        slicer.util.errorDisplay(sentence)
+        return False
+
+    def onFindDevices(self):
+        with self._reportingErrors("XAIExplain could not find the GPUs"):
+            if not self._installRequirements():
+                return
+            with slicer.util.WaitCursor():
+                self._setStatus("Asking PyTorch which devices it can use...")
+                devices = self.logic.usableDevices()
+            self._setDeviceChoices(devices)
+            self._setStatus(f"PyTorch can use: {', '.join(devices)}.")
+
+    def onShowPackages(self):
+        with self._reportingErrors("XAIExplain could not list its packages"):
+            for line in self.logic.packageReport():
+                self._log(line)
+            self.ui.logCollapsibleButton.collapsed = False
+
+    def onUpgradePackages(self):
+        with self._reportingErrors("XAIExplain could not upgrade its packages"):
+            if not slicer.util.confirmOkCancelDisplay(
+                    "Upgrade XAIExplain's Python packages to the newest versions it allows (needs the network; "
+                    "PyTorch and Slicer's own packages stay)?"):
+                return
+            self.logic.upgradePackages(report=self._setStatus)
+            self.onShowPackages()
 
     def _stopJob(self):
         if self._timer is not None:
@@ -273,56 +394,75 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updateGui()
 
     def _poll(self):
-        job = self._job
-        if job is None:
+        with self._reportingErrors("XAIExplain could not follow the explanation"):
+            job = self._job
+            if job is None:
+                self._timer.stop()
+                return
+            job.poll()
+            for line in job.log[self._logLinesShown:]:  # the worker's own lines (warnings, tracebacks)
+                self._log(line)
+            self._logLinesShown = len(job.log)
+            self.ui.progressBar.value = int(100 * job.fraction)
+            self.ui.statusLabel.text = job.message
+            if job.running:
+                return
             self._timer.stop()
+            self._job = None
+            self.ui.progressBar.hide()
+            try:
+                self._finished(job)
+            finally:
+                job.close()
+                self._updateGui()
+
+    def _finished(self, job):
+        if job.state == "failed":
+            self._setStatus(f"The explanation failed: {job.error}")
+            slicer.util.errorDisplay(f"The explanation failed:\n\n{job.error}", detailedText="\n".join(job.log))
             return
-        job.poll()
-        self.ui.progressBar.value = int(100 * job.fraction)
-        self.ui.statusLabel.text = job.message
-        if job.running:
+        if job.state != "finished":
             return
-        self._timer.stop()
-        self._job = None
-        self.ui.progressBar.hide()
-        try:
-            if job.state == "finished":
-                with slicer.util.tryWithErrorDisplay("Could not show the explanation.", waitCursor=True):
-                    result = self.logic.showResults(job, self._parameterNode.overlayOpacity)
-                    self.ui.statusLabel.text = f"{len(result.output.nodules)} nodule(s) explained"
-                    self.ui.resultsTableView.setMRMLTableNode(result.table)
-                    self.ui.shownMethodComboBox.clear()
-                    self.ui.shownMethodComboBox.addItems(list(result.relevance))
-            elif job.state == "failed":
-                self.ui.statusLabel.text = job.error
-                if job.log:
-                    logging.error("XAIExplain worker output:\n" + "\n".join(job.log[-40:]))
-        finally:
-            job.close()
-            self._updateGui()
+        with slicer.util.WaitCursor():
+            result = self.logic.showResults(job, self._parameterNode.overlayOpacity)
+        self._resultsVolumeId = job.request.volume_id
+        self._setStatus(f"{len(result.output.nodules)} nodule(s) explained")
+        self.ui.resultsTableView.setMRMLTableNode(result.table)
+        self.ui.shownMethodComboBox.blockSignals(True)
+        self.ui.shownMethodComboBox.clear()
+        self.ui.shownMethodComboBox.addItems(list(result.relevance))
+        self.ui.shownMethodComboBox.blockSignals(False)
+        self._hideOwnVolumes()
 
     def _showMethod(self, method):
-        if method and self._parameterNode and self._parameterNode.inputVolume:
-            import xaiexplain.slicer as xs
+        """The overlay of the explained volume (not the one now selected as input, which may have none)."""
+        with self._reportingErrors("XAIExplain could not show that method"):
+            volume = slicer.mrmlScene.GetNodeByID(self._resultsVolumeId) if self._resultsVolumeId else None
+            if method and volume is not None:
+                import xaiexplain.slicer as xs
 
-            xs.show_method(self._parameterNode.inputVolume, method)
+                xs.show_method(volume, method)
 
     def _opacityChanged(self, value):
-        import xaiexplain.slicer as xs
+        with self._reportingErrors("XAIExplain could not change the overlay's opacity"):
+            import xaiexplain.slicer as xs
 
-        xs.set_overlay_opacity(value)
+            xs.set_overlay_opacity(value)
 
     def _jumpToSelectedNodule(self):
-        view = self.ui.resultsTableView
-        table = view.mrmlTableNode()
-        index = view.selectionModel().currentIndex()
-        if table is None or not index.isValid():
-            return
-        import xaiexplain.slicer as xs
+        """qMRMLTableModel.mrmlTableRowIndex is no slot, so PythonQt does not expose it: the proxy index
+        mapped to the model's row, and that row to the table's by the library."""
+        with self._reportingErrors("XAIExplain could not jump to that nodule"):
+            view = self.ui.resultsTableView
+            table = view.mrmlTableNode()
+            index = view.selectionModel().currentIndex()
+            if table is None or not index.isValid():
+                return
+            import xaiexplain.slicer as xs
 
-        row = view.tableModel().mrmlTableRowIndex(view.sortFilterProxyModel().mapToSource(index))
-        if row >= 0:
-            xs.jump_to_nodule(table, row)
+            row = xs.table_row_of_view_row(table, view.sortFilterProxyModel().mapToSource(index).row())
+            if row is not None:
+                xs.jump_to_nodule(table, row)
 
 
 class XAIExplainLogic(ScriptedLoadableModuleLogic):
@@ -331,11 +471,12 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return XAIExplainParameterNode(super().getParameterNode())
 
-    def ensureRequirements(self, confirm=True):
+    def ensureRequirements(self, confirm=True, report=logging.info):
         """Install what is missing, as the reference extensions do on first use: PyTorch through SlicerPyTorch
         with a version requirement, then exactly the missing third-party packages by pip (never SimpleITK,
         pydicom, numpy or torch); offer a restart when a package already imported was upgraded. True when
-        everything is there."""
+        everything is there. ``report(sentence)``: each step (the panel's status line). A failed install
+        raises (CalledProcessError, OSError): the panel shows it."""
         from xaiexplain.slicer import environment
 
         plan = environment.install_plan(environment.library_requirements())
@@ -350,6 +491,7 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
             return False
         with slicer.util.WaitCursor():
             if plan.torch_requirement:
+                report(f"Installing PyTorch {plan.torch_requirement} through SlicerPyTorch (several minutes)...")
                 try:
                     import PyTorchUtils
                 except ModuleNotFoundError:
@@ -359,16 +501,58 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
                 torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
                     askConfirmation=False, torchVersionRequirement=plan.torch_requirement)
                 if torch is None:
+                    report("PyTorch was not installed.")
                     return False
             if plan.pip_requirements:
-                constraints = Path(slicer.app.temporaryPath) / "xaiexplain-constraints.txt"
-                constraints.write_text(environment.constraints())
-                slicer.util.pip_install(plan.pip_arguments(constraints))
-        upgraded = environment.loaded_upgrades(plan.installed)
+                report(f"Installing {', '.join(plan.pip_requirements)} (a few minutes)...")
+                slicer.util.pip_install(plan.pip_arguments(self._constraintsFile()))
+        report("XAIExplain's Python packages are installed.")
+        return self._restartIfUpgraded(plan.installed)
+
+    def _constraintsFile(self):
+        from xaiexplain.slicer import environment
+
+        constraints = Path(slicer.app.temporaryPath) / "xaiexplain-constraints.txt"
+        constraints.write_text(environment.constraints())
+        return constraints
+
+    @staticmethod
+    def _restartIfUpgraded(before):
+        """Offer a restart when a package already imported was upgraded; False while the old one is loaded."""
+        from xaiexplain.slicer import environment
+
+        upgraded = environment.loaded_upgrades(before)
         if upgraded and slicer.util.confirmOkCancelDisplay(
                 f"Slicer must restart to use the upgraded {', '.join(upgraded)}. Restart now?"):
             slicer.util.restart()
         return not upgraded
+
+    def packageReport(self):
+        """The library and its packages as installed, one line each (the panel's log)."""
+        import xaiexplain
+        from xaiexplain.slicer import environment
+
+        return [f"xaiexplain {xaiexplain.__version__} in {Path(xaiexplain.__file__).parent}",
+                *environment.package_report(environment.library_requirements())]
+
+    def upgradePackages(self, report=logging.info):
+        """The library's packages upgraded to the newest versions its requirements allow (PyTorch through
+        SlicerPyTorch and Slicer's own packages stay); False when Slicer must restart first."""
+        from xaiexplain.slicer import environment
+
+        requirements = environment.library_requirements()
+        before = environment.install_plan(requirements).installed
+        report("Upgrading XAIExplain's Python packages (a few minutes)...")
+        with slicer.util.WaitCursor():
+            slicer.util.pip_install(environment.upgrade_arguments(requirements, self._constraintsFile()))
+        report("XAIExplain's Python packages are upgraded.")
+        return self._restartIfUpgraded(before)
+
+    def usableDevices(self):
+        """What the worker's PyTorch can use: "cpu", then "cuda" and "mps" where there are such GPUs."""
+        import xaiexplain.slicer as xs
+
+        return xs.usable_devices(self.launch)
 
     @staticmethod
     def launch(command, environment):
@@ -378,7 +562,7 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
         """The panel's job: the request written, the worker started (returns at once)."""
         return self.startJob(parameters.inputVolume, "lidc" if parameters.useLidcAnnotations
                              else parameters.nodulePoints, parameters.methods.split(","),
-                             parameters.modelBundle or None, device="cuda" if parameters.useGpu else "cpu")
+                             parameters.modelBundle or None, device=parameters.device)
 
     def startJob(self, volumeNode, pointsOrLidc, methods, bundle=None, device="cpu", cycleAm=None):
         import xaiexplain.slicer as xs

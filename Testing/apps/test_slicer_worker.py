@@ -175,3 +175,88 @@ def test_the_worker_refuses_a_folder_without_a_request(tmp_path):
     lines = [job_files.parse_line(line) for line in result.stdout.splitlines()]
     assert lines[-1] == {"xaiexplain": "error", "message": f"{tmp_path} holds no request"}
     assert list(tmp_path.iterdir()) == []
+
+
+def _ended_process_id() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def _start_worker(job_folder):
+    return subprocess.Popen([sys.executable, "-m", "xaiexplain.apps.slicer_worker", str(job_folder)],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def test_a_worker_whose_slicer_has_ended_ends_itself(tmp_path):
+    """The worker watches the Slicer process named in the request, not only its parent (the PythonSlicer
+    launcher, which can outlive a Slicer crash): one already gone, and one that ends mid-run."""
+    folder = tmp_path / "job"
+    job_files.write_request(folder, request(["grad-cam"]), slicer_pid=_ended_process_id())
+    worker = _start_worker(folder)
+    output, _ = worker.communicate(timeout=60)
+    assert worker.returncode == 3
+    assert job_files.parse_line(output.splitlines()[-1])["message"].endswith("has ended; nothing was computed")
+    assert not (folder / job_files.RESULTS).exists()
+
+    slicer_process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    job_files.write_request(tmp_path / "job 2", request(["iterative:integrated-gradients"]),  # 45 s alone
+                            slicer_pid=slicer_process.pid)
+    worker = _start_worker(tmp_path / "job 2")
+    try:
+        assert job_files.parse_line(worker.stdout.readline())["xaiexplain"] == "started"
+        slicer_process.kill()
+        slicer_process.wait()
+        assert worker.wait(timeout=10) == 3
+    finally:
+        worker.kill()
+        slicer_process.kill()
+    assert not (tmp_path / "job 2" / job_files.RESULTS).exists()
+
+
+def test_the_next_job_sweeps_the_job_folders_of_ended_processes_only(tmp_path):
+    """A crashed Slicer leaves its job folders (an uncompressed copy of the CT each): the next job removes
+    those of processes that are gone, keeps those of running ones and anything not named as a job folder."""
+    stale = tmp_path / f"xaiexplain-job-{_ended_process_id()}-x1y2"
+    live = tmp_path / f"xaiexplain-job-{os.getpid()}-a3b4"
+    unnamed, other = tmp_path / "xaiexplain-job-k9n8", tmp_path / "user files"
+    for folder in (stale, live, unnamed, other):
+        (folder / "request").mkdir(parents=True)
+        (folder / "request" / "volume.nrrd").write_bytes(b"CT")
+
+    def quiet_worker(command, environment):
+        return launch([sys.executable, "-c", ""], environment)
+
+    job = ExplanationJob(request(["grad-cam"]), quiet_worker, temporary_root=tmp_path)
+    assert not stale.exists()
+    assert all((folder / "request" / "volume.nrrd").read_bytes() == b"CT" for folder in (live, unnamed, other))
+    assert job.folder.name.startswith(f"xaiexplain-job-{os.getpid()}-")
+    assert job_files.read_slicer_pid(job.folder) == os.getpid()
+    job.wait(timeout=30)
+    job.close()
+
+
+def test_the_gpu_choices_are_what_the_workers_pytorch_can_use(tmp_path):
+    from xaiexplain.slicer.job import usable_devices
+
+    import torch
+
+    expected = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
+        ["mps"] if torch.backends.mps.is_available() else [])
+    assert usable_devices(launch) == expected
+    broken = tmp_path / "python"
+    broken.write_text("#!/bin/sh\necho 'ImportError: DLL load failed while importing _C'\nexit 1\n")
+    broken.chmod(0o755)
+    with pytest.raises(XAIExplainError, match="could not say which devices it can use: ImportError: DLL"):
+        usable_devices(launch, python=str(broken))
+
+
+def test_a_gpu_this_machine_lacks_is_one_sentence_from_the_worker(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    job = ExplanationJob(request(["grad-cam"], device="cuda"), launch, temporary_root=tmp_path)
+    run_to_end(job)
+    assert job.state == "failed" and job.process.returncode == job_files.EXIT_USER_ERROR
+    assert job.error == "--device cuda was asked for, but PyTorch sees no CUDA GPU on this machine"

@@ -385,7 +385,7 @@ def test_the_ctest_batch_test_hands_the_script_its_own_arguments(phantom, tmp_pa
     assert Path(arguments[arguments.index("--series") + 1]) == written.series_folder
     fixture, fixture_arguments = _ctest_python_test("XAIExplainWritePhantom.py", root, tmp_path / "out")
     assert fixture.is_file() and fixture_arguments == [str(tmp_path / "out" / "phantom")]
-    assert re.search(r"PASS_REGULAR_EXPRESSION \"scene\\\\.mrml\"", CTEST_FILE.read_text())
+    assert "PASS_REGULAR_EXPRESSION" not in CTEST_FILE.read_text()  # CTest then judges by the exit status
 
 
 def test_batch_script_writes_a_scene_that_loads_back_with_the_same_nodes(phantom, tmp_path):

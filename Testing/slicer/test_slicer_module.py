@@ -104,8 +104,8 @@ def test_the_module_runs_the_models_in_a_process_and_installs_like_the_reference
     assert "QTimer" in text
     for call in _calls(tree, "pip_install"):  # a list: the plan's pip_arguments
         argument = call.args[0]
-        assert isinstance(argument, ast.List) or (isinstance(argument, ast.Call)
-                                                  and getattr(argument.func, "attr", "") == "pip_arguments")
+        assert isinstance(argument, ast.List) or (isinstance(argument, ast.Call) and getattr(
+            argument.func, "attr", "") in ("pip_arguments", "upgrade_arguments"))
     [torch] = _calls(tree, "installTorch")
     assert {k.arg for k in torch.keywords} >= {"torchVersionRequirement"}
     assert "slicer.util.pip_install" in text and not re.search(r"pip_install\(\s*[\"'f]", text)
@@ -124,10 +124,91 @@ def test_the_panel_installs_on_apply_stops_its_job_on_cleanup_and_tests_for_real
     setup = _method(tree, "XAIExplainWidget", "setup")
     assert not [c for name in ("ensureRequirements", "pip_install", "installTorch", "confirmOkCancelDisplay")
                 for c in _calls(setup, name)]
-    assert _calls(_method(tree, "XAIExplainWidget", "onApplyButton"), "ensureRequirements")
+    assert _calls(_method(tree, "XAIExplainWidget", "onApplyButton"), "_installRequirements")
+    assert _calls(_method(tree, "XAIExplainWidget", "_installRequirements"), "ensureRequirements")
     for handler in ("cleanup", "onSceneStartClose"):
         assert _calls(_method(tree, "XAIExplainWidget", handler), "_stopJob"), handler
     stop = _method(tree, "XAIExplainWidget", "_stopJob")
     assert _calls(stop, "stop") and _calls(stop, "cancel")
     assert "skipTest" not in MODULE_FILE.read_text()
     assert _calls(_method(tree, "XAIExplainTest", "test_ExplainGeneratedVolume"), "ensureRequirements")
+
+
+# the panel's entry points: a Qt slot (or the timer's) whose exception would reach only the Python console
+ENTRY_POINTS = {"onApplyButton": "clicked", "onFindDevices": "clicked", "onShowPackages": "clicked",
+                "onUpgradePackages": "clicked", "_poll": "timeout", "_jumpToSelectedNodule": "connect",
+                "_showMethod": "currentTextChanged", "_opacityChanged": "valueChanged"}
+
+
+def _is_harmless(statement) -> bool:
+    """A statement that cannot raise a user's error: a docstring, a constant assigned, a name returned, or
+    the panel's own refresh."""
+    if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant):
+        return True
+    if isinstance(statement, ast.Assign) and isinstance(statement.value, ast.Constant):
+        return True
+    if isinstance(statement, ast.Return) and isinstance(statement.value, (ast.Name, type(None))):
+        return True
+    return (isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Call)
+            and getattr(statement.value.func, "attr", "") == "_updateGui")
+
+
+def _reports_errors(function) -> bool:
+    """The function's work runs inside ``with self._reportingErrors(...)``."""
+    guarded = [s for s in function.body if isinstance(s, ast.With) and any(
+        isinstance(item.context_expr, ast.Call) and getattr(item.context_expr.func, "attr", "") == "_reportingErrors"
+        for item in s.items)]
+    return len(guarded) == 1 and all(_is_harmless(s) for s in function.body if s is not guarded[0])
+
+
+def test_every_entry_point_of_the_panel_shows_its_failures():
+    """Apply (with the install it starts), the GPU search, the packages, the job's timer, a click on a
+    results row and the overlay controls: what fails is shown in a dialog, the status line and the log."""
+    tree = ast.parse(MODULE_FILE.read_text())
+    setup = _method(tree, "XAIExplainWidget", "setup")
+    connected = {argument.attr for call in _calls(setup, "connect") for argument in call.args
+                 if isinstance(argument, ast.Attribute)}
+    assert set(ENTRY_POINTS) <= connected
+    for name in [*ENTRY_POINTS, "_installRequirements"]:
+        assert _reports_errors(_method(tree, "XAIExplainWidget", name)), name
+    handler = _method(tree, "XAIExplainWidget", "_reportingErrors")
+    for shown in ("errorDisplay", "_setStatus", "_log"):
+        assert _calls(handler, shown), shown
+    [guard] = [node for node in handler.body if isinstance(node, ast.Try)]
+    [catch] = guard.handlers
+    assert catch.type.id == "Exception" and not [n for n in ast.walk(catch) if isinstance(n, ast.Raise)]
+    # the install reports each step in the status line, the failures of the worker reach a dialog
+    assert len(_calls(_method(tree, "XAIExplainLogic", "ensureRequirements"), "report")) >= 3
+    assert _calls(_method(tree, "XAIExplainWidget", "_finished"), "errorDisplay")
+
+
+def test_the_panel_controls_are_the_ones_slicer_users_know():
+    """ctkPathLineEdit for the bundle (a browse button), a scalar-volume selector without child types (no
+    label maps) and the module's own volumes hidden, device choices from the worker, a log box, the
+    installed packages listed and upgradable."""
+    ui = (REPOSITORY / "XAIExplain" / "Resources" / "UI" / "XAIExplain.ui").read_text()
+    for widget in ('class="ctkPathLineEdit" name="modelPathLineEdit"', 'class="QComboBox" name="deviceComboBox"',
+                   'name="findDevicesButton"', 'class="QPlainTextEdit" name="logTextEdit"',
+                   'name="showPackagesButton"', 'name="upgradePackagesButton"'):
+        assert widget in ui, widget
+    assert "useGpu" not in ui and "QLineEdit" not in ui
+    text = MODULE_FILE.read_text()
+    assert "hiddenNodeIDs = xs.not_inputs(" in text and "showChildNodeTypes = False" in text
+    assert "xs.usable_devices(self.launch)" in text and "mrmlTableRowIndex(" not in text
+    assert "xs.table_row_of_view_row(" in text
+
+
+def test_failures_are_one_sentence_and_the_packages_are_listed_and_upgraded_without_slicers_own(tmp_path):
+    failed = subprocess.CalledProcessError(1, ["PythonSlicer", "-m", "pip", "install", "captum"],
+                                           output="Collecting captum\nERROR: No matching distribution found\n")
+    assert environment.failure_sentence(failed) == ("PythonSlicer -m pip install captum failed with exit status 1: "
+                                                    "ERROR: No matching distribution found")
+    assert environment.failure_sentence(PermissionError(13, "Permission denied", "/x")) == "Permission denied: /x"
+    assert environment.failure_sentence(OSError("[WinError 126] c10.dll")) == "[WinError 126] c10.dll"
+    requirements = environment.library_requirements()
+    report = environment.package_report(requirements, lambda name: SLICER_5_10.get(name))
+    assert "pydicom>=2.4: 2.4.4" in report and any(line.endswith(": not installed") for line in report)
+    arguments = environment.upgrade_arguments(requirements, tmp_path / "constraints.txt")
+    assert arguments[:5] == ["--upgrade", "--upgrade-strategy", "only-if-needed", "--constraint",
+                             str(tmp_path / "constraints.txt")]
+    assert "captum" in _names(arguments[5:]) and not _names(arguments[5:]) & {"torch", "simpleitk", "pydicom", "numpy"}

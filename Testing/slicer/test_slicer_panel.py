@@ -242,3 +242,48 @@ def test_the_request_for_lidc_carries_the_series_uid_slicers_dicom_module_record
     written = json.loads((tmp_path / "request" / "request.json").read_text())
     assert written["series_instance_uid"] == uid and written["points_lps"] is None
     assert xs.read_request(tmp_path).series_instance_uid == uid
+
+
+def test_a_results_row_maps_to_its_nodule_through_the_views_model(scene):
+    """qMRMLTableModel.mrmlTableRowIndex is not exposed to Python: the panel maps the proxy index to the
+    source model's row and this function maps that row to the table's, which the module's table makes the
+    same by using the column titles as the header (a table node's default puts them in the first row)."""
+    volume, _, _ = _generated_volume(scene)
+    request, output, _ = _synthetic_output(volume)
+    output.nodules.append({**output.nodules[0], "name": "nodule_01", "center_lps": [5.0, 5.0, -40.0]})
+    table = xs.show(request, output, scene).table
+    assert table.GetUseColumnTitleAsColumnHeader() and table.GetColumnTitle("R (mm)") == "R (mm)"
+    assert [xs.table_row_of_view_row(table, row) for row in range(3)] == [0, 1, None]
+    assert xs.jump_to_nodule(table, xs.table_row_of_view_row(table, 1), scene) == pytest.approx((-5.0, -5.0, -40.0))
+    plain = scene.AddNewNodeByClass("vtkMRMLTableNode")  # titles in the model's first row
+    plain.GetTable().DeepCopy(table.GetTable())
+    assert not plain.GetUseColumnTitleAsColumnHeader()
+    assert [xs.table_row_of_view_row(plain, row) for row in range(4)] == [None, 0, 1, None]
+
+
+def test_the_opacity_slider_changes_only_the_views_that_show_the_modules_overlay(scene):
+    volume, _, _ = _generated_volume(scene)
+    request, output, _ = _synthetic_output(volume)
+    ours = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+    result = xs.show(request, output, scene)
+    users = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")  # a view the user set up with own layers
+    other = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "user's PET")
+    users.SetBackgroundVolumeID(volume.GetID())
+    users.SetForegroundVolumeID(other.GetID())
+    users.SetForegroundOpacity(0.3)
+    empty = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+    empty.SetForegroundOpacity(0.4)
+    xs.set_overlay_opacity(0.9, scene)
+    assert ours.GetForegroundVolumeID() == result.relevance["grad-cam"].GetID()
+    assert ours.GetForegroundOpacity() == pytest.approx(0.9)
+    assert users.GetForegroundOpacity() == pytest.approx(0.3) and empty.GetForegroundOpacity() == pytest.approx(0.4)
+
+
+def test_the_ct_selector_hides_the_modules_own_volumes(scene):
+    volume, _, _ = _generated_volume(scene)
+    request, output, _ = _synthetic_output(volume)
+    labels = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    result = xs.show(request, output, scene)
+    hidden = set(xs.not_inputs(scene))
+    assert hidden == {n.GetID() for n in [*result.relevance.values(), *result.counterfactuals.values()]}
+    assert volume.GetID() not in hidden and labels.GetID() not in hidden  # label maps: not of the selector's type

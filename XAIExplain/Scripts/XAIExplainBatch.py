@@ -95,7 +95,26 @@ def run(argv) -> int:
 
 
 def main():
-    status = run(sys.argv[1:])
+    """Run, then end the process with the status: under Slicer through ``slicer.util.exit`` whatever
+    happened (Slicer stays open after a ``--python-script`` until the script asks it to exit), elsewhere
+    through ``sys.exit``."""
+    status = 1  # anything that escapes run() is a failure
+    try:
+        status = run(sys.argv[1:])
+    except SystemExit as request:  # argparse: 2 for a bad command line, 0 after --help
+        status = request.code if isinstance(request.code, int) else (0 if request.code is None else 1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        status = 130
+    except OSError as error:  # e.g. a --lidc-root folder this user may not list
+        print(f"{error.strerror or error}: {error.filename}", file=sys.stderr)
+    except Exception as error:  # outside the per-series handler: one line, not a traceback
+        print(f"XAIExplainBatch.py: internal error {type(error).__name__}: {error}", file=sys.stderr)
+    finally:
+        end(status)
+
+
+def end(status):
     try:
         import slicer
 

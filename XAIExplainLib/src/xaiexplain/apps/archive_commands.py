@@ -47,7 +47,7 @@ def add_archive_arguments(explain: argparse.ArgumentParser) -> None:
                          "annotated series into OUT/<patient>_<series uid>/, and OUT/nodules.csv")
     add_parallel_arguments(explain)
     explain.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
-                         help="where the models run: auto (the GPU when there is one), cpu or cuda")
+                         help="where the models run: auto (the GPU when there is one), cpu, cuda or mps")
 
 
 def run_dataset(args, command_line: str) -> int:

@@ -7,7 +7,8 @@ It reads ``JOB_FOLDER/request``, writes one JSON progress line per step on stdou
 lines). Exit status 0 with the results; 2 with one sentence on an ``error`` line for a user's error (a
 missing bundle, a series without LIDC annotations); 1 for a defect (the traceback is logged); a signal's
 status when interrupted. It ends itself when the process that started it is gone (the panel killed the
-launcher, or Slicer quit), so that no orphan keeps computing.
+launcher) or the Slicer process named in the request is (Slicer quit or crashed; the PythonSlicer launcher
+between them may survive a crash), so that no orphan keeps computing.
 """
 from __future__ import annotations
 
@@ -56,6 +57,27 @@ def watch_parent() -> None:
     threading.Thread(target=watch, name="parent watch", daemon=True).start()
 
 
+def watch_slicer(job_folder) -> None:
+    """End this process when the Slicer it serves (``slicer_pid`` of the request) is gone: at once when it
+    already is, else within a moment of its end."""
+    from xaiexplain.slicer.job_files import read_slicer_pid
+    from xaiexplain.slicer.processes import process_alive
+
+    pid = read_slicer_pid(job_folder)
+    if pid is None:
+        return
+    if not process_alive(pid):
+        emit("error", message=f"Slicer (process {pid}) has ended; nothing was computed")
+        os._exit(EXIT_ORPHANED)
+
+    def watch():
+        while process_alive(pid):
+            time.sleep(_PARENT_CHECK_S)
+        os._exit(EXIT_ORPHANED)  # its job folder is swept by the next Slicer's first job
+
+    threading.Thread(target=watch, name="Slicer watch", daemon=True).start()
+
+
 def run(job_folder) -> int:
     from xaiexplain.errors import XAIExplainError
     from xaiexplain.io.files import interrupted_exit_status
@@ -95,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     handle_termination_signals()
     watch_parent()
+    watch_slicer(argv[0])
     emit("started", pid=os.getpid())
     return run(argv[0])
 

@@ -36,11 +36,12 @@ _NAMES = {
                    "lps_to_ras", "nodes_of_class", "scene_or_default", "update_volume_node_from_image", "vtk_matrix"],
     "colours": ["colour_table_name", "relevance_color_table"],
     "display": ["explain_volume_node", "output_nodes", "remove_output_nodes", "show", "show_method"],
-    "views": ["jump_to_nodule", "set_overlay_opacity"],
+    "views": ["jump_to_nodule", "set_overlay_opacity", "table_row_of_view_row"],
     "request": ["ExplanationOutput", "ExplanationRequest", "VolumeExplanation", "compute", "prepare"],
-    "inputs": ["POINT_LIST_EVENTS", "apply_problem", "defined_points_ras"],
+    "inputs": ["POINT_LIST_EVENTS", "apply_problem", "defined_points_ras", "not_inputs"],
+    "methods": ["map_kind", "method_names", "method_table"],
     "job_files": ["read_request", "read_results", "write_request", "write_results"],
-    "job": ["ExplanationJob"],
+    "job": ["ExplanationJob", "usable_devices"],
     "scene_files": ["explain_series_folder", "load_scene", "save_scene", "series_output_name"],
 }
 _MODULE_OF = {name: module for module, names in _NAMES.items() for name in names}

@@ -1,4 +1,4 @@
-"""Colours of a map kind (``explainers.registry.Kind``) in the scene: the relevance volume's colour table
+"""Colours of a map kind (``explainers.kinds.Kind``) in the scene: the relevance volume's colour table
 and the segments' colours, named by the kind's labels.
 
 Transparency is on / off, not a ramp: Slicer's scalar volume display combines the colour table's alpha with

@@ -1,7 +1,7 @@
 """An explanation shown in the scene: relevance volumes with their kind's colour table, the kind's
 segmentations (outlines), counterfactual volumes, the results table, the LIDC points and consensus, all
 under the input volume's study in the subject hierarchy. Names and colours follow each method's kind
-(``explainers.registry.Kind``): what a node is called says what its map means."""
+(``explainers.kinds.Kind``): what a node is called says what its map means."""
 from __future__ import annotations
 
 import numpy as np
@@ -85,12 +85,14 @@ def _table_node(output: ExplanationOutput, name: str, scene):
             columns[f"{method} p(G+(x))"] = [e["counterfactual_malignant_probability"] for e in entries]
             columns[f"{method} p(G-(x))"] = [e["counterfactual_benign_probability"] for e in entries]
     table = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+    table.SetUseColumnTitleAsColumnHeader(True)  # the titles are the header: the view's first row is a nodule
     for title, values in columns.items():
         array = vtk.vtkStringArray() if isinstance(values[0], str) else vtk.vtkDoubleArray()
         array.SetName(title)
         for value in values:
             array.InsertNextValue(value if isinstance(value, str) else float(value))
         table.AddColumn(array)
+        table.SetColumnTitle(title, title)  # the header the view shows
     return table
 
 
@@ -133,7 +135,7 @@ def show(request: ExplanationRequest, output: ExplanationOutput, scene=None,
          opacity: float = DEFAULT_OPACITY) -> VolumeExplanation:
     """Put an explanation into the scene, replacing this module's earlier output for the same volume, under
     the volume's study; the first method is overlaid in the slice views with ``opacity``."""
-    from xaiexplain.explainers import registry
+    from xaiexplain.slicer.methods import map_kind  # not the registry: no torch in Slicer's process
 
     scene = scene_or_default(scene)
     volume = scene.GetNodeByID(request.volume_id)
@@ -143,7 +145,7 @@ def show(request: ExplanationRequest, output: ExplanationOutput, scene=None,
     base = request.volume_name
     relevance, outlines, counterfactual_nodes = {}, {}, {}
     for n, method in enumerate(request.methods):
-        kind = registry.get(method).map_kind
+        kind = map_kind(method)
         relevance[method] = _relevance_node(output.relevance[method], method, kind, request, scene)
         outlines[method] = _outline_node(output.labels[method], method, kind, request, volume, scene)
         outlines[method].GetDisplayNode().SetVisibility(n == 0)  # one method's outlines at a time

@@ -130,3 +130,43 @@ def loaded_upgrades(before: dict, version_of=installed_version, modules=None) ->
             loaded.update(normalized(d) for d in distributions)
     return sorted(name for name, version in before.items()
                   if version is not None and name in loaded and version_of(name) != version)
+
+
+def _applicable(requirements: list[str]):
+    """The requirements whose markers hold here, parsed."""
+    from packaging.requirements import Requirement
+
+    for text in requirements:
+        requirement = Requirement(text)
+        if requirement.marker is None or requirement.marker.evaluate():
+            yield text, requirement
+
+
+def package_report(requirements: list[str], version_of=installed_version) -> list[str]:
+    """One line per requirement: what the library asks for and what is installed (the panel's log)."""
+    return [f"{text}: {version_of(requirement.name) or 'not installed'}"
+            for text, requirement in _applicable(requirements)]
+
+
+def upgrade_arguments(requirements: list[str], constraints_file) -> list[str]:
+    """``slicer.util.pip_install`` arguments that upgrade the library's third-party packages to the newest
+    versions its requirements allow: never torch (SlicerPyTorch's) nor Slicer's own, held by the
+    constraints."""
+    never = {normalized(name) for name in (*SLICER_OWN, TORCH)}
+    return ["--upgrade", "--upgrade-strategy", "only-if-needed", "--constraint", str(constraints_file),
+            *(text for text, requirement in _applicable(requirements) if normalized(requirement.name) not in never)]
+
+
+def failure_sentence(error: BaseException) -> str:
+    """One sentence for a failure the panel shows: a failed pip or PyTorch install (CalledProcessError,
+    with its last line of output), a file that cannot be read or written, or any other error's message."""
+    import subprocess
+
+    if isinstance(error, subprocess.CalledProcessError):
+        command = error.cmd if isinstance(error.cmd, str) else " ".join(map(str, error.cmd or []))
+        output = error.output.decode("utf-8", "replace") if isinstance(error.output, bytes) else error.output
+        last = [line for line in (output or "").splitlines() if line.strip()][-1:]
+        return f"{command} failed with exit status {error.returncode}" + (f": {last[0].strip()}" if last else "")
+    if isinstance(error, OSError) and error.filename:
+        return f"{error.strerror or error}: {error.filename}"
+    return str(error) or type(error).__name__

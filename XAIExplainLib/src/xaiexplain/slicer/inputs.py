@@ -27,3 +27,12 @@ def apply_problem(volume_node, points, use_lidc: bool, methods) -> str | None:
     if not [m for m in methods if m]:
         return "Choose at least one method."
     return None
+
+
+def not_inputs(scene) -> list[str]:
+    """The ids of the volumes the CT selector must not offer: this module's own output (relevance and
+    counterfactual volumes, by their attribute), for ``sortFilterProxyModel().hiddenNodeIDs``. Label maps
+    it never lists (its node type is the scalar volume, without child types)."""
+    from xaiexplain.slicer.conversion import OUTPUT_OF, nodes_of_class
+
+    return [node.GetID() for node in nodes_of_class(scene, "vtkMRMLScalarVolumeNode") if node.GetAttribute(OUTPUT_OF)]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.slicer import job_files
+from xaiexplain.slicer.processes import job_folder_prefix, sweep_stale_job_folders
 from xaiexplain.slicer.request import ExplanationOutput, ExplanationRequest
 
 WORKER_MODULE = "xaiexplain.apps.slicer_worker"
@@ -36,6 +37,28 @@ def worker_environment() -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
 
 
+def usable_devices(launch, python: str | None = None, timeout: float = 120.0) -> list[str]:
+    """The devices the worker's PyTorch can use ("cpu", then "cuda" and "mps" where there are such GPUs),
+    asked of the worker's Python started as the worker is (``launch``, see ``ExplanationJob``); an
+    XAIExplainError with its last line when it cannot say (e.g. torch not installed yet)."""
+    import subprocess
+
+    process = launch([python or sys.executable, "-m", "xaiexplain.devices"], worker_environment())
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise XAIExplainError(f"PyTorch did not say within {timeout:g} s which devices it can use") from None
+    lines = [line for line in (output.decode("utf-8", "replace") if isinstance(output, bytes) else output)
+             .splitlines() if line.strip()]
+    events = [event for event in map(job_files.parse_line, lines) if event and event[job_files.LINE_KEY] == "devices"]
+    if process.returncode != 0 or not events:
+        last = lines[-1] if lines else f"exit status {process.returncode}"
+        raise XAIExplainError(f"PyTorch could not say which devices it can use: {last}")
+    return [str(device) for device in events[-1]["devices"]]
+
+
 class ExplanationJob:
     """One explanation in a worker process.
 
@@ -48,13 +71,15 @@ class ExplanationJob:
         self.request = request
         if temporary_root is not None:
             Path(temporary_root).mkdir(parents=True, exist_ok=True)
-        self.folder = Path(tempfile.mkdtemp(prefix="xaiexplain-job-", dir=temporary_root))
+        sweep_stale_job_folders(temporary_root or tempfile.gettempdir())  # a crashed Slicer's copies of CTs
+        self.folder = Path(tempfile.mkdtemp(prefix=job_folder_prefix(), dir=temporary_root))
         self.state, self.fraction, self.message, self.error = "running", 0.0, "starting the worker", None
         self.log: list[str] = []  # the worker's lines that are not progress (warnings, tracebacks)
         self.worker_pid: int | None = None
         self._pending, self._end_of_output, self._exited_at, self._done = b"", False, None, False
         try:
-            job_files.write_request(self.folder, request)
+            # this process's id: the worker ends itself when it is gone (the launcher may outlive a crash)
+            job_files.write_request(self.folder, request, slicer_pid=os.getpid())
             self.process = launch([python or sys.executable, "-m", WORKER_MODULE, str(self.folder)],
                                   worker_environment())
             os.set_blocking(self.process.stdout.fileno(), False)  # pipes too on Windows, from Python 3.12

@@ -3,8 +3,8 @@
 A job folder (a temporary folder the panel made) holds two output sets, each whole or absent:
 
 - ``request/``: ``volume.nrrd`` (the CT, float32 HU, LPS geometry) and ``request.json`` (points in LPS mm
-  or the SeriesInstanceUID for the LIDC annotations, methods, options, bundles, device), written by the
-  panel before it starts the worker;
+  or the SeriesInstanceUID for the LIDC annotations, methods, options, bundles, device, and the id of
+  Slicer's process, which the worker watches), written by the panel before it starts the worker;
 - ``results/``: per method ``relevance_<method>.nrrd`` and ``labels_<method>.nrrd`` (the CT's geometry),
   ``counterfactual_<side>.nrrd`` for cycle-am (each in its own geometry), ``consensus.nrrd`` for LIDC
   series, and ``results.json`` (the per-nodule rows), written by the worker when it has finished.
@@ -37,9 +37,10 @@ EXIT_USER_ERROR = 2
 
 # -- request ------------------------------------------------------------------------------------------------
 
-def write_request(job_folder, request: ExplanationRequest) -> Path:
-    """Write ``request`` into ``job_folder/request`` (one output set); returns that folder."""
-    data = {"protocol": PROTOCOL, "volume_id": request.volume_id, "volume_name": request.volume_name,
+def write_request(job_folder, request: ExplanationRequest, slicer_pid: int | None = None) -> Path:
+    """Write ``request`` into ``job_folder/request`` (one output set); returns that folder. ``slicer_pid``:
+    the process the worker serves, which it outlives by at most a moment."""
+    data = {"slicer_pid": slicer_pid, "protocol": PROTOCOL, "volume_id": request.volume_id, "volume_name": request.volume_name,
             "methods": list(request.methods),
             "points_lps": None if request.points_lps is None else np.asarray(request.points_lps, float).tolist(),
             "series_instance_uid": request.series_instance_uid, "classifier": request.classifier,
@@ -53,6 +54,16 @@ def write_request(job_folder, request: ExplanationRequest) -> Path:
         sitk.WriteImage(request.image, str(written.path(VOLUME)), useCompression=False)
         written.manifest_data = data
     return folder
+
+
+def read_slicer_pid(job_folder) -> int | None:
+    """The id of the process a job's worker serves, or None when the request names none or is unreadable
+    (``read_request`` then says why)."""
+    try:
+        pid = json.loads((Path(job_folder) / REQUEST / REQUEST_MANIFEST).read_text()).get("slicer_pid")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return pid if isinstance(pid, int) else None
 
 
 def read_request(job_folder) -> ExplanationRequest:
