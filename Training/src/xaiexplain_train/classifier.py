@@ -25,7 +25,7 @@ import torch.distributed as dist
 import xaiexplain
 from sklearn.metrics import roc_auc_score
 from torch import nn
-from xaiexplain.data.patch_set import SPLITS, load_patch_set, select_protocol
+from xaiexplain.data.patch_set import SPLITS, load_patch_set, protocol_array_names, select_protocol
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.evaluate import classifier_metrics as metrics
 from xaiexplain.io.files import write_csv_rows
@@ -124,7 +124,7 @@ def _probabilities(model, x: torch.Tensor, device, batch_size: int = 512) -> np.
 def train_classifier(settings: ClassifierSettings, progress: bool = True) -> dict | None:
     """Train and write the bundle; returns its config on rank 0 (None on other ranks)."""
     device, rank, world = start_run(settings.device, settings.seed)
-    names = ("images", "label", "split", "nodule") + (("center_lps",) if settings.slices == "central" else ())
+    names = ("images", "label") + protocol_array_names(settings.slices)
     arrays, nodules, summary = load_patch_set(settings.data, names)
     chosen, split = select_protocol(arrays, nodules, summary, settings.slices, settings.split)
     train_index = chosen[split == SPLITS.index("train")]

@@ -175,13 +175,9 @@ def localization_entry(maps: np.ndarray, masks: np.ndarray, measured) -> dict:
 
 def _counterfactual_validity(bundle: Bundle, images: np.ndarray, pair) -> dict:
     """Domain transfer on the benchmark's patches: one per nodule."""
-    from xaiexplain.evaluate.domain_transfer import domain_transfer
-    from xaiexplain.explainers.counterfactuals import probabilities_through_blur, proximity
+    from xaiexplain.evaluate.domain_transfer import counterfactual_transfer
 
-    ssim_plus, ssim_minus = proximity(bundle, images, pair)
-    return domain_transfer(bundle.predict(images), pair.malignant_probability, pair.benign_probability,
-                           ssim_plus, ssim_minus, bundle.threshold, np.arange(len(images)),
-                           through_blur=probabilities_through_blur(bundle, images, pair))
+    return counterfactual_transfer(bundle, images, pair, np.arange(len(images)))
 
 
 # -- the whole benchmark -----------------------------------------------------------------------------------
