@@ -14,8 +14,8 @@ def test_quick_benchmark_measures_every_method(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "benchmark.json").read_text())
-    assert list(summary["methods"]) == all_methods() and len(all_methods()) == 18
-    assert summary["patches"] == 8 and summary["forward_backward_seconds"] > 0
+    assert list(summary["methods"]) == all_methods() and len(all_methods()) == 20
+    assert summary["patches"] == 8 and summary["input_gradient_seconds"] > 0
     # base methods and their iterative variants side by side, measured on the same patches: those called malignant
     assert all_methods()[:2] == ["saliency", "iterative:saliency"]
     called = summary["methods"]["saliency"]["measured_patches"]
@@ -23,6 +23,9 @@ def test_quick_benchmark_measures_every_method(tmp_path):
     assert all(entry["measured_patches"] == called for entry in summary["methods"].values())
     for method in ("iterative:saliency", "iterative:grad-cam", "iterative:lrp"):
         assert summary["methods"][method]["iterations_mean"] >= 1 and summary["methods"][method]["mask_fraction_median"] <= 0.25
+        # issue 25, item 8: how many patches Algorithm 1 brought below the threshold, per method
+        assert 0 <= summary["methods"][method]["ended_below_threshold"] <= summary["decided_malignant"]
+    assert "ended_below_threshold" not in summary["methods"]["saliency"]
     for method, entry in summary["methods"].items():
         nodule = entry["nodule"]
         if entry["patches_with_evidence"]:
@@ -31,7 +34,7 @@ def test_quick_benchmark_measures_every_method(tmp_path):
         if summary["decided_malignant"]:
             assert entry["faithfulness_patches"] == summary["decided_malignant"], method
             assert 0.0 <= entry["deletion_auc"] <= 1.0 and 0.0 <= entry["insertion_auc"] <= 1.0, method
-        assert entry["seconds_per_patch"] > 0 and entry["ratio_to_forward_backward"] > 0, method
+        assert entry["seconds_per_patch"] > 0 and entry["ratio_to_input_gradient"] > 0, method
     # the sanity check separates methods: saliency depends on the learned parameters; cycle-am's generators
     # belong to the trained classifier, so the test does not apply to it (before: a meaningless 1.00)
     assert summary["methods"]["saliency"]["randomization_spearman"] < 0.5
@@ -62,3 +65,18 @@ def test_benchmark_of_another_classifier_skips_cycle_am_with_a_note(tmp_path):
     assert list(summary["methods"]) == ["saliency"] and "trained against another classifier" in summary["skipped"]["cycle-am"]
     assert "Skipped cycle-am: the cycle-am bundle demo-cycle-am was trained against another classifier" in \
         (out / "benchmark.md").read_text()
+
+
+def test_the_cost_reference_computes_the_input_gradient_only():
+    """The reference pass is what saliency computes: forward, and the gradient with respect to the input.
+    Before it called ``.backward()``, which also computed every weight's gradient (issue 25, item 3: saliency
+    then cost 0.83 reference passes)."""
+    import numpy as np
+    import xaiexplain
+    from xaiexplain.evaluate.cost import input_gradient_seconds
+
+    bundle = xaiexplain.load_bundle()
+    for parameter in bundle.model.parameters():
+        parameter.grad = None
+    assert input_gradient_seconds(bundle, np.full((4, 64, 64), -850.0, np.float32), repeats=2) > 0
+    assert all(parameter.grad is None for parameter in bundle.model.parameters())

@@ -39,15 +39,22 @@ def test_folding_batch_norm_keeps_the_function(bundle, patches):
         np.testing.assert_allclose(output[:, 0].numpy(), logit_difference(bundle, x).numpy(), atol=1e-3)
 
 
+def conservation_by_layer(bundle, x, rules):
+    """sum of relevance at each ruled layer's input over f(x), from the output down: (layer names, (layers, N))."""
+    per_layer = []
+    _, f = lrp.relevance(bundle.model, x, rules, per_layer=per_layer)
+    names = [type(layer).__name__ for layer, _ in per_layer]
+    return names, torch.stack([summed / f for _, summed in per_layer]).numpy()
+
+
 def test_deep_taylor_conserves_and_is_non_negative_on_patches_called_malignant(bundle, patches):
     images, x = patches
-    relevance, f = lrp.relevance(bundle.model, x, "z+")
     called = np.flatnonzero(bundle.predict(images) >= bundle.threshold)
     assert len(called) >= 10
-    kept = (relevance.sum(dim=(1, 2, 3)) / f).numpy()[called]
-    print(f"deep-taylor: relevance kept sum(R) / f(x), median {np.median(kept):.4f}, "
-          f"range {kept.min():.4f}..{kept.max():.4f} over {len(called)} patches called malignant")
-    assert np.median(np.abs(kept - 1)) < 0.01  # z+ conserves relevance layer by layer
+    _, kept = conservation_by_layer(bundle, x[called], "deep-taylor")
+    print(f"deep-taylor: relevance kept sum(R) / f(x) at each layer's input, from the output down, median "
+          f"{np.round(np.median(kept, axis=1), 4).tolist()} over {len(called)} patches called malignant")
+    assert np.abs(np.median(kept, axis=1) - 1).max() < 0.01  # z+ and z^B conserve relevance layer by layer
     maps = xaiexplain.explain(bundle, images[called], "deep-taylor")
     negative_share = np.array([-m[m < 0].sum() / np.abs(m).sum() for m in maps])
     assert np.median(negative_share) < 0.01 and negative_share.max() < 0.01
@@ -63,7 +70,7 @@ def test_lrp_is_not_gradient_times_input(bundle, patches):
     relevance, f = lrp.relevance(bundle.model, x, "composite")
     kept = (relevance.sum(dim=(1, 2, 3)) / f).numpy()
     print(f"lrp: median correlation with gradient x input {np.median(correlation):.3f}; relevance kept "
-          f"sum(R) / f(x) median {np.median(kept):.3f} (biases and epsilon absorb the rest)")
+          f"sum(R) / f(x) median {np.median(kept):.3f} (negative: see the layer-by-layer test below)")
     assert np.median(correlation) < 0.95
     assert np.isfinite(maps).all() and np.abs(maps).max() > 0
 
@@ -90,3 +97,35 @@ def test_each_rule_conserves_where_theory_says_it_does(bundle, patches):
     relevance_in = lrp.propagate(first, "zB", x, first_out.clamp(min=0))
     np.testing.assert_allclose(relevance_in.sum(dim=(1, 2, 3)).numpy(),
                                first_out.clamp(min=0).sum(dim=(1, 2, 3)).numpy(), rtol=1e-3)
+
+
+def test_deep_taylor_gives_the_darkest_pixels_relevance(bundle, patches):
+    """Deep Taylor's pixel rule is z^B (Montavon et al. 2017, 4.2): with z+ at the pixels (before), a pixel at
+    the bottom of the window (-1000 HU, air and the lung beside a nodule) got no relevance at all."""
+    images, _ = patches
+    airy = np.where(images < -800, -1000.0, images).astype(np.float32)  # the phantom's lung as dark as air
+    called = np.flatnonzero(bundle.predict(airy) >= bundle.threshold)
+    assert len(called) >= 10
+    maps = xaiexplain.explain(bundle, airy[called], "deep-taylor")
+    darkest = airy[called] <= -1000
+    share = np.array([np.abs(m[d]).sum() / np.abs(m).sum() for m, d in zip(maps, darkest)])
+    print(f"deep-taylor: share of relevance on pixels at the window's floor (-1000 HU, median "
+          f"{np.median(darkest.mean(axis=(1, 2))):.2f} of the patch), median {np.median(share):.3f}")
+    assert (share > 0.01).all()
+
+
+def test_lrp_composite_conservation_layer_by_layer_is_as_the_method_table_says(bundle, patches):
+    """The README's method table says that on this network (batch norm folded into biases) the published
+    composite's net relevance is negative on most patches called malignant, and that the gamma layers' biases
+    turn its sign: measured here layer by layer (issue 25, item 2)."""
+    images, x = patches
+    called = np.flatnonzero(bundle.predict(images) >= bundle.threshold)
+    names, kept = conservation_by_layer(bundle, x[called], "composite")
+    rules = [rule for rule in lrp.composite_rules(lrp.folded_layers(bundle.model)) if rule][::-1]
+    median = np.median(kept, axis=1)
+    print("lrp: sum(R) / f(x) at each ruled layer's input, from the output down, median: "
+          + ", ".join(f"{rule} {value:.3f}" for rule, value in zip(rules, median)))
+    assert rules[0] == "0" and abs(median[0] - 1) < 0.05  # LRP-0 at the dense layer loses little to its bias
+    gamma_layers = [n for n, rule in enumerate(rules) if rule == "gamma"]
+    assert median[gamma_layers[0] - 1] > 0 and median[gamma_layers[-1]] < 0  # the sign turns in the gamma block
+    assert (kept[-1] < 0).mean() > 0.5 and np.median(kept[-1]) < 0

@@ -245,3 +245,31 @@ def test_evaluation_is_over_the_nodules_of_the_split(tiny_runs, tiny_patch_set, 
     flips = result["per_patch_flip_rates"]["at the bundle's threshold"]
     assert flips["G+ to malignant, among those called benign"]["eligible"] == called_benign
     assert f"t({len(test_nodules) - 1}) = " in (out / "evaluation.md").read_text()
+
+
+# Issue 25, item 6: paper 1's protocol could not be run for cycle-am (no --slices / --split), SSIM was on the
+# window only, and a DSSIM bundle recorded a context factor that had no effect.
+def test_paper_1_protocol_end_to_end(tiny_patch_set, tmp_path):
+    from xaiexplain.data.patch_set import select_protocol
+    from xaiexplain_train.cli import main as train_main
+
+    train("--data", tiny_patch_set, "--out", tmp_path / "paper", "--steps", 2, "--slices", "central",
+          "--split", "70/30", "--similarity", "dssim", "--checkpoint-every", 2, "--sample-every", 2)
+    provenance = json.loads((tmp_path / "paper" / "config.json").read_text())["provenance"]
+    arrays, nodules, summary = load_patch_set(tiny_patch_set)
+    rows, splits = select_protocol(arrays, nodules, summary, "central", "70/30")
+    assert provenance["protocol"] == {"slices": "central", "split": "70/30"}
+    assert provenance["train_patches"] == int((splits == 0).sum())
+    assert provenance["context_l1_factor"] is None and provenance["similarity_l1_weight"] is None
+
+    out = tmp_path / "evaluation"
+    assert train_main(["evaluate-cycle-am", "--classifier", "demo-classifier", "--cycle-am", str(tmp_path / "paper"),
+                       "--data", str(tiny_patch_set), "--slices", "central", "--split", "70/30",
+                       "--out", str(out)]) == 0
+    result = json.loads((out / "evaluation.json").read_text())
+    test_rows = rows[splits == 2]
+    assert result["patches"] == result["nodules"] == len(test_rows) == len(np.unique(arrays["nodule"][test_rows]))
+    assert (result["slices"], result["split"]) == ("central", "70/30")
+    ssim = result["per_nodule"]["ssim"]
+    assert set(ssim) == {"x, G+(x)", "x, G-(x)", "x, G+(x), on the CT range", "x, G-(x), on the CT range"}
+    assert "SSIM(x, G-(x), on the CT range)" in (out / "evaluation.md").read_text()

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.models.architectures import NoduleClassifier
 from xaiexplain.models.bundles import load_bundle, save_bundle
+from xaiexplain_train.classifier import process_share
 
 
 def train(*args):
@@ -57,6 +58,27 @@ def test_two_processes_with_torchrun(tiny_patch_set, tmp_path):
     config = json.loads((tmp_path / "ddp" / "config.json").read_text())
     assert config["provenance"]["processes"] == 2
     assert load_bundle(tmp_path / "ddp").predict(np.full((2, 64, 64), -850.0)).shape == (2,)
+
+
+def test_two_processes_with_an_odd_patch_count_take_the_same_steps(tiny_patch_set, tmp_path):
+    # before: 65 patches split 33 / 32 gave one process two batches of 32 and the other one, and the second
+    # all-reduce waited for ever (issue 25, item 9: 128 patches finished in 10 s, 129 hung)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+               "xaiexplain_train.cli", "classifier", "--device", "cpu", "--bootstrap", "20", "--widths", "8,16,16,32",
+               "--batch-size", "32", "--max-train-patches", "65", "--epochs", "1", "--data", str(tiny_patch_set),
+               "--out", str(tmp_path / "odd")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    provenance = json.loads((tmp_path / "odd" / "config.json").read_text())["provenance"]
+    assert provenance["train_patches"] == 65 and provenance["global_batch_size"] == 64
+
+
+def test_every_process_gets_an_equal_share_of_the_epoch():
+    order = np.arange(129)
+    shares = [process_share(order, rank, 2) for rank in range(2)]
+    assert [len(share) for share in shares] == [65, 65]
+    assert set(np.concatenate(shares)) == set(order)  # every patch once, one repeated to pad
+    assert np.array_equal(process_share(np.arange(128), 1, 2), np.arange(1, 128, 2))
 
 
 def test_bundle_round_trip_and_refusals(tmp_path):

@@ -25,7 +25,7 @@ import torch.distributed as dist
 import xaiexplain
 from sklearn.metrics import roc_auc_score
 from torch import nn
-from xaiexplain.data.patch_set import SPLITS, load_patch_set, select_protocol
+from xaiexplain.data.patch_set import SPLITS, load_patch_set, protocol_array_names, select_protocol
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.evaluate import classifier_metrics as metrics
 from xaiexplain.io.files import write_csv_rows
@@ -101,6 +101,16 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return (out * gain[:, None, None, None] + offset[:, None, None, None]).clamp(0, 1)
 
 
+def process_share(order: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """This process's share of one shuffled epoch. Every process gets the same number of patches, so the
+    same number of steps: DistributedDataParallel's all-reduce waits for every process at each step, and one
+    step more on one process hangs the run. As torch's DistributedSampler does (drop_last=False), the order
+    is padded with its own first patches up to a multiple of the number of processes."""
+    padding = -len(order) % world
+    padded = np.concatenate([order, np.resize(order, padding)]) if padding else order
+    return padded[rank::world]
+
+
 @torch.no_grad()
 def _probabilities(model, x: torch.Tensor, device, batch_size: int = 512) -> np.ndarray:
     model.eval()
@@ -114,7 +124,7 @@ def _probabilities(model, x: torch.Tensor, device, batch_size: int = 512) -> np.
 def train_classifier(settings: ClassifierSettings, progress: bool = True) -> dict | None:
     """Train and write the bundle; returns its config on rank 0 (None on other ranks)."""
     device, rank, world = start_run(settings.device, settings.seed)
-    names = ("images", "label", "split", "nodule") + (("center_lps",) if settings.slices == "central" else ())
+    names = ("images", "label") + protocol_array_names(settings.slices)
     arrays, nodules, summary = load_patch_set(settings.data, names)
     chosen, split = select_protocol(arrays, nodules, summary, settings.slices, settings.split)
     train_index = chosen[split == SPLITS.index("train")]
@@ -162,8 +172,7 @@ def train_classifier(settings: ClassifierSettings, progress: bool = True) -> dic
     for epoch in epochs:
         trained.train()
         generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + epoch)
-        order = train_index[torch.randperm(len(train_index), generator=generator).numpy()]
-        order = order[rank::world]  # each process its share of one shuffled epoch
+        order = process_share(train_index[torch.randperm(len(train_index), generator=generator).numpy()], rank, world)
         augment_generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + epoch * 101 + rank)
         total, seen = 0.0, 0
         for n in range(0, len(order), settings.batch_size):
@@ -226,6 +235,7 @@ def train_classifier(settings: ClassifierSettings, progress: bool = True) -> dic
             "command": settings.command,
             "data": {"path": str(settings.data), "summary": summary},
             "seed": settings.seed, "epochs": settings.epochs, "batch_size": settings.batch_size,
+            "global_batch_size": settings.batch_size * world,
             "learning_rate": settings.learning_rate, "weight_decay": settings.weight_decay,
             "train_patches": int(len(train_index)), "best_epoch": best["epoch"],
             "protocol": {"slices": settings.slices, "split": settings.split,

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from xaiexplain.apps.cli import ArgumentParser, run_reporting_errors
-from xaiexplain.data.patch_set import SLICE_CHOICES, SPLIT_PROTOCOLS
+from xaiexplain.data.patch_set import EVALUATION_SPLITS, SLICE_CHOICES, SPLIT_PROTOCOLS
 from xaiexplain.io.files import handle_termination_signals
 
 
@@ -50,12 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(classifier)
     classifier.add_argument("--bootstrap", type=int, default=1000, help="bootstrap samples of the test metrics")
     classifier.add_argument("--max-train-patches", type=int, help="train on a seeded subset (quick runs)")
-    classifier.add_argument("--slices", choices=SLICE_CHOICES, default="all",
-                            help="every slice through each nodule (default), or central: one patch per nodule, the "
-                                 "slice through its midpoint (paper 1)")
-    classifier.add_argument("--split", choices=tuple(SPLIT_PROTOCOLS), default="70/15/15",
-                            help="the patch set's train / validation / test split (default), or 70/30: train and test "
-                                 "by patient, no validation, the last epoch kept, threshold 0.5 (paper 1)")
+    _add_protocol_arguments(classifier, "no validation, the last epoch kept, threshold 0.5")
     cycle = commands.add_parser(
         "cycle-am", help="train cycle-consistent activation maximization (G+, G-) for a classifier",
         description="Train two U-Net generators on the same images, G+ towards malignant and G- towards benign "
@@ -113,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "above the window)")
     cycle.add_argument("--widths", type=_widths, default=(48, 96, 192, 384),
                        help="kernels per stage (default the paper's 48,96,192,384)")
+    _add_protocol_arguments(cycle, "trains on the 70 %")
     _add_run_arguments(cycle)
     cycle.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
     cycle.add_argument("--sample-every", type=int, default=1000, help="steps between sample grids (OUT.samples/)")
@@ -132,7 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--classifier", required=True, help="classifier bundle folder or shipped name")
     evaluate.add_argument("--cycle-am", required=True, dest="cycle_am", help="cycle-am bundle folder or shipped name")
     evaluate.add_argument("--data", required=True, type=Path, help="patch set folder")
-    evaluate.add_argument("--split", default="test", help="train, validation or test (default test)")
+    evaluate.add_argument("--split", default="test", choices=EVALUATION_SPLITS,
+                          help="train, validation or test of the patch set's 70 / 15 / 15 (default test), or 70/30: "
+                               "the test nodules of paper 1's 70 / 30 split")
+    evaluate.add_argument("--slices", choices=SLICE_CHOICES, default="all",
+                          help="all: every slice through each nodule, each nodule the mean over them (default); "
+                               "central: one patch per nodule, the slice nearest its midpoint (paper 1's unit)")
     evaluate.add_argument("--out", required=True, type=Path, help="folder for evaluation.json and evaluation.md")
     evaluate.add_argument("--record", action="store_true", help="store the evaluation in the bundle's config.json")
     froc = commands.add_parser(
@@ -182,7 +183,7 @@ def run_evaluate_cycle_am(args) -> int:
     from .cycle_am_evaluation import evaluate_cycle_am
 
     result = evaluate_cycle_am(args.classifier, args.cycle_am, args.data, args.out, split=args.split,
-                               record=args.record, command=args.command_line)
+                               slices=args.slices, record=args.record, command=args.command_line)
     print(domain_transfer_table(result))
     print(f"wrote {args.out}")
     return 0
@@ -235,6 +236,16 @@ CYCLE_AM_DEFAULTS_IN_THE_LIBRARY = ("similarity_l1_weight", "context_l1_factor",
                                     "discriminator_scales")
 
 
+def _add_protocol_arguments(parser, seventy_thirty: str) -> None:
+    """Paper 1's protocol options: which slices, which split."""
+    parser.add_argument("--slices", choices=SLICE_CHOICES, default="all",
+                        help="every slice through each nodule (default), or central: one patch per nodule, the "
+                             "slice through its midpoint (paper 1)")
+    parser.add_argument("--split", choices=tuple(SPLIT_PROTOCOLS), default="70/15/15",
+                        help="the patch set's train / validation / test split (default), or 70/30: train and test "
+                             f"by patient, {seventy_thirty} (paper 1)")
+
+
 def run_cycle_am(args) -> int:
     from .cycle_am_training import CycleAMSettings, train_cycle_am
 
@@ -242,6 +253,7 @@ def run_cycle_am(args) -> int:
         data=args.data, classifier=args.classifier, out=args.out, steps=args.steps, batch_size=args.batch_size,
         learning_rate=args.lr, lr_decay_from=args.lr_decay_from, similarity=args.similarity,
         activation_blur=args.activation_blur, activation_symmetries=args.activation_symmetries, widths=args.widths,
+        slices=args.slices, split=args.split,
         **{name: getattr(args, name) for name in CYCLE_AM_DEFAULTS_IN_THE_LIBRARY if getattr(args, name) is not None},
         seed=args.seed, device=args.device, resume=args.resume, checkpoint_dir=args.checkpoint_dir,
         checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, command=args.command_line)

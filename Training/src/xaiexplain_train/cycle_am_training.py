@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 import xaiexplain
 from torch import nn
-from xaiexplain.data.patch_set import SPLITS, load_patch_set
+from xaiexplain.data.patch_set import SPLITS, load_patch_set, protocol_array_names, select_protocol
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.io.files import write_csv_rows
 from xaiexplain.models import cycle_am
@@ -69,6 +69,8 @@ class CycleAMSettings:
     activation_symmetries: bool = True  # the classifier reads G(x) flipped and turned at random; False: paper 1
     widths: tuple[int, ...] = cycle_am.PAPER_WIDTHS
     discriminator_scales: tuple[int, ...] = cycle_am.DISCRIMINATOR_SCALES  # encoder stages the PatchGANs read
+    slices: str = "all"  # or "central": one patch per nodule (paper 1)
+    split: str = "70/15/15"  # or "70/30": train on paper 1's 70 %
     seed: int = 0
     device: str = "auto"
     resume: bool = False
@@ -217,8 +219,9 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
     classifier_bundle = load_bundle(settings.classifier, device=device)
     classifier = classifier_bundle.model.eval()
     _set_trainable(classifier, False)
-    arrays, _, summary = load_patch_set(settings.data, ("images", "split"))
-    train_index = np.flatnonzero(arrays["split"] == SPLITS.index("train"))
+    arrays, nodules, summary = load_patch_set(settings.data, ("images",) + protocol_array_names(settings.slices))
+    rows, row_splits = select_protocol(arrays, nodules, summary, settings.slices, settings.split)
+    train_index = rows[row_splits == SPLITS.index("train")]
     if len(train_index) < 2 * settings.batch_size:
         raise XAIExplainError(f"the patch set in {settings.data} has too few training patches "
                               f"({len(train_index)}) for batches of {settings.batch_size} pairs")
@@ -230,7 +233,7 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
 
     # int16 HU, mapped to the generators' input batch by batch; rank 0 keeps the validation split for the
     # batch-norm check at the end
-    validation_images = arrays["images"][arrays["split"] == SPLITS.index("validation")] if rank == 0 else None
+    validation_images = arrays["images"][rows[row_splits == SPLITS.index("validation")]] if rank == 0 else None
     images = arrays.pop("images")[train_index]
 
     generators = CycleAMGenerators(settings.widths).to(device)
@@ -335,7 +338,9 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
             "learning_rate": settings.learning_rate, "lr_decay_from": settings.lr_decay_from,
             "similarity_loss": settings.similarity,
             "similarity_l1_weight": settings.similarity_l1_weight if settings.similarity == "l1+dssim" else None,
-            "context_l1_factor": settings.context_l1_factor,
+            # the L1 term and its weights exist only in the l1+dssim similarity
+            "context_l1_factor": settings.context_l1_factor if settings.similarity == "l1+dssim" else None,
+            "protocol": {"slices": settings.slices, "split": settings.split},
             "identity_weight": settings.identity_weight,
             "floor_weight": settings.floor_weight, "floor_radius_px": cycle_am.FLOOR_RADIUS,
             "discriminator_scales": list(settings.discriminator_scales),

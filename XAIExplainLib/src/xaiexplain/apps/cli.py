@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "variant and cycle-am: localization of the evidence against the ground-truth nodule, spicule "
                     "and calcification masks (pointing game, relevance mass and rank accuracy), RISE deletion and "
                     "insertion AUC, the model-parameter randomization test (Spearman), cycle-am's counterfactual "
-                    "validity, and the cost (time per patch, ratio to a forward+backward pass, peak memory). "
+                    "validity, and the cost (time per patch, ratio to an input-gradient pass, peak memory). "
                     "Writes benchmark.json, benchmark.md and plots.",
         epilog="example:\n  xaiexplain benchmark --quick --out out/benchmark-quick",
         formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -38,8 +38,11 @@ PATCH_SET_MANIFEST = "dataset.json"
 SPLITS = ("train", "validation", "test")
 SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
 # Train / validation / test fractions by name; paper 1 trains on 70 % and tests on 30 %, with no validation.
-SPLIT_PROTOCOLS = {"70/15/15": SPLIT_FRACTIONS, "70/30": (0.70, 0.0, 0.30)}
+PAPER_1_SPLIT = "70/30"
+SPLIT_PROTOCOLS = {"70/15/15": SPLIT_FRACTIONS, PAPER_1_SPLIT: (0.70, 0.0, 0.30)}
 SLICE_CHOICES = ("all", "central")
+# What an evaluation runs on: a split of the set's own 70 / 15 / 15, or the test part of paper 1's 70 / 30
+EVALUATION_SPLITS = SPLITS + (PAPER_1_SPLIT,)
 
 
 def split_patients(patient_ids, seed: int, fractions=SPLIT_FRACTIONS) -> dict[str, str]:
@@ -104,6 +107,11 @@ class PatchSetRows:
                 for split in SPLITS}
 
 
+def protocol_array_names(slices: str) -> tuple[str, ...]:
+    """The arrays ``select_protocol`` reads for ``slices``."""
+    return ("split", "nodule") + (("center_lps",) if slices == "central" else ())
+
+
 def select_protocol(arrays: dict[str, np.ndarray], nodules: list[dict], summary: dict, slices: str = "all",
                     split: str = "70/15/15") -> tuple[np.ndarray, np.ndarray]:
     """The patch rows a training protocol uses and their split (indices into ``SPLITS``).
@@ -116,7 +124,7 @@ def select_protocol(arrays: dict[str, np.ndarray], nodules: list[dict], summary:
     if split not in SPLIT_PROTOCOLS:
         raise XAIExplainError(f"split {split!r} is not one of {', '.join(SPLIT_PROTOCOLS)}")
     if slices == "all":
-        chosen = np.arange(len(arrays["label"]))
+        chosen = np.arange(len(arrays["split"]))
     elif "center_lps" not in arrays or any("centroid_lps" not in row for row in nodules):
         raise XAIExplainError("the central slice of each nodule needs a nodule patch set (with center_lps), "
                               "such as `xaiexplain phantom --patches` or `xaiexplain dataset` write")

@@ -69,13 +69,17 @@ def flip_rates(p_original, p_malignant, p_benign, threshold: float, groups, rng)
 
 
 def domain_transfer(p_original, p_malignant, p_benign, ssim_malignant, ssim_benign, threshold: float, nodules,
-                    seed: int = 0, through_blur: dict | None = None) -> dict:
+                    seed: int = 0, through_blur: dict | None = None, ssim_on_ct_range: tuple | None = None) -> dict:
     """Paper 1's domain-transfer evaluation over nodules (``nodules``: the nodule of each patch), with the
     conditional flip rates and patch-level figures beside; ``through_blur``: the probabilities of x, G-(x)
-    and G+(x) read through a slight blur (``counterfactuals.probabilities_through_blur``), reported beside."""
+    and G+(x) read through a slight blur (``counterfactuals.probabilities_through_blur``), reported beside;
+    ``ssim_on_ct_range``: SSIM(x, G+(x)) and SSIM(x, G-(x)) on the whole CT range, beside the windowed ones."""
     per_patch = {"x": np.asarray(p_original, float), "G-(x)": np.asarray(p_benign, float),
                  "G+(x)": np.asarray(p_malignant, float)}
     ssim = {"x, G+(x)": np.asarray(ssim_malignant, float), "x, G-(x)": np.asarray(ssim_benign, float)}
+    if ssim_on_ct_range is not None:
+        ssim.update({f"{name}, on the CT range": np.asarray(values, float)
+                     for name, values in zip(("x, G+(x)", "x, G-(x)"), ssim_on_ct_range)})
     nodules = np.asarray(nodules)
     per_nodule = {name: group_means(values, nodules) for name, values in per_patch.items()}
     rng = np.random.default_rng(seed)
@@ -104,6 +108,17 @@ def domain_transfer(p_original, p_malignant, p_benign, ssim_malignant, ssim_beni
         result["per_nodule"]["probability_through_blur"] = {
             name: mean_with_interval(group_means(through_blur[name], nodules)) for name in IMAGES}
     return result
+
+
+def counterfactual_transfer(classifier, images_hu: np.ndarray, pair, nodules) -> dict:
+    """``domain_transfer`` of the counterfactuals ``pair`` of ``images_hu`` for ``classifier``: SSIM in its
+    window and on the CT range, probabilities also read through a 1 px blur."""
+    from xaiexplain.explainers.counterfactuals import probabilities_through_blur, proximity
+
+    return domain_transfer(classifier.predict(images_hu), pair.malignant_probability, pair.benign_probability,
+                           *proximity(classifier, images_hu, pair), classifier.threshold, nodules,
+                           through_blur=probabilities_through_blur(classifier, images_hu, pair),
+                           ssim_on_ct_range=proximity(classifier, images_hu, pair, on_ct_range=True))
 
 
 def _interval(entry: dict) -> str:

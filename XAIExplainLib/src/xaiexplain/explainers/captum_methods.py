@@ -100,15 +100,29 @@ def _grad_cam_layer(model, context):
     return model.layer(context.options["layer"])
 
 
-def grad_cam(x, context):
+def _layer_grad_cam(x, context, relu: bool):
     from captum.attr import LayerAttribution, LayerGradCam
 
     model = context.model()
-    cam = LayerGradCam(model, _grad_cam_layer(model, context)).attribute(x, target=0, relu_attributions=False)
+    cam = LayerGradCam(model, _grad_cam_layer(model, context)).attribute(x, target=0, relu_attributions=relu)
     return LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")
 
 
+def grad_cam(x, context):
+    """Grad-CAM as Selvaraju et al. define it (eq. 2): ReLU of the gradient-weighted sum of the layer's
+    feature maps, the evidence for the explained output (malignant over benign). captum's ``LayerGradCam``
+    leaves the ReLU out by default (``relu_attributions=False``); it is set here."""
+    return _layer_grad_cam(x, context, relu=True)
+
+
+def grad_cam_signed(x, context):
+    """The same weighted sum without Grad-CAM's ReLU: < 0 where the layer's features speak for benign."""
+    return _layer_grad_cam(x, context, relu=False)
+
+
 def guided_grad_cam(x, context):
+    """Guided backpropagation times the upsampled Grad-CAM with its ReLU (Selvaraju et al., section 3.1);
+    captum's ``GuidedGradCam`` applies that ReLU itself."""
     from captum.attr import GuidedGradCam
 
     model = context.model()

@@ -71,9 +71,19 @@ def probabilities_through_blur(bundle: Bundle, patches_hu: np.ndarray, pair: Cou
     return {"x": blurred(patches_hu), "G-(x)": blurred(pair.benign), "G+(x)": blurred(pair.malignant)}
 
 
-def proximity(bundle: Bundle, patches_hu: np.ndarray, pair: Counterfactuals) -> tuple[np.ndarray, np.ndarray]:
-    """SSIM(x, G+(x)) and SSIM(x, G-(x)) per patch, on the images as the classifier reads them."""
-    x = bundle.to_tensor(patches_hu)
+def proximity(bundle: Bundle, patches_hu: np.ndarray, pair: Counterfactuals,
+              on_ct_range: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """SSIM(x, G+(x)) and SSIM(x, G-(x)) per patch, on the images as the classifier reads them (its window:
+    blind to every change above and below it), or, ``on_ct_range``, on the whole CT range (-1024 to 3071 HU
+    mapped to [0, 1]), which sees a generator's changes of calcification above the window."""
+    if on_ct_range:
+        low, high = cycle_am.CT_HU_RANGE
+
+        def scaled(images):
+            return torch.from_numpy((np.clip(images, low, high)[:, None] - low) / (high - low)).float()
+    else:
+        scaled = bundle.to_tensor
+    x = scaled(patches_hu)
     with torch.no_grad():
-        return (cycle_am.ssim_per_image(x, bundle.to_tensor(pair.malignant)).cpu().numpy(),
-                cycle_am.ssim_per_image(x, bundle.to_tensor(pair.benign)).cpu().numpy())
+        return (cycle_am.ssim_per_image(x, scaled(pair.malignant)).cpu().numpy(),
+                cycle_am.ssim_per_image(x, scaled(pair.benign)).cpu().numpy())

@@ -16,9 +16,12 @@ The explained output is the logit difference f(x) = malignant logit - benign log
   upper layers epsilon to keep only the salient paths, the dense layer LRP-0 to stay faithful to the output.
   z^B and z+ leave the biases out, so they conserve relevance exactly; gamma, epsilon and LRP-0 keep
   them, and the relevance biases and epsilon absorb is lost, as the literature has it.
-- ``deep-taylor``: deep Taylor decomposition for ReLU networks (Montavon et al. 2017) is the z+ rule in
-  every layer, biases left out: relevance is conserved exactly from layer to layer and, for f(x) > 0,
-  every pixel's relevance is non-negative.
+- ``deep-taylor``: deep Taylor decomposition for ReLU networks (Montavon et al. 2017): the z+ rule in every
+  hidden layer and, at the pixels, which are bounded (the HU window mapped to [0, 1]), the z^B rule of the
+  same paper (section 4.2, "bounded input domain"), biases left out. z+ at the pixels would give a pixel at
+  the bottom of the window (-1000 HU: air and the lung beside a nodule) no relevance at all and scale the
+  rest with its intensity. Relevance is conserved exactly from layer to layer and, for f(x) > 0, every
+  pixel's relevance is non-negative (z^B's contributions x w - l w+ - h w- are >= 0 for l <= x <= h).
 
 References: S. Bach et al., On pixel-wise explanations for non-linear classifier decisions by layer-wise
 relevance propagation, PLoS ONE 10(7), 2015; G. Montavon et al., Explaining nonlinear classification
@@ -115,12 +118,25 @@ def composite_rules(layers: list[nn.Module]) -> list[str | None]:
     return rules
 
 
-def relevance(classifier: nn.Module, x: torch.Tensor, rules: str | list = "composite") -> tuple[torch.Tensor, torch.Tensor]:
+def deep_taylor_rules(layers: list[nn.Module]) -> list[str | None]:
+    """``deep-taylor``'s rule per layer: z^B at the input layer, z+ in every other linear layer."""
+    rules: list[str | None] = [None if isinstance(layer, (nn.ReLU, nn.Flatten)) else "z+" for layer in layers]
+    rules[0] = "zB"
+    return rules
+
+
+NAMED_RULES = {"composite": composite_rules, "deep-taylor": deep_taylor_rules}
+
+
+def relevance(classifier: nn.Module, x: torch.Tensor, rules: str | list = "composite",
+              per_layer: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(input relevance (N, 1, H, W), f(x) (N,)) of network inputs ``x`` (N, 1, H, W); ``rules`` is
-    "composite" (``lrp``), "z+" (``deep-taylor``) or a rule per layer of ``folded_layers``."""
+    "composite" (``lrp``), "deep-taylor", one rule for every linear layer (e.g. "z+") or a rule per layer
+    of ``folded_layers``. ``per_layer``, where given, receives (layer, summed relevance at its input (N,)) for
+    every layer a rule was applied to, from the output down: how much of f(x) each layer conserves."""
     layers = [layer.to(x.device) for layer in folded_layers(classifier)]
-    if rules == "composite":
-        rules = composite_rules(layers)
+    if rules in NAMED_RULES:
+        rules = NAMED_RULES[rules](layers)
     elif isinstance(rules, str):
         rules = [rules if isinstance(layer, (nn.Conv2d, nn.Linear)) else None for layer in layers]
     activations = [x.detach().float()]
@@ -135,4 +151,6 @@ def relevance(classifier: nn.Module, x: torch.Tensor, rules: str | list = "compo
                 current = current.reshape(activations[n].shape)  # ReLU and flatten pass relevance through
                 continue
             current = propagate(layers[n], rules[n], activations[n], current)
+            if per_layer is not None:
+                per_layer.append((layers[n], current.flatten(1).sum(1)))
     return current, output[:, 0]

@@ -48,7 +48,7 @@ class Method:
     needs: tuple[str, ...] = ()  # "layer" (a Grad-CAM layer), "generators" (a cycle-am bundle)
     figure_rank: int = 100  # order in paper 1's Fig. 6 panels
     cost_target: float | None = None  # at most this many reference times (benchmark)
-    reference_passes: int = 1  # forward+backward passes of the classifier the method's time is divided by
+    reference_passes: int = 1  # input-gradient passes of the classifier the method's time is divided by
     # (bundle, options) -> options resolved for that classifier, or an XAIExplainError; None: nothing to check
     prepare: Callable[[Any, dict], dict] | None = None
     # why the model-randomization test cannot judge the method (None: it can)
@@ -232,8 +232,14 @@ for _record in (
            defaults=MappingProxyType({"steps": captum_methods.INTEGRATED_GRADIENTS_STEPS,
                                       "internal_batch_size": captum_methods.INTEGRATED_GRADIENTS_BATCH}),
            figure_rank=4, cost_target=1.3, reference_passes=captum_methods.INTEGRATED_GRADIENTS_STEPS),
-    Method("grad-cam", "evidence", "Grad-CAM of the logit difference", "R. R. Selvaraju et al., Grad-CAM, ICCV 2017",
+    Method("grad-cam", "evidence", "Grad-CAM of the logit difference, with its ReLU (eq. 2): the evidence for "
+           "malignant only, >= 0", "R. R. Selvaraju et al., Grad-CAM, ICCV 2017",
            _captum(captum_methods.grad_cam), defaults=GRAD_CAM_DEFAULTS, needs=("layer",), figure_rank=7,
+           cost_target=2.0),
+    Method("grad-cam-signed", "evidence", "Grad-CAM of the logit difference without its ReLU: the signed "
+           "gradient-weighted sum of the layer's features (not Selvaraju et al.'s definition)",
+           "R. R. Selvaraju et al., Grad-CAM, ICCV 2017, eq. 2 without the ReLU",
+           _captum(captum_methods.grad_cam_signed), defaults=GRAD_CAM_DEFAULTS, needs=("layer",), figure_rank=9,
            cost_target=2.0),
     Method("guided-grad-cam", "sensitivity", "guided backpropagation times Grad-CAM",
            "R. R. Selvaraju et al., Grad-CAM, ICCV 2017", _captum(captum_methods.guided_grad_cam),
@@ -242,11 +248,12 @@ for _record in (
            "unified approach to interpreting model predictions, NeurIPS 2017", _deep_shap,
            figure_rank=1),
     Method("lrp", "evidence", "layer-wise relevance propagation: z^B, gamma, epsilon, LRP-0 composite, batch norm "
-           "folded", "S. Bach et al., PLoS ONE 2015; composite of G. Montavon et al., Layer-wise relevance "
+           "folded. On the demo classifier its net relevance sum(R) is < 0 on most patches called malignant: the "
+           "gamma rule, applied with the folded batch norm's biases, turns the sign (tested layer by layer)", "S. Bach et al., PLoS ONE 2015; composite of G. Montavon et al., Layer-wise relevance "
            "propagation: an overview, 2019", _lrp("composite"), figure_rank=3),
-    Method("deep-taylor", "evidence", "deep Taylor decomposition: z+ in every layer, batch norm folded",
-           "G. Montavon et al., Explaining nonlinear classification decisions with deep Taylor decomposition, "
-           "Pattern Recognition 2017", _lrp("z+"), figure_rank=2),
+    Method("deep-taylor", "evidence", "deep Taylor decomposition: z^B at the pixels (bounded by the window), z+ in "
+           "every other layer, batch norm folded", "G. Montavon et al., Explaining nonlinear classification "
+           "decisions with deep Taylor decomposition, Pattern Recognition 2017", _lrp("deep-taylor"), figure_rank=2),
     Method("cycle-am", "change", "cycle-consistent activation maximization: G+(x) - G-(x) in HU", PAPER_1,
            _cycle_am, defaults=MappingProxyType({"generators": DEFAULT_CYCLE_AM, "allow_other_classifier": False}),
            needs=("generators",), figure_rank=0, cost_target=1.5, prepare=_cycle_am_generators,
