@@ -159,8 +159,10 @@ def training_step(networks: dict, classifier: nn.Module, optimisers: dict, x_a, 
                   similarity_l1_weight: float = cycle_am.SIMILARITY_L1_WEIGHT,
                   activation_blur: tuple[float, float] = (0.0, 0.0),
                   activation_symmetries: bool = False, identity_weight: float = 0.0,
-                  floor_weight: float = 0.0, context_l1_factor: float = 1.0) -> dict[str, float]:
-    """One batch: the discriminators, then both generators (eq. 4 for G+ and, mirrored, for G-)."""
+                  floor_weight: float = 0.0, context_l1_factor: float = 1.0) -> dict[str, torch.Tensor]:
+    """One batch: the discriminators, then both generators (eq. 4 for G+ and, mirrored, for G-). The losses
+    come back as detached tensors on the device: reading them (``.item()``) waits for the device, so the
+    caller sums them there and reads them once per checkpoint."""
     plus, minus = networks["plus"], networks["minus"]
     d_plus, d_minus = networks["d_plus"], networks["d_minus"]
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -207,9 +209,9 @@ def training_step(networks: dict, classifier: nn.Module, optimisers: dict, x_a, 
     optimisers["generators"].zero_grad(set_to_none=True)
     generator_loss.backward()
     optimisers["generators"].step()
-    return {"discriminators": discriminator_loss.item(), "cycle": cycle.item(), "similarity": similarity.item(),
-            "identity": identity.item(), "floor": floor.item(), "adversarial": adversarial.item(),
-            "activation": activation.item()}
+    return {name: value.detach() for name, value in (
+        ("discriminators", discriminator_loss), ("cycle", cycle), ("similarity", similarity), ("identity", identity),
+        ("floor", floor), ("adversarial", adversarial), ("activation", activation))}
 
 
 def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | None:
@@ -293,8 +295,10 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
         done = step + 1
         if rank == 0 and (done % settings.checkpoint_every == 0 or done == settings.steps):
             count = settings.checkpoint_every if done % settings.checkpoint_every == 0 else done % settings.checkpoint_every
-            history.append({"step": done, **{name: running[name] / max(count, 1) for name in LOSS_NAMES},
+            history.append({"step": done, **{name: float(running[name]) / max(count, 1) for name in LOSS_NAMES},
                             "seconds": round(time.time() - started, 1)})
+            if bar is not None:
+                bar.set_postfix({name[:5]: f"{value:.3f}" for name, value in history[-1].items() if name in LOSS_NAMES})
             running = {name: 0.0 for name in LOSS_NAMES}
             checkpoints.save_checkpoint(checkpoint, {name: n.state_dict() for name, n in networks.items()}, optimisers,
                                         {"step": done, "history": history})
@@ -303,9 +307,9 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
                               generator_input["hu_window"], samples_dir / f"step_{done:07d}.png", f"step {done}")
         if bar is not None:
             bar.update(1)
-            bar.set_postfix({name[:5]: f"{value:.3f}" for name, value in losses.items()})
-        if world > 1:
-            dist.barrier()
+    # DistributedDataParallel's all-reduce keeps the processes in step; one barrier before rank 0 writes
+    if world > 1:
+        dist.barrier()
     if bar is not None:
         bar.close()
     if rank != 0:
