@@ -123,7 +123,7 @@ def test_oblique_and_flipped_orientations(tmp_path, flip_rows, flip_slices, obli
 def test_irregular_slice_steps_are_resampled(tmp_path):
     z = (0.0, 2.0, 4.0, 5.0, 6.0, 8.0, 10.0, 16.0, 18.0)  # a half step and a gap
     g = geometry(slice_z=z)
-    hu = np.zeros(g.shape, np.int16) + np.array(z, np.int16)[:, None, None] * 10
+    hu = np.zeros(g.shape, np.int16) + np.array(z, np.int16)[:, None, None] * 10 - 900  # lung-like HU
     folder = write_dicom_series(hu, g, tmp_path)
     ct = read_series(folder, allow_gaps=True)
     assert ct.resampled_z
@@ -132,7 +132,7 @@ def test_irregular_slice_steps_are_resampled(tmp_path):
     np.testing.assert_allclose(ct.image.GetSpacing()[2], 2.0)
     array = sitk.GetArrayFromImage(ct.image)
     assert array.shape[0] == 10  # 0 .. 18 mm every 2 mm
-    np.testing.assert_allclose(array[:, 0, 0], np.arange(0, 20, 2) * 10, atol=1e-3)  # linear in z
+    np.testing.assert_allclose(array[:, 0, 0], np.arange(0, 20, 2) * 10 - 900, atol=1e-3)  # linear in z
 
 
 def test_several_series_are_listed_and_chosen_by_uid(tmp_path):
@@ -181,7 +181,7 @@ def test_rewriting_a_series_replaces_it_whole(tmp_path):
 def test_a_gap_is_refused_unless_allowed_and_then_recorded(tmp_path):
     z = (-50.0, -48.0, -46.0, -44.0, -42.0, -40.0, -34.0, -32.0, -30.0)  # -38 and -36 are missing
     g = geometry(slice_z=z)
-    hu = np.zeros(g.shape, np.int16) + (np.array(z) * 10).astype(np.int16)[:, None, None]
+    hu = np.zeros(g.shape, np.int16) + (np.array(z) * 10 - 300).astype(np.int16)[:, None, None]  # lung-like
     folder = write_dicom_series(hu, g, tmp_path)
     before = digest(tmp_path)
     with pytest.raises(SeriesError) as error:
@@ -197,7 +197,7 @@ def test_a_gap_is_refused_unless_allowed_and_then_recorded(tmp_path):
     assert ct.resampled_z
     array = sitk.GetArrayFromImage(ct.image)
     assert array.shape[0] == 11  # -50 .. -30 mm every 2 mm, -38 and -36 interpolated
-    np.testing.assert_allclose(array[:, 0, 0], np.arange(-50, -29, 2) * 10, atol=1e-3)
+    np.testing.assert_allclose(array[:, 0, 0], np.arange(-50, -29, 2) * 10 - 300, atol=1e-3)
     assert digest(tmp_path) == before
 
 
