@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pydicom
 
-from xaiexplain.data.series import DICOMDIR_SOP_CLASS, is_non_image, modality_of
+from xaiexplain.data.series import DICOMDIR_SOP_CLASS, is_non_image, modality_of, quiet_pydicom
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.parallel import map_in_workers
 
@@ -73,6 +73,7 @@ def _files_under(root: Path) -> list[Path]:
     return [f for f in files if f.is_file()]
 
 
+@quiet_pydicom()
 def _read_headers(paths: list[Path]) -> list[tuple[str, dict | None]]:
     """(path, the INDEX_TAGS of an image object and its file key, or None for a damaged DICOM file); others
     left out."""

@@ -20,6 +20,7 @@ import contextlib
 import math
 import shutil
 import tempfile
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,6 +126,16 @@ def is_non_image(header) -> bool:
     return sop_class in NON_IMAGE_SOP_CLASSES or modality_of(header) in NON_IMAGE_MODALITIES
 
 
+@contextlib.contextmanager
+def quiet_pydicom():
+    """pydicom warns of every invalid header value it meets, on stderr; the checks here say in one sentence
+    what matters."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module="pydicom")
+        yield
+
+
+@quiet_pydicom()
 def read_slice_headers(folder, paths) -> tuple[list, list]:
     """(path, header) of the image files among ``paths`` (of the series folder ``folder``, named in messages)
     and, apart, of the DICOM objects that are not images; files that are not DICOM are left out."""
@@ -220,6 +231,7 @@ class SliceStack:
         return read_plane(self.folder, self.files[n], self.rows, self.columns)
 
 
+@quiet_pydicom()
 def check_slices(folder, members: list) -> SliceStack:
     """The slices ``members`` ((path, header) of one series' image files, from ``read_slice_headers``) as one
     volume, sorted along the slice normal; SeriesError with one sentence naming the file for anything that
@@ -295,7 +307,8 @@ def _checked_slice(folder: Path, path: Path, header) -> dict:
             raw = list(raw) if isinstance(raw, (MultiValue, list, tuple)) else [raw]
             array = np.array([float(v) for v in raw], dtype=float)
         except (TypeError, ValueError):
-            raise SeriesError(f"{where} holds a {tag} that is not numbers, so the series has no geometry") from None
+            raise SeriesError(f"{where} holds {tag} values that are not numbers, so the series has no geometry") \
+                from None
         if len(array) != count:
             raise SeriesError(f"{where} holds {len(array)} values of {tag} where {count} belong, so the series has "
                               "no geometry")
@@ -314,16 +327,17 @@ def _checked_slice(folder: Path, path: Path, header) -> dict:
 
 def _whole_number(where: str, header, tag: str, default: int) -> int:
     """An integer attribute of a header (``default`` where it is absent or empty); SeriesError otherwise."""
-    value = header.get(tag)
-    value = getattr(value, "value", value)
-    if value in (None, ""):
-        return default
+    value = None
     try:
+        value = header.get(tag)  # pydicom may be set to refuse an invalid value as it reads it
+        value = getattr(value, "value", value)
+        if value in (None, ""):
+            return default
         number = float(value)
     except (TypeError, ValueError):
-        number = math.nan
+        value, number = "?" if value is None else value, math.nan
     if not (math.isfinite(number) and number == int(number)):
-        raise SeriesError(f"{where} holds a {tag} that is not a whole number ({_shown(value)})")
+        raise SeriesError(f"{where} holds {tag} {_shown(value)}, which is not a whole number")
     return int(number)
 
 
