@@ -134,8 +134,7 @@ def scan_patches(folder, files, nodules: list[lidc.LidcNodule], geometry: ScanGe
                          "nodule_mask": np.stack(masks), "center_lps": np.asarray(centres, np.float32)},
                         nodule.to_json()))
     read = [sitk.GetArrayViewFromImage(image) for image, _ in planes.values()]
-    plausible = check_ct_numbers(folder, np.stack(read) if read else np.array([]), allow_implausible_hu)
-    return ScanPatches(patches, plausible)
+    return ScanPatches(patches, not read or check_ct_numbers(folder, np.stack(read), allow_implausible_hu))
 
 
 def build_scan_part(job: ScanJob) -> dict:
