@@ -1,4 +1,5 @@
 """Helpers the test suites share (this folder is on sys.path through conftest.py)."""
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +50,13 @@ def another_classifier(folder):
         model.classifier.bias[0] += 0.01
     config = {key: value for key, value in bundle.config.items() if key not in ("format", "format_version")}
     return save_bundle(folder, model, config)
+
+
+def set_header_text(path, tag, text):
+    """Put ``text`` as the value of ``tag`` (group, element) in the explicit-VR file at ``path``, byte for byte:
+    pydicom refuses to write what a hostile header holds (InstanceNumber 'abc')."""
+    raw = path.read_bytes()
+    at = raw.index(struct.pack("<HH", *tag))
+    length = struct.unpack("<H", raw[at + 6:at + 8])[0]
+    value = text.encode("ascii") + b" " * (len(text) % 2)
+    path.write_bytes(raw[:at + 6] + struct.pack("<H", len(value)) + value + raw[at + 8 + length:])

@@ -10,8 +10,9 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from helpers import set_header_text
 from xaiexplain.data.geometry import ScanGeometry
-from xaiexplain.data.series import SeriesError, read_series
+from xaiexplain.data.series import ImplausibleCTNumbers, SeriesError, read_series
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.io.dicom import write_dicom_series
 
@@ -123,7 +124,7 @@ def test_oblique_and_flipped_orientations(tmp_path, flip_rows, flip_slices, obli
 def test_irregular_slice_steps_are_resampled(tmp_path):
     z = (0.0, 2.0, 4.0, 5.0, 6.0, 8.0, 10.0, 16.0, 18.0)  # a half step and a gap
     g = geometry(slice_z=z)
-    hu = np.zeros(g.shape, np.int16) + np.array(z, np.int16)[:, None, None] * 10
+    hu = np.zeros(g.shape, np.int16) + np.array(z, np.int16)[:, None, None] * 10 - 900  # lung-like HU
     folder = write_dicom_series(hu, g, tmp_path)
     ct = read_series(folder, allow_gaps=True)
     assert ct.resampled_z
@@ -132,7 +133,7 @@ def test_irregular_slice_steps_are_resampled(tmp_path):
     np.testing.assert_allclose(ct.image.GetSpacing()[2], 2.0)
     array = sitk.GetArrayFromImage(ct.image)
     assert array.shape[0] == 10  # 0 .. 18 mm every 2 mm
-    np.testing.assert_allclose(array[:, 0, 0], np.arange(0, 20, 2) * 10, atol=1e-3)  # linear in z
+    np.testing.assert_allclose(array[:, 0, 0], np.arange(0, 20, 2) * 10 - 900, atol=1e-3)  # linear in z
 
 
 def test_several_series_are_listed_and_chosen_by_uid(tmp_path):
@@ -181,7 +182,7 @@ def test_rewriting_a_series_replaces_it_whole(tmp_path):
 def test_a_gap_is_refused_unless_allowed_and_then_recorded(tmp_path):
     z = (-50.0, -48.0, -46.0, -44.0, -42.0, -40.0, -34.0, -32.0, -30.0)  # -38 and -36 are missing
     g = geometry(slice_z=z)
-    hu = np.zeros(g.shape, np.int16) + (np.array(z) * 10).astype(np.int16)[:, None, None]
+    hu = np.zeros(g.shape, np.int16) + (np.array(z) * 10 - 300).astype(np.int16)[:, None, None]  # lung-like
     folder = write_dicom_series(hu, g, tmp_path)
     before = digest(tmp_path)
     with pytest.raises(SeriesError) as error:
@@ -197,7 +198,7 @@ def test_a_gap_is_refused_unless_allowed_and_then_recorded(tmp_path):
     assert ct.resampled_z
     array = sitk.GetArrayFromImage(ct.image)
     assert array.shape[0] == 11  # -50 .. -30 mm every 2 mm, -38 and -36 interpolated
-    np.testing.assert_allclose(array[:, 0, 0], np.arange(-50, -29, 2) * 10, atol=1e-3)
+    np.testing.assert_allclose(array[:, 0, 0], np.arange(-50, -29, 2) * 10 - 300, atol=1e-3)
     assert digest(tmp_path) == before
 
 
@@ -347,3 +348,82 @@ def test_many_series_are_listed_briefly_with_header_text_escaped(tmp_path):
     assert "and 35 more" in message
     assert "\x1b" not in message and "\\x1b[31m" in message
     assert "\n" not in message and message.isprintable()
+
+
+# -- one check of the slices for explain and dataset (issue 23) ------------------------------------------------
+
+@pytest.mark.parametrize("shift", ["a 15 degree gantry tilt", "x +0.5 mm per slice"])
+def test_slice_origins_off_the_slice_normal_are_refused(tmp_path, shift):
+    g = geometry()
+    folder = write_dicom_series(volume(g), g, tmp_path)
+    tilt = np.deg2rad(15)
+    for k, path in enumerate(sorted(folder.iterdir())):
+        dataset = pydicom.dcmread(path)
+        if shift.startswith("a 15"):  # the slices tilted, the table still moving along z
+            dataset.ImageOrientationPatient = [1, 0, 0, 0, f"{np.cos(tilt):.6f}", f"{np.sin(tilt):.6f}"]
+        else:
+            dataset.ImagePositionPatient = [-20.0 + 0.5 * k, 30.0, g.slice_z[k]]
+        dataset.save_as(path)
+    before = digest(tmp_path)
+    with pytest.raises(SeriesError, match="do not lie along their normal: .*000002.dcm lies 0.5.* mm beside") as error:
+        read_series(folder)
+    assert "\n" not in str(error.value)
+    assert digest(tmp_path) == before
+
+
+def test_an_instance_number_that_is_no_number_is_one_sentence(tmp_path):
+    g = geometry()
+    folder = write_dicom_series(volume(g), g, tmp_path)
+    set_header_text(folder / "000004.dcm", (0x0020, 0x0013), "abc")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns of the invalid IS value
+        with pytest.raises(SeriesError, match="000004.dcm in .* holds InstanceNumber abc, which is not a whole number"):
+            read_series(folder)
+
+
+def test_a_multi_frame_slice_is_one_sentence(tmp_path):
+    g = geometry()
+    hu = volume(g)
+    folder = write_dicom_series(hu, g, tmp_path)
+    dataset = pydicom.dcmread(folder / "000004.dcm")
+    dataset.NumberOfFrames = 2
+    dataset.PixelData = np.stack([hu[3], hu[4]]).astype(np.int16).tobytes()
+    dataset.save_as(folder / "000004.dcm")
+    with pytest.raises(SeriesError, match=r"000004.dcm in .* is a multi-frame image \(2 frames\), not one slice"):
+        read_series(folder)
+
+
+def stored_as_hu_plus_1024(folder):
+    """The series' files with RescaleIntercept 0: their stored values (HU + 1024) taken as they are."""
+    for path in sorted(folder.rglob("*.dcm")):
+        dataset = pydicom.dcmread(path)
+        assert dataset.RescaleIntercept == -1024 and dataset.RescaleSlope == 1
+        dataset.RescaleIntercept = 0
+        dataset.save_as(path)
+
+
+def test_ct_numbers_stored_as_hu_plus_1024_are_refused_unless_allowed(tmp_path):
+    g = geometry()
+    hu = volume(g)
+    folder = write_dicom_series(hu, g, tmp_path)
+    assert read_series(folder)  # -1000 .. 400 HU: plausible
+    stored_as_hu_plus_1024(folder)
+    with pytest.raises(ImplausibleCTNumbers) as error:
+        read_series(folder)
+    message = str(error.value)
+    assert isinstance(error.value, XAIExplainError) and "\n" not in message
+    assert "does not hold plausible CT numbers of a chest: 0.0% of its voxels are air or lung" in message
+    assert "--allow-implausible-hu" in message and "allow_implausible_hu=True" in message
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_series(folder, allow_implausible_hu=True).image),
+                                  hu + 1024)
+
+
+def test_the_real_series_passes_and_stored_as_hu_plus_1024_is_refused(real_series_folder, tmp_path):
+    original = sitk.GetArrayFromImage(read_series(real_series_folder).image)
+    copy = tmp_path / "LIDC-IDRI-0001"
+    shutil.copytree(real_series_folder, copy)
+    stored_as_hu_plus_1024(copy)
+    with pytest.raises(ImplausibleCTNumbers, match=r"0.0% of its voxels are air or lung .* median is \d+ HU"):
+        read_series(copy)
+    shifted = sitk.GetArrayFromImage(read_series(copy, allow_implausible_hu=True).image)
+    np.testing.assert_array_equal(shifted, original + 1024)

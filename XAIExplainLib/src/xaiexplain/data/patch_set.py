@@ -45,6 +45,14 @@ SLICE_CHOICES = ("all", "central")
 EVALUATION_SPLITS = SPLITS + (PAPER_1_SPLIT,)
 
 
+def check_seed(seed) -> int:
+    """``seed`` if it is a seed of the split (a whole number from 0, as numpy's generators take); else
+    XAIExplainError, so that a command refuses it before it reads anything."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise XAIExplainError(f"the seed {seed!r} is not a whole number from 0")
+    return int(seed)
+
+
 def split_patients(patient_ids, seed: int, fractions=SPLIT_FRACTIONS) -> dict[str, str]:
     """Patient id -> split name, a seeded shuffle of the sorted unique ids cut by ``fractions``."""
     patients = sorted(set(patient_ids))

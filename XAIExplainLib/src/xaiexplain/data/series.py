@@ -8,12 +8,19 @@ with irregular slice steps on a uniform grid at the median step. A step longer t
 median is a gap (missing slices): refused unless allowed, then interpolated across and recorded. Objects
 that are not images (SEG, SR, presentation states, RT structure sets, ...) are ignored when choosing the
 series. Every message of SeriesError is one line: header text and file names are escaped and shortened.
+
+One check of the slices' headers (``check_slices``: CT, geometry present and finite, single frames, one
+orientation, size and pixel spacing, origins along the slice normal) and of their values
+(``check_ct_numbers``: plausible Hounsfield units) serves ``explain`` and ``dataset`` alike, with the same
+sentences, before anything is written.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 import shutil
 import tempfile
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,16 +78,18 @@ class CTSeries:
     gaps: list[tuple[float, float]] = field(default_factory=list)
 
 
-def read_series(folder, series_instance_uid: str | None = None, allow_gaps: bool = False) -> CTSeries:
+def read_series(folder, series_instance_uid: str | None = None, allow_gaps: bool = False,
+                allow_implausible_hu: bool = False) -> CTSeries:
     """Read the CT series in ``folder`` (searched recursively); ``series_instance_uid`` chooses one
     when the folder holds several. Objects that are not images (SEG, SR, ...) are ignored. A gap in the
     slices (a step longer than GAP_FACTOR times the median) raises SeriesError unless ``allow_gaps``, then
-    it is interpolated across and listed in ``CTSeries.gaps``. Raises SeriesError with one sentence for
-    anything unreadable."""
+    it is interpolated across and listed in ``CTSeries.gaps``. Pixel values that are not plausible CT numbers
+    (``check_ct_numbers``) raise ImplausibleCTNumbers unless ``allow_implausible_hu``. Raises SeriesError
+    with one sentence for anything unreadable or that is not one volume (``check_slices``)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise SeriesError(f"{_shown_path(folder)} is not a folder")
-    headers, non_images = _dicom_headers(folder)
+    headers, non_images = read_slice_headers(folder, sorted(p for p in folder.rglob("*") if p.is_file()))
     if not headers:
         if non_images:
             kinds = ", ".join(sorted({modality_of(header) or "?" for _, header in non_images}))
@@ -104,7 +113,7 @@ def read_series(folder, series_instance_uid: str | None = None, allow_gaps: bool
                           f"{_describe(by_series)}")
     else:
         chosen = next(iter(by_series.values()))
-    return _read_one_series(folder, chosen, allow_gaps)
+    return _read_one_series(folder, chosen, allow_gaps, allow_implausible_hu)
 
 
 def modality_of(header) -> str:
@@ -117,10 +126,22 @@ def is_non_image(header) -> bool:
     return sop_class in NON_IMAGE_SOP_CLASSES or modality_of(header) in NON_IMAGE_MODALITIES
 
 
-def _dicom_headers(folder: Path) -> tuple[list, list]:
-    """(path, header) of the image files in ``folder`` and, apart, of the DICOM objects that are not images."""
+@contextlib.contextmanager
+def quiet_pydicom():
+    """pydicom warns of every invalid header value it meets, on stderr; the checks here say in one sentence
+    what matters."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module="pydicom")
+        yield
+
+
+@quiet_pydicom()
+def read_slice_headers(folder, paths) -> tuple[list, list]:
+    """(path, header) of the image files among ``paths`` (of the series folder ``folder``, named in messages)
+    and, apart, of the DICOM objects that are not images; files that are not DICOM are left out."""
+    folder = Path(folder)
     headers, non_images = [], []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in map(Path, paths):
         try:
             header = pydicom.dcmread(path, stop_before_pixels=True)
         except pydicom.errors.InvalidDicomError:
@@ -181,40 +202,143 @@ def _describe(by_series) -> str:
 
 # Geometry attributes every slice needs, with their number of values.
 GEOMETRY_TAGS = {"ImagePositionPatient": 3, "ImageOrientationPatient": 6, "PixelSpacing": 2}
+# A slice's origin may lie this many pixels beside the line through the first slice's origin along the slice
+# normal (rounding in the headers); farther (a gantry tilt, slices shifted in-plane) the slices are no one grid.
+BESIDE_NORMAL_PIXELS = 0.1
 
 
-def _slice_geometry(folder: Path, path: Path, header) -> dict:
-    """The slice's position, orientation and pixel spacing as finite floats; SeriesError naming the file
-    for any that is missing, of the wrong length, not a number, infinite or degenerate."""
-    missing = [tag for tag in (*GEOMETRY_TAGS, "Rows") if header.get(tag) in (None, "")]
+@dataclass
+class SliceStack:
+    """The image slices of one series, checked to be one volume (``check_slices``) and sorted along the
+    slice normal: one file per position, of two at one position the lower InstanceNumber (as pylidc keeps)."""
+
+    folder: Path  # named in messages
+    files: list[Path]
+    headers: list
+    positions: np.ndarray  # of the slices along the normal (mm), ascending
+    orientation: np.ndarray  # ImageOrientationPatient: the row direction, then the column direction
+    origin: np.ndarray  # ImagePositionPatient of the first slice
+    rows: int
+    columns: int
+    pixel_spacing: tuple[float, float]  # (between rows, between columns) in mm, as PixelSpacing
+
+    @property
+    def normal(self) -> np.ndarray:
+        return np.cross(self.orientation[:3], self.orientation[3:])
+
+    def plane(self, n: int) -> np.ndarray:
+        """Slice ``n``'s pixels in HU (its own rescale slope and intercept), float32 (rows, columns)."""
+        return read_plane(self.folder, self.files[n], self.rows, self.columns)
+
+
+@quiet_pydicom()
+def check_slices(folder, members: list) -> SliceStack:
+    """The slices ``members`` ((path, header) of one series' image files, from ``read_slice_headers``) as one
+    volume, sorted along the slice normal; SeriesError with one sentence naming the file for anything that
+    makes them none: a modality other than CT, a header value that is missing, not a number or not finite,
+    a multi-frame image, slices of other orientations, sizes or pixel spacings, origins off the slice normal
+    (a gantry tilt), fewer than two positions. ``explain`` (``read_series``) and ``dataset`` both check here."""
+    folder = Path(folder)
+    first = members[0][1]
+    modality = modality_of(first)
+    if modality != "CT":
+        raise SeriesError(f"{_shown_path(folder)} holds a {_shown(modality) or 'modality-less'} series, not CT")
+    slices = [_checked_slice(folder, path, header) for path, header in members]
+    reference = slices[0]
+    for checked in slices:
+        differing = next((what for what, tag, close in (
+            ("modalities", "Modality", lambda a, b: a == b),
+            ("slice orientations", "ImageOrientationPatient", lambda a, b: np.allclose(a, b, atol=1e-4)),
+            ("slice sizes", "size", lambda a, b: a == b),
+            ("pixel spacings", "PixelSpacing", lambda a, b: np.allclose(a, b, rtol=1e-4)))
+            if not close(checked[tag], reference[tag])), None)
+        if differing:
+            raise SeriesError(f"{_shown_path(folder)} mixes {differing} ({_shown_path(checked['path'])} differs "
+                              f"from {_shown_path(reference['path'])}), which is not one volume")
+    orientation = reference["ImageOrientationPatient"]
+    normal = np.cross(orientation[:3], orientation[3:])
+    # Sort by position; of two slices at one position keep the lower InstanceNumber, as pylidc does.
+    slices.sort(key=lambda checked: (round(float(np.dot(checked["ImagePositionPatient"], normal)), 3),
+                                     checked["InstanceNumber"]))
+    unique = []
+    for checked in slices:
+        position = float(np.dot(checked["ImagePositionPatient"], normal))
+        if unique and abs(position - unique[-1][0]) < 1e-3:
+            continue
+        unique.append((position, checked))
+    if len(unique) < 2:
+        raise SeriesError(f"{_shown_path(folder)} holds a single slice position, not a volume")
+    origin = unique[0][1]["ImagePositionPatient"]
+    pixel_spacing = tuple(float(v) for v in reference["PixelSpacing"])
+    for _, checked in unique:
+        offset = checked["ImagePositionPatient"] - origin
+        beside = float(np.linalg.norm(offset - np.dot(offset, normal) * normal))
+        if beside > BESIDE_NORMAL_PIXELS * min(pixel_spacing):
+            raise SeriesError(f"the slices of {_shown_path(folder)} do not lie along their normal: "
+                              f"{_shown_path(checked['path'])} lies {beside:.3g} mm beside the line through the "
+                              "first slice (a gantry tilt, or slices shifted in their plane), so they are no one grid")
+    return SliceStack(folder=folder, files=[checked["path"] for _, checked in unique],
+                      headers=[checked["header"] for _, checked in unique],
+                      positions=np.array([position for position, _ in unique]), orientation=orientation,
+                      origin=origin, rows=reference["size"][0], columns=reference["size"][1],
+                      pixel_spacing=pixel_spacing)
+
+
+def _checked_slice(folder: Path, path: Path, header) -> dict:
+    """One slice's modality, InstanceNumber, size (rows, columns), position, orientation and pixel spacing,
+    checked: SeriesError naming the file for any that is missing, of the wrong length, not a number, not
+    finite or degenerate, and for a multi-frame image."""
+    where = f"{_shown_path(path)} in {_shown_path(folder)}"
+    missing = [tag for tag in (*GEOMETRY_TAGS, "Rows", "Columns") if header.get(tag) in (None, "")]
     if missing:
-        raise SeriesError(f"{_shown_path(path)} in {_shown_path(folder)} lacks {', '.join(missing)}, so the series "
-                          "has no geometry")
-    values = {}
+        raise SeriesError(f"{where} lacks {', '.join(missing)}, so the series has no geometry")
+    frames = _whole_number(where, header, "NumberOfFrames", 1)
+    if frames != 1:
+        raise SeriesError(f"{where} is a multi-frame image ({frames} frames), not one slice of a series")
+    values = {"path": path, "header": header, "Modality": modality_of(header),
+              "InstanceNumber": _whole_number(where, header, "InstanceNumber", 0),
+              "size": (_whole_number(where, header, "Rows", 0), _whole_number(where, header, "Columns", 0))}
+    if min(values["size"]) < 1:
+        raise SeriesError(f"{where} holds a slice of {values['size'][0]} x {values['size'][1]} pixels, so the "
+                          "series has no image")
     for tag, count in GEOMETRY_TAGS.items():
         try:
             raw = header[tag].value
             raw = list(raw) if isinstance(raw, (MultiValue, list, tuple)) else [raw]
             array = np.array([float(v) for v in raw], dtype=float)
         except (TypeError, ValueError):
-            raise SeriesError(f"{_shown_path(path)} in {_shown_path(folder)} holds a {tag} that is not numbers, so "
-                              "the series has no geometry") from None
+            raise SeriesError(f"{where} holds {tag} values that are not numbers, so the series has no geometry") \
+                from None
         if len(array) != count:
-            raise SeriesError(f"{_shown_path(path)} in {_shown_path(folder)} holds {len(array)} values of {tag} "
-                              f"where {count} belong, so the series has no geometry")
+            raise SeriesError(f"{where} holds {len(array)} values of {tag} where {count} belong, so the series has "
+                              "no geometry")
         if not np.all(np.isfinite(array)):
             shown = ", ".join(str(v) for v in array)
-            raise SeriesError(f"{_shown_path(path)} in {_shown_path(folder)} holds a non-finite {tag} ({shown}), so "
-                              "the series has no geometry")
+            raise SeriesError(f"{where} holds a non-finite {tag} ({shown}), so the series has no geometry")
         values[tag] = array
     if np.any(values["PixelSpacing"] <= 0):
-        raise SeriesError(f"{_shown_path(path)} in {_shown_path(folder)} holds a PixelSpacing that is not positive, "
-                          "so the series has no geometry")
+        raise SeriesError(f"{where} holds a PixelSpacing that is not positive, so the series has no geometry")
     orientation = values["ImageOrientationPatient"]
     if np.linalg.norm(np.cross(orientation[:3], orientation[3:])) < 0.5:
-        raise SeriesError(f"{_shown_path(path)} in {_shown_path(folder)} holds an ImageOrientationPatient whose row "
-                          "and column directions are not perpendicular unit vectors")
+        raise SeriesError(f"{where} holds an ImageOrientationPatient whose row and column directions are not "
+                          "perpendicular unit vectors")
     return values
+
+
+def _whole_number(where: str, header, tag: str, default: int) -> int:
+    """An integer attribute of a header (``default`` where it is absent or empty); SeriesError otherwise."""
+    value = None
+    try:
+        value = header.get(tag)  # pydicom may be set to refuse an invalid value as it reads it
+        value = getattr(value, "value", value)
+        if value in (None, ""):
+            return default
+        number = float(value)
+    except (TypeError, ValueError):
+        value, number = "?" if value is None else value, math.nan
+    if not (math.isfinite(number) and number == int(number)):
+        raise SeriesError(f"{where} holds {tag} {_shown(value)}, which is not a whole number")
+    return int(number)
 
 
 def _gaps(slice_z: np.ndarray) -> list[tuple[float, float]]:
@@ -234,45 +358,57 @@ def _gap_sentence(folder: Path, gaps: list, median_step: float) -> str:
             "interpolated slices")
 
 
-def _read_one_series(folder: Path, members: list, allow_gaps: bool = False) -> CTSeries:
-    first = members[0][1]
-    modality = modality_of(first)
-    if modality != "CT":
-        raise SeriesError(f"{_shown_path(folder)} holds a {_shown(modality) or 'modality-less'} series, not CT")
-    geometries = [_slice_geometry(folder, path, header) for path, header in members]
-    orientation = geometries[0]["ImageOrientationPatient"]
-    normal = np.cross(orientation[:3], orientation[3:])
-    positions = []
-    for (path, header), geometry in zip(members, geometries):
-        if not np.allclose(geometry["ImageOrientationPatient"], orientation, atol=1e-4):
-            raise SeriesError(f"{_shown_path(folder)} mixes slice orientations, which is not one volume")
-        position = float(np.dot(geometry["ImagePositionPatient"], normal))
-        positions.append((position, int(header.get("InstanceNumber", 0) or 0), path, header))
-    # Sort by position; of two slices at one position keep the lower InstanceNumber, as pylidc does.
-    positions.sort(key=lambda item: (round(item[0], 3), item[1]))
-    unique = []
-    for item in positions:
-        if unique and abs(item[0] - unique[-1][0]) < 1e-3:
-            continue
-        unique.append(item)
-    if len(unique) < 2:
-        raise SeriesError(f"{_shown_path(folder)} holds a single slice position, not a volume")
-
-    slice_z = np.array([item[0] for item in unique])
+def _read_one_series(folder: Path, members: list, allow_gaps: bool = False,
+                     allow_implausible_hu: bool = False) -> CTSeries:
+    stack = check_slices(folder, members)
+    slice_z = stack.positions
     steps = np.diff(slice_z)
     median_step = float(np.median(steps))
     gaps = _gaps(slice_z)
     if gaps and not allow_gaps:
         raise SeriesError(_gap_sentence(folder, gaps, median_step))
-    files = [item[2] for item in unique]
-    image = _read_pixels(folder, files, [item[3] for item in unique])
+    image = _read_pixels(stack)
+    check_ct_numbers(folder, sitk.GetArrayViewFromImage(image), allow_implausible_hu)
     irregular = bool(np.any(np.abs(steps - median_step) > STEP_TOLERANCE * median_step))
     if irregular:
         image = _resample_to_uniform_positions(image, slice_z)
+    first = stack.headers[0]
     return CTSeries(image=image, patient_id=str(first.get("PatientID", "")),
                     study_instance_uid=str(first.get("StudyInstanceUID", "")),
-                    series_instance_uid=str(first.get("SeriesInstanceUID", "")), slice_z=slice_z, files=files,
+                    series_instance_uid=str(first.get("SeriesInstanceUID", "")), slice_z=slice_z, files=stack.files,
                     resampled_z=irregular, gaps=gaps)
+
+
+# A chest CT in Hounsfield units has air around the body and in the lungs: a large share of its voxels lie
+# between these values (the lower bound leaves out a padding of -1024). Values that are not HU (stored as
+# HU + 1024 with RescaleIntercept 0, say) have next to none there.
+AIR_AND_LUNG_HU = (-1010.0, -500.0)
+LEAST_AIR_AND_LUNG = 0.01
+SAMPLED_VOXELS = 1_000_000
+
+
+class ImplausibleCTNumbers(SeriesError):
+    """Pixel values that are not plausible Hounsfield units of a chest (allow_implausible_hu uses them)."""
+
+
+def check_ct_numbers(folder, values, allow_implausible_hu: bool = False) -> bool:
+    """Whether ``values`` (a series' pixels after its rescale) are plausible CT numbers of a chest: at least
+    LEAST_AIR_AND_LUNG of them air or lung. Implausible values raise ImplausibleCTNumbers naming the evidence,
+    unless ``allow_implausible_hu``; then the answer is False."""
+    values = np.ravel(values)
+    sample = values[::max(1, values.size // SAMPLED_VOXELS)]
+    lowest, highest = AIR_AND_LUNG_HU
+    air_and_lung = float(np.mean((sample > lowest) & (sample < highest)))
+    if air_and_lung >= LEAST_AIR_AND_LUNG:
+        return True
+    if not allow_implausible_hu:
+        raise ImplausibleCTNumbers(
+            f"{_shown_path(folder)} does not hold plausible CT numbers of a chest: {air_and_lung:.1%} of its voxels "
+            f"are air or lung ({lowest:g} to {highest:g} HU), where a chest CT in Hounsfield units has a large "
+            f"share, and their median is {float(np.median(sample)):.0f} HU, as in a series stored as HU + 1024 with "
+            "RescaleIntercept 0; pass --allow-implausible-hu (allow_implausible_hu=True in Python) to use them as "
+            "they are")
+    return False
 
 
 def _simpleitk_can_name(path: Path) -> bool:
@@ -285,49 +421,48 @@ def _simpleitk_can_name(path: Path) -> bool:
     return True
 
 
-def _read_pixels(folder: Path, files: list[Path], headers: list) -> sitk.Image:
-    """Pixels of the sorted files in HU (each slice's own rescale), with the series' world geometry."""
-    planes = []
+def read_plane(folder, path, rows: int, columns: int) -> np.ndarray:
+    """The pixels of one slice file in HU (its own rescale slope and intercept, applied by GDCM), float32
+    (rows, columns); SeriesError for pixels that cannot be decoded or are not one slice of that size."""
+    folder, path = Path(folder), Path(path)
     with contextlib.ExitStack() as stack:
-        scratch = None
-        for n, path in enumerate(files):
-            readable = path
-            if not _simpleitk_can_name(path):
-                # Read a copy under a plain name (a copy, not a hard link: the input's inode stays untouched).
-                if scratch is None:
-                    scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="xaiexplain-slice-")))
-                    if not _simpleitk_can_name(scratch):
-                        raise SeriesError(f"the temporary folder {_shown_path(scratch)} has a name that is not "
-                                          "UTF-8, so slices with such names cannot be read")
-                readable = scratch / f"{n:06d}.dcm"
-                try:
-                    shutil.copyfile(path, readable)
-                except OSError as error:
-                    raise SeriesError(f"{_shown_path(path)} in {_shown_path(folder)} cannot be copied to be read "
-                                      f"({_shown(error.strerror or type(error).__name__, 60)})") from None
+        readable = path
+        if not _simpleitk_can_name(path):
+            # Read a copy under a plain name (a copy, not a hard link: the input's inode stays untouched).
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="xaiexplain-slice-")))
+            if not _simpleitk_can_name(scratch):
+                raise SeriesError(f"the temporary folder {_shown_path(scratch)} has a name that is not "
+                                  "UTF-8, so slices with such names cannot be read")
+            readable = scratch / "slice.dcm"
             try:
-                plane = sitk.ReadImage(str(readable), sitk.sitkFloat32)  # GDCM applies this file's slope / intercept
-            except RuntimeError:
-                raise SeriesError(f"the pixel data of {_shown_path(path)} in {_shown_path(folder)} cannot be "
-                                  "decoded") from None
-            finally:
-                if readable != path:
-                    readable.unlink(missing_ok=True)
-            if plane.GetSize()[:2] != (int(headers[0].Columns), int(headers[0].Rows)):
-                raise SeriesError(f"{_shown_path(folder)} mixes slice sizes, which is not one volume")
-            planes.append(sitk.GetArrayViewFromImage(plane).reshape(plane.GetSize()[1], plane.GetSize()[0]).copy())
-    volume = sitk.GetImageFromArray(np.stack(planes))
-    first = headers[0]
-    orientation = np.asarray(first.ImageOrientationPatient, float)
-    row_direction, column_direction = orientation[:3], orientation[3:]
-    normal = np.cross(row_direction, column_direction)
-    origin = np.asarray(first.ImagePositionPatient, float)
-    last = np.asarray(headers[-1].ImagePositionPatient, float)
-    step = float(np.dot(last - origin, normal)) / (len(files) - 1)  # > 0: the files are sorted along the normal
-    pixel_spacing = [float(v) for v in first.PixelSpacing]  # (row spacing, column spacing)
-    volume.SetOrigin(origin.tolist())
-    volume.SetSpacing((pixel_spacing[1], pixel_spacing[0], abs(step)))
-    volume.SetDirection(np.column_stack([row_direction, column_direction, normal]).ravel().tolist())
+                shutil.copyfile(path, readable)
+            except OSError as error:
+                raise SeriesError(f"{_shown_path(path)} in {_shown_path(folder)} cannot be copied to be read "
+                                  f"({_shown(error.strerror or type(error).__name__, 60)})") from None
+        try:
+            plane = sitk.ReadImage(str(readable), sitk.sitkFloat32)
+        except RuntimeError:
+            raise SeriesError(f"the pixel data of {_shown_path(path)} in {_shown_path(folder)} cannot be "
+                              "decoded") from None
+    size = plane.GetSize()
+    if len(size) > 2 and size[2] != 1:
+        raise SeriesError(f"{_shown_path(path)} in {_shown_path(folder)} is a multi-frame image ({size[2]} frames), "
+                          "not one slice of a series")
+    if size[:2] != (columns, rows):
+        raise SeriesError(f"{_shown_path(folder)} mixes slice sizes ({_shown_path(path)} holds {size[1]} x {size[0]} "
+                          f"pixels where its header and the other slices say {rows} x {columns}), which is not one "
+                          "volume")
+    return sitk.GetArrayViewFromImage(plane).reshape(rows, columns).copy()
+
+
+def _read_pixels(stack: SliceStack) -> sitk.Image:
+    """Pixels of the sorted slices in HU (each slice's own rescale), with the series' world geometry."""
+    volume = sitk.GetImageFromArray(np.stack([stack.plane(n) for n in range(len(stack.files))]))
+    step = float(stack.positions[-1] - stack.positions[0]) / (len(stack.files) - 1)  # > 0: sorted along the normal
+    row_spacing, column_spacing = stack.pixel_spacing
+    volume.SetOrigin(stack.origin.tolist())
+    volume.SetSpacing((column_spacing, row_spacing, step))
+    volume.SetDirection(np.column_stack([stack.orientation[:3], stack.orientation[3:], stack.normal]).ravel().tolist())
     return volume
 
 

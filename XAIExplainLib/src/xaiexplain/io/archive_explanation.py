@@ -73,6 +73,7 @@ class _SeriesTask:
     device: str
     allow_gaps: bool
     command: str
+    allow_implausible_hu: bool = False
 
 
 def _is_done(folder: Path, task: _SeriesTask) -> bool:
@@ -95,7 +96,7 @@ def _explain_series(task: _SeriesTask) -> dict:
         write_series_explanation(task.series.folder, folder, list(task.methods), model=task.model,
                                  series_uid=task.series.series_instance_uid, use_lidc=True,
                                  options=dict(task.options), command=task.command, allow_gaps=task.allow_gaps,
-                                 device=task.device)
+                                 device=task.device, allow_implausible_hu=task.allow_implausible_hu)
     except XAIExplainError as error:
         return {"series": task.series.output_name, "status": "failed", "reason": str(error)}
     return {"series": task.series.output_name, "status": "explained"}
@@ -103,7 +104,7 @@ def _explain_series(task: _SeriesTask) -> dict:
 
 def explain_archive(root, out, methods, model=None, options: dict | None = None, workers: int = 1,
                     shard: Shard | None = None, device: str = "auto", allow_gaps: bool = False,
-                    progress: bool = True, command: str = "") -> dict:
+                    progress: bool = True, command: str = "", allow_implausible_hu: bool = False) -> dict:
     """Explain (``shard``: one part of) the annotated series of the download under ``root`` into ``out``;
     returns the summary (``archive.json``; without ``shard`` also written, with ``nodules.csv``)."""
     started = time.time()
@@ -117,7 +118,7 @@ def explain_archive(root, out, methods, model=None, options: dict | None = None,
         raise XAIExplainError(f"{root} holds no CT series that the LIDC readers annotated")
     mine = shard.take(every) if shard else every
     tasks = [_SeriesTask(series, str(out), tuple(methods), model, tuple(sorted(options.items())), device, allow_gaps,
-                         command) for series in mine]
+                         command, allow_implausible_hu=allow_implausible_hu) for series in mine]
     results = map_in_workers(_explain_series, tasks, workers, "series", progress, unit="series")
     summary = {"root": str(root), "methods": list(methods), "model": model, "options": recorded_options(options),
                "shard": str(shard) if shard else None, "series_in_archive": len(every), "series": results,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import SimpleITK as sitk
 
 from xaiexplain import __version__
+from xaiexplain.data.nodule_sites import lidc_sites, point_sites
 from xaiexplain.data.series import read_series
 from xaiexplain.devices import select_device
 from xaiexplain.explainers import registry
@@ -27,14 +28,16 @@ def recorded_options(options: dict) -> dict:
 
 def write_series_explanation(series_folder, out, methods, model=None, series_uid=None, use_lidc=False, points=None,
                              half_height_mm=5.0, options: dict | None = None, command: str = "",
-                             progress=None, panels: bool = True, allow_gaps: bool = False, device: str = "cpu"):
+                             progress=None, panels: bool = True, allow_gaps: bool = False, device: str = "cpu",
+                             allow_implausible_hu: bool = False):
     """Explain a series and write its files into ``out`` as one output set with ``nodules.json`` as its
     manifest (see ``files.output_set``: an existing ``out`` keeps every file that no earlier explanation
     wrote); returns (the nodules.json summary, the SeriesExplanation). ``options``: the methods' options
     (each goes to the methods that take it, e.g. ``layer``, ``generators``). ``progress(method)`` is called as
     each method finishes; ``panels=False`` leaves out the PNG panels; ``allow_gaps`` explains a series with
-    missing slices on interpolated ones and records the gaps; ``device`` is where the models run (``auto``:
-    the GPU when there is one)."""
+    missing slices on interpolated ones and records the gaps; ``allow_implausible_hu`` explains a series whose
+    values are not plausible CT numbers; ``device`` is where the models run (``auto``: the GPU when there is
+    one). The series and its nodules are checked before anything is written."""
     options = dict(options or {})
     recorded = recorded_options(options)
     device = select_device(device)
@@ -42,10 +45,10 @@ def write_series_explanation(series_folder, out, methods, model=None, series_uid
     # before any reading: a typo in an option; cycle-am's generators loaded once on the classifier's device,
     # and refused unless trained against it
     method_options = prepare_methods(bundle, methods, options)
-    ct = read_series(series_folder, series_uid, allow_gaps=allow_gaps)
+    ct = read_series(series_folder, series_uid, allow_gaps=allow_gaps, allow_implausible_hu=allow_implausible_hu)
+    sites = lidc_sites(ct, with_masks=True) if use_lidc else point_sites(ct.image, points or [], half_height_mm)
     with output_set(out, "nodules.json") as written:  # checks that out is writable before computing
-        result = explain_series(ct, "lidc" if use_lidc else points, bundle, methods, half_height_mm=half_height_mm,
-                                progress=progress, method_options=method_options)
+        result = explain_series(ct, sites, bundle, methods, progress=progress, method_options=method_options)
         files = {}
         for method in methods:
             files[method] = {kind: f"{kind}_{registry.get(method).file_name}.nrrd" for kind in ("relevance", "labels")}

@@ -25,10 +25,11 @@ def stack_image(stack: PatchStack, values: np.ndarray | None = None) -> sitk.Ima
 
 
 def write_patch_stacks(series_folder, out, series_uid: str | None = None, use_lidc: bool = False,
-                       points=None, half_height_mm: float = DEFAULT_HALF_HEIGHT_MM, allow_gaps: bool = False) -> dict:
+                       points=None, half_height_mm: float = DEFAULT_HALF_HEIGHT_MM, allow_gaps: bool = False,
+                       allow_implausible_hu: bool = False) -> dict:
     """Read the series, take every nodule's patch stack and write them (NRRD + JSON + PNG) into ``out``,
     one output set with ``patches.json`` as its manifest."""
-    ct = series.read_series(series_folder, series_uid, allow_gaps=allow_gaps)
+    ct = series.read_series(series_folder, series_uid, allow_gaps=allow_gaps, allow_implausible_hu=allow_implausible_hu)
     sites = lidc_sites(ct, with_masks=True) if use_lidc else point_sites(ct.image, points or [], half_height_mm)
     if not sites:
         raise lidc.LidcError(f"series {ct.series_instance_uid} has no annotated nodule")

