@@ -14,6 +14,9 @@ from xaiexplain.io.figures import explanation_panel
 from xaiexplain.io.files import output_set, safe_name
 from xaiexplain.models.bundles import DEFAULT_CLASSIFIER, load_bundle
 
+SERIES_MANIFEST = "nodules.json"
+EXPLAIN_OWNER = "xaiexplain explain"  # recorded in the manifest: the batch script's scenes use the same names
+
 
 def panel_file_name(nodule_name: str) -> str:
     return f"panel_{safe_name(nodule_name)}.png"
@@ -43,7 +46,7 @@ def write_series_explanation(series_folder, out, methods, model=None, series_uid
     # and refused unless trained against it
     method_options = prepare_methods(bundle, methods, options)
     ct = read_series(series_folder, series_uid, allow_gaps=allow_gaps)
-    with output_set(out, "nodules.json") as written:  # checks that out is writable before computing
+    with output_set(out, SERIES_MANIFEST, owner=EXPLAIN_OWNER) as written:  # checks out before computing
         result = explain_series(ct, "lidc" if use_lidc else points, bundle, methods, half_height_mm=half_height_mm,
                                 progress=progress, method_options=method_options)
         files = {}
@@ -65,7 +68,8 @@ def write_series_explanation(series_folder, out, methods, model=None, series_uid
         written.manifest_data = {
             "series_folder": str(series_folder), "patient_id": ct.patient_id,
             "series_instance_uid": ct.series_instance_uid, "model": str(bundle.path),
-            "methods": list(methods), "options": recorded, "command": command,
+            "methods": list(methods), "options": recorded, "nodules_from": "lidc" if use_lidc else "points",
+            "command": command,
             "library_version": __version__,
             "files": files, "label_values": {m: dict(registry.get(m).map_kind.labels) for m in methods},
             "slice_gaps_mm": [list(gap) for gap in ct.gaps],
