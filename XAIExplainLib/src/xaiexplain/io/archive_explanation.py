@@ -86,11 +86,20 @@ def _is_done(folder: Path, task: _SeriesTask) -> bool:
         written = json.loads((folder / SERIES_MANIFEST).read_text())
     except (OSError, ValueError):
         return False
-    return (isinstance(written, dict) and written.get("written_by") == EXPLAIN_OWNER
-            and written.get("nodules_from") == "lidc"
+    return (isinstance(written, dict) and written.get("written_by", EXPLAIN_OWNER) == EXPLAIN_OWNER
+            and _of_lidc_annotations(written)
             and written.get("series_instance_uid") == task.series.series_instance_uid
             and written.get("methods") == list(task.methods) and written.get("model") == task.model
             and written.get("options") == recorded_options(dict(task.options)))
+
+
+def _of_lidc_annotations(written: dict) -> bool:
+    """Whether an explanation's manifest is of the LIDC annotations (not of --point); manifests written
+    before "nodules_from" was recorded say it by the readers' record on every nodule."""
+    if "nodules_from" in written:
+        return written["nodules_from"] == "lidc"
+    rows = written.get("nodules")
+    return isinstance(rows, list) and bool(rows) and all(isinstance(row, dict) and "lidc" in row for row in rows)
 
 
 def _explain_series(task: _SeriesTask) -> dict:
