@@ -227,4 +227,9 @@ def test_an_os_error_without_a_file_name_names_the_output(tmp_path, monkeypatch)
     with pytest.raises(XAIExplainError, match="disk holding .* is full"):
         with files.output_set(out, "m.json") as written:
             raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(XAIExplainError) as raised:  # a file of the set written through atomic_path (a panel)
+        with files.output_set(out, "m.json") as written:
+            with files.atomic_path(written.path("panel.png")):
+                raise OSError(errno.ENOSPC, "No space left on device")
+    assert str(out / "panel.png") in str(raised.value) and "xaiexplain-partial" not in str(raised.value)
     assert list(tmp_path.iterdir()) == []

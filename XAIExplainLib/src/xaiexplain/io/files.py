@@ -185,8 +185,11 @@ def _errors_named(target: Path, temporary: Path):
     ``target`` is written through ``temporary`` as one sentence that names ``target``, never the temporary."""
     try:
         yield
-    except XAIExplainError:
-        raise
+    except XAIExplainError as error:
+        if str(temporary) not in str(error):
+            raise
+        # a writer's own sentence (a file written through atomic_path inside a set) names the temporary
+        raise XAIExplainError(str(error).replace(str(temporary), str(target))) from None
     except Exception as error:
         free = _free_bytes(temporary if temporary.exists() else temporary.parent)
         os_error = isinstance(error, OSError)
