@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -61,11 +63,56 @@ def _limit_threads(threads: int) -> None:
         pass
 
 
+# In a worker process: whether it is running an item (a signal then ends the item through its clean-up, such
+# as an output set's removal of its staging folder) and whether a signal has already arrived (a second one,
+# from the main process after the process group's, must not interrupt that clean-up).
+_running_item = False
+_signalled = False
+
+
+def _start_worker(threads: int) -> None:
+    _limit_threads(threads)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _worker_signal)
+
+
+def _worker_signal(signum, frame):
+    global _signalled
+    if _signalled:
+        return
+    _signalled = True
+    if _running_item:
+        from xaiexplain.io.files import Terminated
+
+        raise Terminated(signum)
+    os._exit(128 + signum)  # idle: nothing to clean up, and no traceback from the pool's loop
+
+
+def _run_item(function: Callable, item):
+    global _running_item
+    _running_item = True
+    try:
+        return function(item)
+    finally:
+        _running_item = False
+
+
+def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """SIGTERM to the pool's processes: each ends its item through the item's clean-up at once, instead of
+    the main process waiting for the items to finish (``_processes`` is the executor's own record)."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(Exception):
+            process.terminate()
+
+
 def map_in_workers(function: Callable, items: Sequence, workers: int = 1, description: str = "",
                    progress: bool = True, unit: str = "item") -> list:
     """``[function(item) for item in items]``, in ``workers`` processes when more than one, with a progress
     bar on stderr. ``function`` must be a module-level function; its results should be small (the work it
-    does is written to files), so that memory stays bounded however many items there are."""
+    does is written to files), so that memory stays bounded however many items there are. An interruption
+    of the main process (Ctrl-C, SIGTERM) stops the workers at once; a signal to a worker ends its item
+    through the item's own clean-up."""
     bar = None
     if progress and items:
         from tqdm import tqdm
@@ -84,14 +131,15 @@ def map_in_workers(function: Callable, items: Sequence, workers: int = 1, descri
         context = multiprocessing.get_context("spawn")
         results = [None] * len(items)
         with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=context,
-                                                    initializer=_limit_threads, initargs=(threads,)) as pool:
-            futures = {pool.submit(function, item): n for n, item in enumerate(items)}
+                                                    initializer=_start_worker, initargs=(threads,)) as pool:
+            futures = {pool.submit(_run_item, function, item): n for n, item in enumerate(items)}
             try:
                 for future in concurrent.futures.as_completed(futures):
                     results[futures[future]] = future.result()
                     if bar is not None:
                         bar.update(1)
             except BaseException:
+                _stop_workers(pool)
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
         return results

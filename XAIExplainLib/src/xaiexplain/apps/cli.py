@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command_line = "xaiexplain " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     return run_reporting_errors(f"xaiexplain {args.command}", lambda: COMMANDS[args.command](args, command_line),
-                                "every output set is whole or absent (the one being written was removed)")
+                                "every output set is whole or absent (what was being written was removed)")
 
 
 def run_reporting_errors(prefix: str, run, after_interruption: str) -> int:
@@ -248,17 +248,15 @@ def run_reporting_errors(prefix: str, run, after_interruption: str) -> int:
 
 def run_nodules(args, command_line: str) -> int:
     from xaiexplain.data import lidc
-    from xaiexplain.io.files import atomic_path, write_json_atomic
+    from xaiexplain.io.files import atomic_path, json_text
 
     suffix = args.out.suffix.lower()
     if suffix not in (".csv", ".json"):
         raise XAIExplainError(f"--out {args.out} must end in .csv or .json")
     table = lidc.nodule_table(progress=True, refresh=args.refresh)
-    if suffix == ".json":
-        write_json_atomic(args.out, [n.to_json() for n in table])
-    else:
-        with atomic_path(args.out) as temporary:
-            temporary.write_text(nodule_table_csv(table))
+    text = json_text([n.to_json() for n in table]) if suffix == ".json" else nodule_table_csv(table)
+    with atomic_path(args.out, written_by_us=is_nodule_table) as temporary:  # replaces only an earlier table
+        temporary.write_text(text)
     counts = lidc.count_labels(table)
     print(f"{counts['nodules']} nodules in {counts['scans_with_nodules']} of {counts['scans']} scans; "
           f"{counts['read_by_3_or_more']} read by >= 3 "
@@ -269,15 +267,34 @@ def run_nodules(args, command_line: str) -> int:
     return 0
 
 
+def nodule_table_columns() -> list[str]:
+    from xaiexplain.data.lidc import RATING_NAMES
+
+    return ["patient_id", "series_instance_uid", "nodule_index", "n_readers", "label", "exclusion", *RATING_NAMES,
+            "diameter_mm", "volume_mm3", "centroid_i", "centroid_j", "centroid_k", "centroid_x_mm", "centroid_y_mm",
+            "centroid_z_mm", "bbox_i0", "bbox_i1", "bbox_j0", "bbox_j1", "bbox_k0", "bbox_k1", "annotation_ids"]
+
+
+def is_nodule_table(path: Path) -> bool:
+    """Whether ``path`` holds a table ``nodules --out`` wrote (.csv: its header line; .json: a list of its
+    records), which a rerun may replace; any other file is the user's."""
+    try:
+        with open(path, newline="") as f:
+            if path.suffix.lower() == ".csv":
+                return next(csv.reader([f.readline()]), []) == nodule_table_columns()
+            records = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(records, list) and all(isinstance(r, dict) and {"series_instance_uid", "nodule_index",
+                                                                      "annotation_ids"} <= r.keys() for r in records)
+
+
 def nodule_table_csv(table) -> str:
     from xaiexplain.data.lidc import RATING_NAMES
 
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["patient_id", "series_instance_uid", "nodule_index", "n_readers", "label", "exclusion",
-                     *RATING_NAMES, "diameter_mm", "volume_mm3", "centroid_i", "centroid_j", "centroid_k",
-                     "centroid_x_mm", "centroid_y_mm", "centroid_z_mm", "bbox_i0", "bbox_i1", "bbox_j0", "bbox_j1",
-                     "bbox_k0", "bbox_k1", "annotation_ids"])
+    writer.writerow(nodule_table_columns())
     for n in table:
         writer.writerow([n.patient_id, n.series_instance_uid, n.nodule_index, n.n_readers, n.label or "",
                          n.exclusion or "", *(n.ratings[r] for r in RATING_NAMES), f"{n.diameter_mm:.2f}",

@@ -25,15 +25,19 @@ from xaiexplain.data.dicom_index import index_series
 from xaiexplain.devices import select_device
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.explainers.on_patches import split_options
-from xaiexplain.io.explanation_files import recorded_options, write_series_explanation
-from xaiexplain.io.files import check_output_folder, output_set
+from xaiexplain.io.explanation_files import (
+    EXPLAIN_OWNER,
+    SERIES_MANIFEST,
+    recorded_options,
+    write_series_explanation,
+)
+from xaiexplain.io.files import check_output_folder, make_folders, output_set, remove_empty_folders
 from xaiexplain.models.bundles import DEFAULT_CLASSIFIER, load_bundle
 from xaiexplain.parallel import Shard, map_in_workers
 from xaiexplain.slicer.scene_files import series_output_name
 
 ARCHIVE_MANIFEST = "archive.json"
 SUMMARY_TABLE = "nodules.csv"
-SERIES_MANIFEST = "nodules.json"
 
 
 @dataclass(frozen=True)
@@ -77,28 +81,47 @@ class _SeriesTask:
 
 
 def _is_done(folder: Path, task: _SeriesTask) -> bool:
-    """Whether ``folder`` holds this task's explanation (same methods, options and model), whole."""
+    """Whether ``folder`` holds this task's explanation (same methods, options and model, of the LIDC
+    annotations, written by ``explain``), whole."""
     try:
         written = json.loads((folder / SERIES_MANIFEST).read_text())
     except (OSError, ValueError):
         return False
-    return (written.get("series_instance_uid") == task.series.series_instance_uid
+    return (isinstance(written, dict) and written.get("written_by", EXPLAIN_OWNER) == EXPLAIN_OWNER
+            and _of_lidc_annotations(written)
+            and written.get("series_instance_uid") == task.series.series_instance_uid
             and written.get("methods") == list(task.methods) and written.get("model") == task.model
             and written.get("options") == recorded_options(dict(task.options)))
 
 
+def _of_lidc_annotations(written: dict) -> bool:
+    """Whether an explanation's manifest is of the LIDC annotations (not of --point); manifests written
+    before "nodules_from" was recorded say it by the readers' record on every nodule."""
+    if "nodules_from" in written:
+        return written["nodules_from"] == "lidc"
+    rows = written.get("nodules")
+    return isinstance(rows, list) and bool(rows) and all(isinstance(row, dict) and "lidc" in row for row in rows)
+
+
 def _explain_series(task: _SeriesTask) -> dict:
-    """Explain one series into its folder, unless it is there already; a user's error is its result."""
+    """Explain one series into its folder, unless it is there already. Any error of one series is its
+    result, so that the others are explained and summarised (a defect too: it is said as one)."""
     folder = Path(task.out) / task.series.output_name
-    if _is_done(folder, task):
-        return {"series": task.series.output_name, "status": "kept"}
     try:
+        if _is_done(folder, task):
+            return {"series": task.series.output_name, "status": "kept"}
         write_series_explanation(task.series.folder, folder, list(task.methods), model=task.model,
                                  series_uid=task.series.series_instance_uid, use_lidc=True,
                                  options=dict(task.options), command=task.command, allow_gaps=task.allow_gaps,
                                  device=task.device, allow_implausible_hu=task.allow_implausible_hu)
     except XAIExplainError as error:
         return {"series": task.series.output_name, "status": "failed", "reason": str(error)}
+    except OSError as error:
+        return {"series": task.series.output_name, "status": "failed",
+                "reason": f"{error.strerror or error}: {error.filename}"}
+    except Exception as error:
+        return {"series": task.series.output_name, "status": "failed",
+                "reason": f"internal error {type(error).__name__}: {error}"}
     return {"series": task.series.output_name, "status": "explained"}
 
 
@@ -112,24 +135,28 @@ def explain_archive(root, out, methods, model=None, options: dict | None = None,
     split_options(methods, options)  # unknown methods and options end here, before anything is read
     select_device(device)  # --device cuda on a machine without a GPU ends here
     model = str(load_bundle(model or DEFAULT_CLASSIFIER).path)
-    check_output_folder(out, ARCHIVE_MANIFEST)
+    check_output_folder(out, ARCHIVE_MANIFEST, EXPLAIN_OWNER)
     every = lidc_archive_series(root, workers, progress)
     if not every:
         raise XAIExplainError(f"{root} holds no CT series that the LIDC readers annotated")
     mine = shard.take(every) if shard else every
     tasks = [_SeriesTask(series, str(out), tuple(methods), model, tuple(sorted(options.items())), device, allow_gaps,
                          command, allow_implausible_hu=allow_implausible_hu) for series in mine]
-    results = map_in_workers(_explain_series, tasks, workers, "series", progress, unit="series")
-    summary = {"root": str(root), "methods": list(methods), "model": model, "options": recorded_options(options),
-               "shard": str(shard) if shard else None, "series_in_archive": len(every), "series": results,
-               "command": command, "library_version": __version__}
-    if shard is None:
-        with output_set(out, ARCHIVE_MANIFEST) as written:
-            written.path(SUMMARY_TABLE).write_text(summary_table(out, mine, methods, results))
+    made = make_folders(out)  # here, not by the first series: a run that writes nothing leaves no empty --out
+    try:
+        results = map_in_workers(_explain_series, tasks, workers, "series", progress, unit="series")
+        summary = {"root": str(root), "methods": list(methods), "model": model, "options": recorded_options(options),
+                   "shard": str(shard) if shard else None, "series_in_archive": len(every), "series": results,
+                   "command": command, "library_version": __version__}
+        if shard is None:
+            with output_set(out, ARCHIVE_MANIFEST, owner=EXPLAIN_OWNER) as written:
+                written.path(SUMMARY_TABLE).write_text(summary_table(out, mine, methods, results))
+                summary["seconds"] = round(time.time() - started, 1)
+                written.manifest_data = summary
+        else:
             summary["seconds"] = round(time.time() - started, 1)
-            written.manifest_data = summary
-    else:
-        summary["seconds"] = round(time.time() - started, 1)
+    finally:
+        remove_empty_folders(made)
     return summary
 
 
@@ -140,25 +167,36 @@ SUMMARY_COLUMNS = ("patient_id", "series_instance_uid", "nodule", "n_readers", "
 
 
 def summary_table(out, series: list[ArchiveSeries], methods, results: list[dict]) -> str:
-    """``nodules.csv``: one row per nodule and method of every series explained, read from its folder."""
+    """``nodules.csv``: one row per nodule and method of every series explained, read from its folder; a
+    series whose folder cannot be read (changed meanwhile) becomes failed in ``results``, with the reason."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(SUMMARY_COLUMNS)
     for entry, result in zip(series, results):
         if result["status"] == "failed":
             continue
-        written = json.loads((Path(out) / entry.output_name / SERIES_MANIFEST).read_text())
-        for row in written["nodules"]:
-            record = row["lidc"]
-            for method in methods:
-                found = row["methods"][method]
-                writer.writerow([
-                    entry.patient_id, entry.series_instance_uid, row["name"], record["n_readers"],
-                    record["label"] or "", record["exclusion"] or "",
-                    *(record["ratings"][r] for r in lidc.RATING_NAMES),
-                    f"{record['diameter_mm']:.2f}", row["slices"], f"{row['probability']:.4f}", row["decision"],
-                    f"{row['threshold']:.4f}", method, *(f"{c:.2f}" for c in found["peak_lps"]),
-                    f"{found['peak_relevance']:.6g}", "yes" if found["peak_in_consensus"] else "no",
-                    f"{found['peak_distance_to_consensus_mm']:.2f}",
-                    f"{sum(found['slice_peaks_in_consensus'])} of {len(found['slice_peaks_in_consensus'])}"])
+        manifest = Path(out) / entry.output_name / SERIES_MANIFEST
+        try:
+            writer.writerows(_summary_rows(entry, json.loads(manifest.read_text()), methods))
+        except (OSError, ValueError, LookupError, TypeError) as error:
+            result.update(status="failed", reason=f"{manifest} could not be read for the summary "
+                                                  f"({type(error).__name__}: {error})")
     return buffer.getvalue()
+
+
+def _summary_rows(entry: ArchiveSeries, written: dict, methods) -> list[list]:
+    rows = []
+    for row in written["nodules"]:
+        record = row["lidc"]
+        for method in methods:
+            found = row["methods"][method]
+            rows.append([
+                entry.patient_id, entry.series_instance_uid, row["name"], record["n_readers"],
+                record["label"] or "", record["exclusion"] or "",
+                *(record["ratings"][r] for r in lidc.RATING_NAMES),
+                f"{record['diameter_mm']:.2f}", row["slices"], f"{row['probability']:.4f}", row["decision"],
+                f"{row['threshold']:.4f}", method, *(f"{c:.2f}" for c in found["peak_lps"]),
+                f"{found['peak_relevance']:.6g}", "yes" if found["peak_in_consensus"] else "no",
+                f"{found['peak_distance_to_consensus_mm']:.2f}",
+                f"{sum(found['slice_peaks_in_consensus'])} of {len(found['slice_peaks_in_consensus'])}"])
+    return rows

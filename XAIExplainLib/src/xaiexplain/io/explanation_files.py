@@ -15,6 +15,9 @@ from xaiexplain.io.figures import explanation_panel
 from xaiexplain.io.files import output_set, safe_name
 from xaiexplain.models.bundles import DEFAULT_CLASSIFIER, load_bundle
 
+SERIES_MANIFEST = "nodules.json"
+EXPLAIN_OWNER = "xaiexplain explain"  # recorded in the manifest: the batch script's scenes use the same names
+
 
 def panel_file_name(nodule_name: str) -> str:
     return f"panel_{safe_name(nodule_name)}.png"
@@ -47,7 +50,7 @@ def write_series_explanation(series_folder, out, methods, model=None, series_uid
     method_options = prepare_methods(bundle, methods, options)
     ct = read_series(series_folder, series_uid, allow_gaps=allow_gaps, allow_implausible_hu=allow_implausible_hu)
     sites = lidc_sites(ct, with_masks=True) if use_lidc else point_sites(ct.image, points or [], half_height_mm)
-    with output_set(out, "nodules.json") as written:  # checks that out is writable before computing
+    with output_set(out, SERIES_MANIFEST, owner=EXPLAIN_OWNER) as written:  # checks out before computing
         result = explain_series(ct, sites, bundle, methods, progress=progress, method_options=method_options)
         files = {}
         for method in methods:
@@ -68,7 +71,8 @@ def write_series_explanation(series_folder, out, methods, model=None, series_uid
         written.manifest_data = {
             "series_folder": str(series_folder), "patient_id": ct.patient_id,
             "series_instance_uid": ct.series_instance_uid, "model": str(bundle.path),
-            "methods": list(methods), "options": recorded, "command": command,
+            "methods": list(methods), "options": recorded, "nodules_from": "lidc" if use_lidc else "points",
+            "command": command,
             "library_version": __version__,
             "files": files, "label_values": {m: dict(registry.get(m).map_kind.labels) for m in methods},
             "slice_gaps_mm": [list(gap) for gap in ct.gaps],

@@ -13,15 +13,19 @@ from xaiexplain.slicer.conversion import SERIES_UID, add_volume_node, lps_to_ras
 from xaiexplain.slicer.display import explain_volume_node
 
 
+SCENE_OWNER = "XAIExplainBatch.py"  # recorded in the manifest: `xaiexplain explain` uses the same names
+
+
 @contextlib.contextmanager
 def scene_output_set(scene, folder, manifest: str = "nodules.json"):
     """An output set for a scene (``xaiexplain.io.files.output_set``), opened before the scene is filled so
     that the folder is checked first. The caller fills ``scene`` and sets ``written.manifest_data``; on
     leaving, every storable node is written beside a ``scene.mrml`` (volumes as NRRD, segmentations as
     .seg.nrrd, tables as TSV, point lists as JSON) that refers to them relative to its own folder, so the
-    folder can be moved; an existing folder keeps every file that no earlier scene of this kind wrote."""
+    folder can be moved; an existing folder keeps every file that no earlier scene of this kind wrote, and a
+    folder holding another command's set (``xaiexplain explain``'s) is refused, never replaced."""
     folder = Path(folder).absolute()
-    with output_set(folder, manifest) as written:
+    with output_set(folder, manifest, owner=SCENE_OWNER) as written:
         yield written
         stored = _write_scene(scene, written, folder)
     for storage, name in stored:  # the scene in memory now refers to the files where they are
