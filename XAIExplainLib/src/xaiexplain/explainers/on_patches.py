@@ -62,14 +62,22 @@ def explain(bundle, patches_hu: np.ndarray, method: str, return_details: bool = 
 
 
 def split_options(methods, options: Mapping[str, Any]) -> dict[str, dict]:
-    """Each method's share of options given for several methods at once: an option goes to the methods
-    that take it, and one that none of them takes is refused with one sentence."""
+    """Each method's share of options given for several methods at once, each value read by its type and
+    range (``registry.parse_option``): an option goes to the methods that take it, and one that none of
+    them takes, or a value that is not of its type or out of range, is refused with one sentence."""
     records = [registry.get(method) for method in methods]
     for name in options:
         if not any(name in record.defaults for record in records):
             raise XAIExplainError(f"none of the methods {', '.join(methods)} takes the option {name!r}")
-    return {record.name: {key: value for key, value in options.items() if key in record.defaults}
+    return {record.name: record.checked({key: value for key, value in options.items() if key in record.defaults})
             for record in records}
+
+
+def parse_options(methods, options: Mapping[str, Any]) -> dict:
+    """``options`` given for several methods, each value read as the methods that take it read it
+    (``split_options``): text from a command line becomes the number or boolean it says."""
+    shares = split_options(methods, options)
+    return {name: next(share[name] for share in shares.values() if name in share) for name in options}
 
 
 def prepare_methods(bundle, methods, options: Mapping[str, Any]) -> dict[str, dict]:
