@@ -7,7 +7,7 @@ import numpy as np
 
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.explainers import registry
-from xaiexplain.models.bundles import load_bundle
+from xaiexplain.models.bundles import load_bundle, shown_name
 
 
 def explain(bundle, patches_hu: np.ndarray, method: str, return_details: bool = False, cycle_am=None, **options):
@@ -56,6 +56,9 @@ def explain(bundle, patches_hu: np.ndarray, method: str, return_details: bool = 
         raise XAIExplainError(f"patches must be (N, H, W), not of shape {patches_hu.shape}")
     if not np.isfinite(patches_hu).all():
         raise XAIExplainError("the patches hold NaN or infinite values")
+    if patches_hu.shape[1:] != (bundle.patch_size,) * 2:
+        raise XAIExplainError(f"the classifier {shown_name(bundle.path)} reads patches of {bundle.patch_size} x "
+                              f"{bundle.patch_size} px, not {patches_hu.shape[1]} x {patches_hu.shape[2]}")
     maps, details = record.compute(bundle, patches_hu, settings)
     maps = record.map_kind.present(maps)  # e.g. a sensitivity's magnitude
     return (maps, details) if return_details else maps
