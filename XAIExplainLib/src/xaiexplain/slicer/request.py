@@ -120,13 +120,14 @@ def prepare(volume_node, points_or_lidc, methods, bundle=None, scene=None, cycle
     for a missing volume, an empty point list, a point outside the volume or an unknown method or option;
     the scene is left as it was. Bundles are named, not loaded: ``compute`` loads them."""
     from xaiexplain.data.patches import check_point_inside
-    from xaiexplain.explainers.on_patches import split_options
+    from xaiexplain.explainers.on_patches import parse_options
 
     scene = scene_or_default(scene)
     methods = [methods] if isinstance(methods, str) else list(methods or [])
     if not methods:
         raise XAIExplainError("choose at least one method")
-    split_options(methods, options)  # unknown methods and options end here, before anything is read
+    # unknown methods and options, and values not of their type or range, end here, before anything is read
+    options = parse_options(methods, options)
     image = sitk.Cast(image_from_volume_node(volume_node), sitk.sitkFloat32)
     if isinstance(points_or_lidc, str):
         if points_or_lidc != "lidc":
@@ -151,6 +152,7 @@ def compute(request: ExplanationRequest, progress=None) -> ExplanationOutput:
     called at each step: loading the models, finding the LIDC annotations, each method."""
     from xaiexplain.data.nodule_sites import consensus_label_image, lidc_sites
     from xaiexplain.data.series import CTSeries
+    from xaiexplain.devices import select_device
     from xaiexplain.explainers.counterfactuals import generators_for
     from xaiexplain.explainers.on_series import explain_series
     from xaiexplain.models.bundles import DEFAULT_CLASSIFIER, load_bundle
@@ -159,8 +161,11 @@ def compute(request: ExplanationRequest, progress=None) -> ExplanationOutput:
         if progress is not None:
             progress(fraction, message)
 
+    if not request.methods:
+        raise XAIExplainError("choose at least one method")
+    device = select_device(request.device)  # cuda without a GPU: the command line's sentence
     report(0.0, "loading the models")
-    classifier = load_bundle(request.classifier or DEFAULT_CLASSIFIER, device=request.device)
+    classifier = load_bundle(request.classifier or DEFAULT_CLASSIFIER, device=device)
     # cycle-am's generators on the classifier's device, refused unless trained against it
     generators = (generators_for(classifier, request.cycle_am, request.options.get("allow_other_classifier", False))
                   if request.uses_generators else None)
