@@ -121,3 +121,15 @@ def test_an_empty_bundle_or_layer_name_is_refused(argument, series, tmp_path, ca
     status = explain(series, tmp_path / "out", "grad-cam", argument, "")
     one_line_error(capsys, status, argument, "empty name")
     assert not (tmp_path / "out").exists()
+
+
+# Before: with --lidc-root the layer was checked only per series, after the whole download had been indexed.
+@pytest.mark.parametrize("option, phrase", [("layer=classifier", "unknown layer 'classifier'"),
+                                            ("steps=0", "steps is a whole number")])
+def test_an_archive_run_checks_the_options_before_reading_the_archive(option, phrase, tmp_path, capsys):
+    root = tmp_path / "download"
+    root.mkdir()
+    status = cli.main(["explain", "--lidc-root", str(root), "--method", "grad-cam", "--method",
+                       "integrated-gradients", "--option", option, "--out", str(tmp_path / "out")])
+    one_line_error(capsys, status, phrase)
+    assert not (tmp_path / "out").exists()

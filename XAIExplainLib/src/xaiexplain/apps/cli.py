@@ -359,7 +359,13 @@ def run_explain(args, command_line: str) -> int:
     from xaiexplain.io.explanation_files import write_series_explanation
 
     if args.lidc_root:
-        return run_archive_explain(args, explain_options(args), command_line)
+        from xaiexplain.explainers.on_patches import prepare_methods
+        from xaiexplain.explainers.on_series import load_series_classifier
+
+        options = explain_options(args)
+        # the classifier, Grad-CAM's layer and cycle-am's generators checked before the archive is read
+        prepare_methods(load_series_classifier(args.model), args.method, options)
+        return run_archive_explain(args, options, command_line)
     if not args.series or not (args.lidc or args.point):
         raise XAIExplainError("say what to explain: --series DIR with --lidc or --point X,Y,Z, or --lidc-root DIR")
     if args.workers > 1 or args.shard:

@@ -23,7 +23,7 @@ from xaiexplain.explainers import iterative, registry
 from xaiexplain.explainers.counterfactuals import Counterfactuals
 from xaiexplain.explainers.labels import label_image
 from xaiexplain.explainers.on_patches import explain, prepare_methods
-from xaiexplain.models.bundles import load_bundle, shown_name
+from xaiexplain.models.bundles import DEFAULT_CLASSIFIER, load_bundle, shown_name
 
 
 @dataclass
@@ -89,8 +89,7 @@ def explain_series(image, points, bundle=None, methods=("saliency",), progress=N
     """
     if cycle_am is not None:
         options = {**options, "generators": cycle_am}
-    bundle = load_bundle(bundle) if bundle is not None else load_bundle()
-    check_reads_series_patches(bundle)
+    bundle = load_series_classifier(bundle)
     # refuses unknown methods and options, and cycle-am generators of another classifier, before computing
     options_of = method_options if method_options is not None else prepare_methods(bundle, methods, options)
     sitk_image = image.image if isinstance(image, CTSeries) else image
@@ -162,14 +161,17 @@ def explain_series(image, points, bundle=None, methods=("saliency",), progress=N
                              maps=per_method_maps, counterfactuals=series_counterfactuals)
 
 
-def check_reads_series_patches(bundle) -> None:
-    """Series are explained on the patches ``extract_stack`` takes (PATCH_SIZE px across FIELD_OF_VIEW_MM):
-    a classifier made for other patches is refused in one sentence, before a series is read."""
+def load_series_classifier(bundle=None, device="cpu"):
+    """The classifier bundle (default the shipped one) loaded, if it reads the patches series are explained
+    on (``extract_stack``'s PATCH_SIZE px across FIELD_OF_VIEW_MM); otherwise one sentence, before a series
+    is read."""
+    bundle = load_bundle(DEFAULT_CLASSIFIER if bundle is None else bundle, device=device)
     size, field_of_view = bundle.patch_size, bundle.input_spec.get("field_of_view_mm", FIELD_OF_VIEW_MM)
     if size != PATCH_SIZE or field_of_view != FIELD_OF_VIEW_MM:
         raise XAIExplainError(f"the classifier {shown_name(bundle.path)} reads patches of {size} x {size} px across "
                               f"{field_of_view:g} mm; series are explained on patches of {PATCH_SIZE} x {PATCH_SIZE} "
                               f"px across {FIELD_OF_VIEW_MM:g} mm")
+    return bundle
 
 
 def _patch_point_lps(stack: PatchStack, n: int, row: int, column: int) -> np.ndarray:
