@@ -62,7 +62,7 @@ def grad_cam_layer_path(named_layers: dict, classifier: nn.Module, name: str) ->
     gives it, e.g. ``features.8``) or by one of the architecture's ``named_layers`` (``block1`` ..
     ``block4``: the ReLU closing each block); one sentence unless it is a layer of the convolutional part
     (``features``), whose output is a map Grad-CAM can weigh (the linear classifier's is not)."""
-    path = named_layers.get(name, name)
+    path = named_layers.get(name, name) if isinstance(name, str) else None
     if path not in dict(classifier.named_modules()) or not (path == "features" or path.startswith("features.")):
         raise XAIExplainError(f"unknown layer {name!r} for Grad-CAM; give one of {', '.join(named_layers)} "
                               f"or a module path of a convolutional layer such as "

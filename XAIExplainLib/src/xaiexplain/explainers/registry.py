@@ -221,7 +221,8 @@ def register(method: Method) -> Method:
         raise ValueError(f"{method.name!r} is taken or not a base method name")
     if method.kind not in KINDS:
         raise ValueError(f"unknown kind {method.kind!r}; known: {', '.join(KINDS)}")
-    method.option_specs  # noqa: B018 -- every default of a type options can have
+    for default in method.defaults.values():
+        option_type(default)  # a ValueError for a default of a type that no option can have
     if set(method.ranges) - set(method.defaults):
         raise ValueError(f"{method.name} gives ranges of options it does not take")
     _METHODS[method.name] = method
