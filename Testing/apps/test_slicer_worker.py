@@ -1,6 +1,7 @@
 """The Slicer module's worker process under plain Python, through exactly the file protocol and the process
 call the panel uses (``ExplanationJob`` and ``slicer.util.launchConsoleProcess``): request in, progress
 lines, results out, one sentence for a user's error, and a kill mid-run that leaves nothing to load."""
+import json
 import os
 import signal
 import subprocess
@@ -11,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 slicer = pytest.importorskip("slicer")
+from xaiexplain.apps import slicer_worker  # noqa: E402
 from xaiexplain.errors import XAIExplainError  # noqa: E402
 from xaiexplain.slicer import job_files  # noqa: E402
 from xaiexplain.slicer.job import ExplanationJob  # noqa: E402
@@ -260,3 +263,77 @@ def test_a_gpu_this_machine_lacks_is_one_sentence_from_the_worker(tmp_path):
     run_to_end(job)
     assert job.state == "failed" and job.process.returncode == job_files.EXIT_USER_ERROR
     assert job.error == "--device cuda was asked for, but PyTorch sees no CUDA GPU on this machine"
+
+
+def job_with_request(tmp_path, methods=("saliency",), **changes) -> Path:
+    """A job folder holding the panel's request for ``methods``, its request.json fields then changed."""
+    job = tmp_path / "job"
+    job_files.write_request(job, request(list(methods)))
+    manifest = job / "request" / "request.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), **changes}))
+    return job
+
+
+def run_in_process(job, capsys) -> tuple[int, list[str]]:
+    """The worker's exit status and error sentences, for ``job``."""
+    status = slicer_worker.run(job)
+    events = [job_files.parse_line(text) for text in capsys.readouterr().out.splitlines()]
+    return status, [event["message"] for event in events if event and event["xaiexplain"] == "error"]
+
+
+# Before: device cuda on a machine without CUDA was "internal error AssertionError" (exit 1), methods []
+# exited 0 with empty results, a NaN point was shown as np.float64(nan), and the other malformed fields
+# were KeyErrors, TypeErrors or a RecursionError (exit 1).
+BAD_REQUESTS = {
+    "cuda-without-a-gpu": ({"device": "cuda"}, "--device cuda was asked for, but PyTorch sees no CUDA GPU"),
+    "unknown-device": ({"device": "tpu"}, "needs device to be one of auto, cpu, cuda"),
+    "no-methods": ({"methods": []}, "needs methods to be a list of at least one method name"),
+    "nan-point": ({"points_lps": [[float("nan"), 0.0, -95.0]]}, "is not valid JSON (NaN is not a JSON value)"),
+    "two-coordinates": ({"points_lps": [[0.0, -95.0]]}, "needs points_lps to be null (the LIDC annotations) or"),
+    "bad-option": ({"methods": ["integrated-gradients"], "options": {"steps": 0}}, "steps is a whole number"),
+    "empty-classifier": ({"classifier": ""}, "needs classifier to be a name or null"),
+    "unknown-method": ({"methods": ["saliency", "lpr"]}, "unknown method 'lpr'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
+def test_a_bad_request_is_one_sentence_and_exit_status_2(case, tmp_path, capsys):
+    changes, phrase = BAD_REQUESTS[case]
+    if case == "cuda-without-a-gpu" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    job = job_with_request(tmp_path, **changes)
+    status, errors = run_in_process(job, capsys)
+    assert status == job_files.EXIT_USER_ERROR and len(errors) == 1 and phrase in errors[0], errors
+    assert "np.float64" not in errors[0] and not (job / "results").exists()
+
+
+def test_a_request_nested_too_deep_is_one_sentence(tmp_path, capsys):
+    job = job_with_request(tmp_path)
+    (job / "request" / "request.json").write_text("[" * 100_000 + "]" * 100_000)
+    status, errors = run_in_process(job, capsys)
+    assert status == job_files.EXIT_USER_ERROR and "nested more than" in errors[0], errors
+
+
+# Before: a results link made in the job folder took the worker's results out of it (exit 0).
+def test_results_are_never_written_through_a_link_out_of_the_job(tmp_path, capsys):
+    job = job_with_request(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (job / "results").symlink_to(elsewhere, target_is_directory=True)
+    status, errors = run_in_process(job, capsys)
+    assert status == job_files.EXIT_USER_ERROR and "exists already" in errors[0], errors
+    assert list(elsewhere.iterdir()) == []
+
+
+# Before: results.json's file names were joined to the results folder as they were: "../..." read files
+# out of the job.
+@pytest.mark.parametrize("name", ["../request/volume.nrrd", "/etc/hostname", "sub/relevance.nrrd", ".."])
+def test_results_name_only_files_of_their_folder(name, tmp_path):
+    job = job_with_request(tmp_path)
+    (job / "results").mkdir()
+    (job / "results" / "results.json").write_text(json.dumps(
+        {"protocol": job_files.PROTOCOL, "files": {"relevance": {"saliency": name}, "labels": {},
+                                                   "counterfactuals": {}, "consensus": None},
+         "nodules": [], "lidc_nodules": []}))
+    with pytest.raises(XAIExplainError, match="not a file of its results folder"):
+        job_files.read_results(job)

@@ -54,6 +54,13 @@ CONFIG_EDITS = {
     "reversed-window": (lambda c: with_input(c, hu_window=[400, -1000]), "hu_window"),
     "text-window": (lambda c: with_input(c, hu_window=["-1000", "400"]), "hu_window"),
     "zero-patch-size": (lambda c: with_input(c, patch_size=0), "patch_size"),
+    "huge-patch-size": (lambda c: with_input(c, patch_size=10**9), "patch_size"),
+    "text-patch-size": (lambda c: with_input(c, patch_size="wide"), "patch_size"),
+    "nan-patch-size": (lambda c: with_input(c, patch_size=float("nan")), "NaN"),
+    "zero-field-of-view": (lambda c: with_input(c, field_of_view_mm=0), "field_of_view_mm"),
+    "huge-field-of-view": (lambda c: with_input(c, field_of_view_mm=10**9), "field_of_view_mm"),
+    "text-field-of-view": (lambda c: with_input(c, field_of_view_mm="wide"), "field_of_view_mm"),
+    "nan-field-of-view": (lambda c: with_input(c, field_of_view_mm=float("nan")), "NaN"),
     "kind-contradicts-architecture": (lambda c: {**c, "kind": "cycle-am"}, "kind"),
 }
 
@@ -178,3 +185,44 @@ def test_cycle_am_bundle_of_an_earlier_version_is_refused(missing, tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(XAIExplainError, match=missing):
         xaiexplain.load_bundle(folder, role="cycle-am")
+
+
+# Before: a config.json nested 100 000 levels deep ended in a RecursionError (traceback, exit 1).
+def test_a_config_nested_too_deep_is_one_sentence(series, tmp_path, capsys):
+    folder = tmp_path / "deep"
+    shutil.copytree(BUNDLED / "demo-classifier", folder)
+    (folder / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(XAIExplainError, match="nested more than"):
+        xaiexplain.load_bundle(folder)
+    one_line_error(capsys, explain(series, folder, tmp_path / "out"), "config.json", "nested more than")
+    assert not (tmp_path / "out").exists()
+
+
+def bundle_for_patches(folder, input_size: int, patch_size: int):
+    """A classifier bundle whose network is built for ``input_size`` px and whose config says it reads
+    ``patch_size`` px."""
+    from xaiexplain.models.architectures import NoduleClassifier
+    from xaiexplain.models.bundles import save_bundle
+
+    demo = xaiexplain.load_bundle()
+    config = {key: value for key, value in demo.config.items() if key not in ("format", "format_version")}
+    config["arguments"] = {**config["arguments"], "input_size": input_size}
+    config["input"] = {**config["input"], "patch_size": patch_size}
+    return save_bundle(folder, NoduleClassifier(widths=config["arguments"]["widths"], input_size=input_size), config)
+
+
+# Before: a well-formed bundle for 128 px patches loaded, then failed at inference with a RuntimeError
+# (traceback, exit 1); one whose network does not read its own patch_size loaded too.
+def test_a_bundle_for_other_patches_is_refused_before_inference(series, tmp_path, capsys):
+    wide = bundle_for_patches(tmp_path / "wide", 128, 128)
+    bundle = xaiexplain.load_bundle(wide)  # a bundle of its own kind: it reads 128 px patches
+    assert xaiexplain.explain(bundle, np.full((2, 128, 128), -850.0), "saliency").shape == (2, 128, 128)
+    with pytest.raises(XAIExplainError, match="reads patches of 128 x 128 px, not 64 x 64"):
+        xaiexplain.explain(bundle, np.full((2, 64, 64), -850.0), "saliency")
+    one_line_error(capsys, explain(series, wide, tmp_path / "out"), "reads patches of 128 x 128 px",
+                   "64 x 64 px across 45 mm")
+    assert not (tmp_path / "out").exists()
+
+    inconsistent = bundle_for_patches(tmp_path / "inconsistent", 128, 64)
+    with pytest.raises(XAIExplainError, match="does not read one-channel patches of its input.patch_size, 64 x 64"):
+        xaiexplain.load_bundle(inconsistent)

@@ -2,13 +2,13 @@
 (step or epoch, history, optimiser hyper-parameters) as JSON; one output set, whole or absent."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.io.files import check_output_folder, output_set
+from xaiexplain.io.json_input import read_json
 
 TENSORS = "checkpoint.safetensors"
 INFO = "checkpoint.json"
@@ -50,7 +50,7 @@ def load_checkpoint(folder, state_names: list[str], optimisers: dict[str, torch.
     folder = Path(folder)
     try:
         tensors = load_file(str(folder / TENSORS))
-        info = json.loads((folder / INFO).read_text())
+        info = read_json(folder / INFO)
     except (OSError, ValueError) as error:
         raise XAIExplainError(f"the checkpoint in {folder} cannot be read ({error})") from None
     states = {name: {key[len(name) + 1:]: value for key, value in tensors.items() if key.startswith(name + ".")}

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import math
 import shlex
 import sys
@@ -49,24 +48,32 @@ def parse_point(text: str) -> tuple[float, float, float]:
     return values
 
 
-def parse_option(text: str) -> tuple[str, object]:
-    """NAME=VALUE; the value is read as JSON where it is JSON (a number, true), else kept as text."""
+def parse_option(text: str) -> tuple[str, str]:
+    """NAME=VALUE; the value stays text until the methods that take the option read it by its type
+    (``explain_options``)."""
     name, equals, value = text.partition("=")
     if not equals or not name:
         raise argparse.ArgumentTypeError(f"'{text}' is not an option: give NAME=VALUE")
-    try:
-        return name, json.loads(value)
-    except ValueError:
-        return name, value
+    return name, value
+
+
+def non_empty(text: str) -> str:
+    """A bundle or layer name: an empty one (an unset shell variable) is refused, not taken as the default."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty name was given (is a shell variable unset?)")
+    return text
 
 
 def explain_options(args) -> dict:
+    """The methods' options of the command line, each read by its type and range (one sentence if not)."""
+    from xaiexplain.explainers.on_patches import parse_options
+
     options = dict(args.option)
     if args.grad_cam_layer:
         options["layer"] = args.grad_cam_layer
     if args.cycle_am:
         options["generators"] = args.cycle_am
-    return options
+    return parse_options(args.method, options)
 
 
 def methods_help() -> str:
@@ -166,13 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_archive_arguments(explain)
     explain.add_argument("--method", action="append", required=True, metavar="METHOD",
                          help="an explanation method (repeatable)")
-    explain.add_argument("--model", default=None, help="model bundle folder or shipped name (default demo-classifier)")
+    explain.add_argument("--model", default=None, type=non_empty, help="model bundle folder or shipped name (default demo-classifier)")
     explain.add_argument("--option", action="append", type=parse_option, default=[], metavar="NAME=VALUE",
                          help="an option of the methods that take it (repeatable), e.g. layer=block2, steps=100")
-    explain.add_argument("--grad-cam-layer", default=None,
+    explain.add_argument("--grad-cam-layer", default=None, type=non_empty,
                          help="Grad-CAM's layer: block1 .. block4 or a module path such as features.8 (the option "
                               "layer; default block3)")
-    explain.add_argument("--cycle-am", default=None, dest="cycle_am",
+    explain.add_argument("--cycle-am", default=None, dest="cycle_am", type=non_empty,
                          help="cycle-am bundle folder or shipped name (the option generators; default demo-cycle-am)")
     explain.add_argument("--out", required=True, type=Path, help="output folder")
 
@@ -192,8 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="8 nodules and randomization on 4 patches: a few minutes on a CPU")
     benchmark.add_argument("--nodules", type=int, help="how many held-out nodules (default 8 quick, 60 full)")
     benchmark.add_argument("--method", action="append", help="only these methods (repeatable; default all)")
-    benchmark.add_argument("--model", help="classifier bundle folder or shipped name (default demo-classifier)")
-    benchmark.add_argument("--cycle-am", help="cycle-am bundle (default demo-cycle-am)")
+    benchmark.add_argument("--model", type=non_empty, help="classifier bundle folder or shipped name (default demo-classifier)")
+    benchmark.add_argument("--cycle-am", type=non_empty, help="cycle-am bundle (default demo-cycle-am)")
     benchmark.add_argument("--seed", type=parse_seed, default=0, help="patch-set split and randomization seed")
     benchmark.add_argument("--out", required=True, type=Path, help="output folder")
 
@@ -373,7 +380,13 @@ def run_explain(args, command_line: str) -> int:
     from xaiexplain.io.explanation_files import write_series_explanation
 
     if args.lidc_root:
-        return run_archive_explain(args, explain_options(args), command_line)
+        from xaiexplain.explainers.on_patches import prepare_methods
+        from xaiexplain.explainers.on_series import load_series_classifier
+
+        options = explain_options(args)
+        # the classifier, Grad-CAM's layer and cycle-am's generators checked before the archive is read
+        prepare_methods(load_series_classifier(args.model), args.method, options)
+        return run_archive_explain(args, options, command_line)
     if not args.series or not (args.lidc or args.point):
         raise XAIExplainError("say what to explain: --series DIR with --lidc or --point X,Y,Z, or --lidc-root DIR")
     if args.workers > 1 or args.shard:

@@ -23,7 +23,6 @@ Files in the output folder:
 """
 from __future__ import annotations
 
-import json
 import zipfile
 from collections import defaultdict
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 from xaiexplain.data import lidc
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.io.files import output_set
+from xaiexplain.io.json_input import read_json
 
 PATCH_SET_MANIFEST = "dataset.json"
 SPLITS = ("train", "validation", "test")
@@ -178,6 +178,6 @@ def load_patch_set(folder, names=None) -> tuple[dict[str, np.ndarray], list[dict
             if missing:
                 raise ValueError(f"it has no array {missing[0]}")
             arrays = {name: data[name] for name in (names or data.files)}
-        return arrays, json.loads(files[1].read_text()), json.loads(files[2].read_text())
+        return arrays, read_json(files[1]), read_json(files[2])
     except (ValueError, OSError, zipfile.BadZipFile) as error:
         raise XAIExplainError(f"the patch set in {folder} cannot be read ({error})") from None

@@ -141,7 +141,8 @@ def _slab_heights(z_positions: np.ndarray, image: sitk.Image) -> np.ndarray:
 def check_point_inside(image: sitk.Image, point_lps) -> None:
     """PatchError unless the LPS point is finite and inside the image's voxel extent."""
     if len(point_lps) != image.GetDimension() or not np.isfinite(np.asarray(point_lps, dtype=float)).all():
-        raise PatchError(f"the point {tuple(point_lps)} is not {image.GetDimension()} finite LPS millimetres")
+        shown = ", ".join(f"{float(c):g}" for c in np.ravel(np.asarray(point_lps, dtype=float)))
+        raise PatchError(f"the point ({shown}) is not {image.GetDimension()} finite LPS millimetres")
     index = np.asarray(image.TransformPhysicalPointToContinuousIndex([float(c) for c in point_lps]))
     size = np.asarray(image.GetSize())
     if np.any(index < -0.5) or np.any(index > size - 0.5):

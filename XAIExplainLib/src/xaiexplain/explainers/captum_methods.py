@@ -53,14 +53,21 @@ class LogitDifference(nn.Module):
         return self.classifier(features.reshape(features.shape[0], -1))
 
     def layer(self, name: str) -> nn.Module:
-        """A layer by module path (as ``named_modules`` gives it, e.g. ``features.8``) or by one of the
-        architecture's layer names (``block1`` .. ``block4``: the ReLU closing each block)."""
-        modules = dict(self.named_modules())
-        path = self.named_layers.get(name, name)
-        if path not in modules or path == "":
-            raise XAIExplainError(f"unknown layer {name!r} for Grad-CAM; give one of {', '.join(self.named_layers)} "
-                                  f"or a module path such as {next(iter(self.named_layers.values()), 'features.2')}")
-        return modules[path]
+        """A layer by module path or name (``grad_cam_layer_path``)."""
+        return dict(self.named_modules())[grad_cam_layer_path(self.named_layers, self, name)]
+
+
+def grad_cam_layer_path(named_layers: dict, classifier: nn.Module, name: str) -> str:
+    """The module path of a Grad-CAM layer of ``classifier`` given by module path (as ``named_modules``
+    gives it, e.g. ``features.8``) or by one of the architecture's ``named_layers`` (``block1`` ..
+    ``block4``: the ReLU closing each block); one sentence unless it is a layer of the convolutional part
+    (``features``), whose output is a map Grad-CAM can weigh (the linear classifier's is not)."""
+    path = named_layers.get(name, name) if isinstance(name, str) else None
+    if path not in dict(classifier.named_modules()) or not (path == "features" or path.startswith("features.")):
+        raise XAIExplainError(f"unknown layer {name!r} for Grad-CAM; give one of {', '.join(named_layers)} "
+                              f"or a module path of a convolutional layer such as "
+                              f"{next(iter(named_layers.values()), 'features.2')}")
+    return path
 
 
 @dataclass
@@ -92,8 +99,8 @@ def integrated_gradients(x, context):
 
     baseline = torch.full_like(x, context.baseline_value(LUNG_BASELINE_HU))
     return IntegratedGradients(context.model()).attribute(
-        x, baselines=baseline, target=0, n_steps=int(context.options["steps"]),
-        internal_batch_size=max(1, int(context.options["internal_batch_size"])))
+        x, baselines=baseline, target=0, n_steps=context.options["steps"],
+        internal_batch_size=context.options["internal_batch_size"])
 
 
 def _grad_cam_layer(model, context):

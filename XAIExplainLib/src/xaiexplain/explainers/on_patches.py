@@ -7,7 +7,7 @@ import numpy as np
 
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.explainers import registry
-from xaiexplain.models.bundles import load_bundle
+from xaiexplain.models.bundles import load_bundle, shown_name
 
 
 def explain(bundle, patches_hu: np.ndarray, method: str, return_details: bool = False, cycle_am=None, **options):
@@ -56,20 +56,31 @@ def explain(bundle, patches_hu: np.ndarray, method: str, return_details: bool = 
         raise XAIExplainError(f"patches must be (N, H, W), not of shape {patches_hu.shape}")
     if not np.isfinite(patches_hu).all():
         raise XAIExplainError("the patches hold NaN or infinite values")
+    if patches_hu.shape[1:] != (bundle.patch_size,) * 2:
+        raise XAIExplainError(f"the classifier {shown_name(bundle.path)} reads patches of {bundle.patch_size} x "
+                              f"{bundle.patch_size} px, not {patches_hu.shape[1]} x {patches_hu.shape[2]}")
     maps, details = record.compute(bundle, patches_hu, settings)
     maps = record.map_kind.present(maps)  # e.g. a sensitivity's magnitude
     return (maps, details) if return_details else maps
 
 
 def split_options(methods, options: Mapping[str, Any]) -> dict[str, dict]:
-    """Each method's share of options given for several methods at once: an option goes to the methods
-    that take it, and one that none of them takes is refused with one sentence."""
+    """Each method's share of options given for several methods at once, each value read by its type and
+    range (``registry.parse_option``): an option goes to the methods that take it, and one that none of
+    them takes, or a value that is not of its type or out of range, is refused with one sentence."""
     records = [registry.get(method) for method in methods]
     for name in options:
         if not any(name in record.defaults for record in records):
             raise XAIExplainError(f"none of the methods {', '.join(methods)} takes the option {name!r}")
-    return {record.name: {key: value for key, value in options.items() if key in record.defaults}
+    return {record.name: record.checked({key: value for key, value in options.items() if key in record.defaults})
             for record in records}
+
+
+def parse_options(methods, options: Mapping[str, Any]) -> dict:
+    """``options`` given for several methods, each value read as the methods that take it read it
+    (``split_options``): text from a command line becomes the number or boolean it says."""
+    shares = split_options(methods, options)
+    return {name: next(share[name] for share in shares.values() if name in share) for name in options}
 
 
 def prepare_methods(bundle, methods, options: Mapping[str, Any]) -> dict[str, dict]:

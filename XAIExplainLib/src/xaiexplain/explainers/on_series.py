@@ -8,14 +8,22 @@ import numpy as np
 import SimpleITK as sitk
 
 from xaiexplain.data.nodule_sites import NoduleSite, consensus_distance_mm, lidc_sites, point_sites
-from xaiexplain.data.patches import DEFAULT_HALF_HEIGHT_MM, PatchStack, backproject, covered_region, extract_stack
+from xaiexplain.data.patches import (
+    DEFAULT_HALF_HEIGHT_MM,
+    FIELD_OF_VIEW_MM,
+    PATCH_SIZE,
+    PatchStack,
+    backproject,
+    covered_region,
+    extract_stack,
+)
 from xaiexplain.data.series import CTSeries
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.explainers import iterative, registry
 from xaiexplain.explainers.counterfactuals import Counterfactuals
 from xaiexplain.explainers.labels import label_image
 from xaiexplain.explainers.on_patches import explain, prepare_methods
-from xaiexplain.models.bundles import load_bundle
+from xaiexplain.models.bundles import DEFAULT_CLASSIFIER, load_bundle, shown_name
 
 
 @dataclass
@@ -81,7 +89,7 @@ def explain_series(image, points, bundle=None, methods=("saliency",), progress=N
     """
     if cycle_am is not None:
         options = {**options, "generators": cycle_am}
-    bundle = load_bundle(bundle) if bundle is not None else load_bundle()
+    bundle = load_series_classifier(bundle)
     # refuses unknown methods and options, and cycle-am generators of another classifier, before computing
     options_of = method_options if method_options is not None else prepare_methods(bundle, methods, options)
     sitk_image = image.image if isinstance(image, CTSeries) else image
@@ -151,6 +159,19 @@ def explain_series(image, points, bundle=None, methods=("saliency",), progress=N
             progress(method)
     return SeriesExplanation(relevance=relevance, labels=labels, nodules=nodules, sites=sites, stacks=stacks,
                              maps=per_method_maps, counterfactuals=series_counterfactuals)
+
+
+def load_series_classifier(bundle=None, device="cpu"):
+    """The classifier bundle (default the shipped one) loaded, if it reads the patches series are explained
+    on (``extract_stack``'s PATCH_SIZE px across FIELD_OF_VIEW_MM); otherwise one sentence, before a series
+    is read."""
+    bundle = load_bundle(DEFAULT_CLASSIFIER if bundle is None else bundle, device=device)
+    size, field_of_view = bundle.patch_size, bundle.input_spec.get("field_of_view_mm", FIELD_OF_VIEW_MM)
+    if size != PATCH_SIZE or field_of_view != FIELD_OF_VIEW_MM:
+        raise XAIExplainError(f"the classifier {shown_name(bundle.path)} reads patches of {size} x {size} px across "
+                              f"{field_of_view:g} mm; series are explained on patches of {PATCH_SIZE} x {PATCH_SIZE} "
+                              f"px across {FIELD_OF_VIEW_MM:g} mm")
+    return bundle
 
 
 def _patch_point_lps(stack: PatchStack, n: int, row: int, column: int) -> np.ndarray:

@@ -11,6 +11,11 @@ Kinds (what a map means, see docs/design.md):
 - ``sensitivity``: how strongly the decision reacts to a pixel (paper 2, Table I);
 - ``change``: cycle-am's R = G+(x) - G-(x) in HU, brighter or darker in the malignant version.
 
+Options: a record's ``defaults`` say which options it takes and, by their Python type, what each is (bool: a
+boolean, int: a whole number, float: a number, str: a name); its ``ranges`` bound the numbers (inclusive).
+``parse_option`` reads every value given, from the command line's text or from Python, by that rule, so
+that a bad value is one sentence before anything is computed.
+
 A method's ``compute(bundle, patches_hu, options)`` returns (maps (N, H, W) float32, details or None);
 its ``prepare(bundle, options)``, where it has one, resolves and checks the options for a classifier before
 anything is computed (cycle-am: its generators must belong to that classifier). New methods are added with
@@ -29,6 +34,7 @@ from xaiexplain.errors import XAIExplainError
 from xaiexplain.explainers import captum_methods, deep_lift, iterative, lrp
 from xaiexplain.explainers.counterfactuals import DEFAULT_CYCLE_AM, counterfactuals, generators_for
 from xaiexplain.explainers.kinds import KINDS, Kind  # noqa: F401 (the kinds are the registry's too)
+from xaiexplain.explainers.option_values import option_specs, option_type, parse_option  # noqa: F401
 
 ITERATIVE_PREFIX = "iterative:"
 PAPER_1 = ("A. Katzmann et al., Explaining clinical decision support systems in medical imaging using "
@@ -44,7 +50,8 @@ class Method:
     summary: str  # one line for help texts
     reference: str
     compute: Callable[[Any, np.ndarray, dict], tuple[np.ndarray, Any]]
-    defaults: Mapping[str, Any] = field(default_factory=dict)  # the options it takes
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # the options it takes; the type of each is its default's
+    ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # (lowest, highest) of numeric options
     needs: tuple[str, ...] = ()  # "layer" (a Grad-CAM layer), "generators" (a cycle-am bundle)
     figure_rank: int = 100  # order in paper 1's Fig. 6 panels
     cost_target: float | None = None  # at most this many reference times (benchmark)
@@ -67,13 +74,24 @@ class Method:
     def map_kind(self) -> Kind:
         return KINDS[self.kind]
 
-    def options(self, given: Mapping[str, Any]) -> dict:
-        """The defaults updated with ``given``; an option the method does not take is refused."""
+    @property
+    def option_specs(self) -> dict[str, dict]:
+        """Each option as data: its type, default and, for numbers with one, the range (inclusive)."""
+        return option_specs(self.defaults, self.ranges)
+
+    def checked(self, given: Mapping[str, Any]) -> dict:
+        """``given`` with each value read by ``parse_option``; an option the method does not take, or a
+        value of the wrong type or out of range, is refused in one sentence."""
         unknown = sorted(set(given) - set(self.defaults))
         if unknown:
             takes = ", ".join(self.defaults) or "no options"
             raise XAIExplainError(f"{self.name} has no option {unknown[0]!r} (it takes {takes})")
-        return {**self.defaults, **given}
+        specs = self.option_specs
+        return {name: parse_option(name, value, specs[name]) for name, value in given.items()}
+
+    def options(self, given: Mapping[str, Any]) -> dict:
+        """The defaults updated with ``given`` (``checked``)."""
+        return {**self.defaults, **self.checked(given)}
 
     def prepared(self, bundle, given: Mapping[str, Any]) -> dict:
         """``options(given)`` resolved and checked for the classifier ``bundle`` (``prepare``)."""
@@ -90,6 +108,10 @@ def register(method: Method) -> Method:
         raise ValueError(f"{method.name!r} is taken or not a base method name")
     if method.kind not in KINDS:
         raise ValueError(f"unknown kind {method.kind!r}; known: {', '.join(KINDS)}")
+    for default in method.defaults.values():
+        option_type(default)  # a ValueError for a default of a type that no option can have
+    if set(method.ranges) - set(method.defaults):
+        raise ValueError(f"{method.name} gives ranges of options it does not take")
     _METHODS[method.name] = method
     return method
 
@@ -196,6 +218,14 @@ def _cycle_am_generators(bundle, options):
 
 ITERATIVE_DEFAULTS = MappingProxyType({"max_iterations": iterative.MAX_ITERATIONS, "decay": iterative.DECAY,
                                        "inpaint_radius": iterative.INPAINT_RADIUS})
+# Algorithm 1 runs passes t = 1 .. T-1 (while t < T), so T = 2 is one pass and T < 2 none (an all-zero map);
+# 100 is five times the paper's 20. alpha weighs pass t by exp(-alpha t): below 0 later passes would outweigh
+# the first ever more (alpha -1 scaled maps by 1e7), above 10 every pass after the first counts for nothing.
+# The inpainting radius (3 px in the paper) is at least one pixel and at most half of a 64 px patch.
+ITERATIVE_RANGES = MappingProxyType({"max_iterations": (2, 100), "decay": (0.0, 10.0), "inpaint_radius": (1, 32)})
+# Integrated gradients' Riemann steps: at least 1; the cost grows with them, 1000 is 20 times the default.
+# Images x steps pushed through the network at once: at least 1, at most 4096 (memory).
+INTEGRATED_GRADIENTS_RANGES = MappingProxyType({"steps": (1, 1000), "internal_batch_size": (1, 4096)})
 
 
 def _iterative(base: Method) -> Method:
@@ -207,16 +237,23 @@ def _iterative(base: Method) -> Method:
         base_options = {key: value for key, value in options.items() if key in base.defaults}
         result = iterative.augment_evidence(
             patches_hu, lambda images: reduce(base.compute(bundle, images, base_options)[0]), bundle.predict,
-            bundle.threshold, max_iterations=int(options["max_iterations"]), decay=float(options["decay"]),
-            radius=int(options["inpaint_radius"]))
+            bundle.threshold, max_iterations=options["max_iterations"], decay=options["decay"],
+            radius=options["inpaint_radius"])
         return result.augmented, result
 
     return Method(name=ITERATIVE_PREFIX + base.name, kind=base.kind,
                   summary=f"iterative augmentation of visual evidence around {base.name}",
                   reference=f"{PAPER_2}; around {base.reference}", compute=compute,
-                  defaults=MappingProxyType({**base.defaults, **ITERATIVE_DEFAULTS}), needs=base.needs,
+                  defaults=MappingProxyType({**base.defaults, **ITERATIVE_DEFAULTS}),
+                  ranges=MappingProxyType({**base.ranges, **ITERATIVE_RANGES}), needs=base.needs,
                   figure_rank=base.figure_rank + 100, prepare=base.prepare,
                   randomization_not_applicable=base.randomization_not_applicable)
+
+
+def _grad_cam_layer(bundle, options):
+    """The options, once their layer is known to be a convolutional layer of ``bundle``'s classifier."""
+    captum_methods.grad_cam_layer_path(bundle.model.named_layers(), bundle.model, options["layer"])
+    return options
 
 
 GRAD_CAM_DEFAULTS = MappingProxyType({"layer": captum_methods.DEFAULT_GRAD_CAM_LAYER})
@@ -231,19 +268,20 @@ for _record in (
            _captum(captum_methods.integrated_gradients),
            defaults=MappingProxyType({"steps": captum_methods.INTEGRATED_GRADIENTS_STEPS,
                                       "internal_batch_size": captum_methods.INTEGRATED_GRADIENTS_BATCH}),
+           ranges=INTEGRATED_GRADIENTS_RANGES,
            figure_rank=4, cost_target=1.3, reference_passes=captum_methods.INTEGRATED_GRADIENTS_STEPS),
     Method("grad-cam", "evidence", "Grad-CAM of the logit difference, with its ReLU (eq. 2): the evidence for "
            "malignant only, >= 0", "R. R. Selvaraju et al., Grad-CAM, ICCV 2017",
            _captum(captum_methods.grad_cam), defaults=GRAD_CAM_DEFAULTS, needs=("layer",), figure_rank=7,
-           cost_target=2.0),
+           cost_target=2.0, prepare=_grad_cam_layer),
     Method("grad-cam-signed", "evidence", "Grad-CAM of the logit difference without its ReLU: the signed "
            "gradient-weighted sum of the layer's features (not Selvaraju et al.'s definition)",
            "R. R. Selvaraju et al., Grad-CAM, ICCV 2017, eq. 2 without the ReLU",
            _captum(captum_methods.grad_cam_signed), defaults=GRAD_CAM_DEFAULTS, needs=("layer",), figure_rank=9,
-           cost_target=2.0),
+           cost_target=2.0, prepare=_grad_cam_layer),
     Method("guided-grad-cam", "sensitivity", "guided backpropagation times Grad-CAM",
            "R. R. Selvaraju et al., Grad-CAM, ICCV 2017", _captum(captum_methods.guided_grad_cam),
-           defaults=GRAD_CAM_DEFAULTS, needs=("layer",), figure_rank=8),
+           defaults=GRAD_CAM_DEFAULTS, needs=("layer",), figure_rank=8, prepare=_grad_cam_layer),
     Method("deep-shap", "evidence", "DeepLiftShap over lung-parenchyma baselines", "S. M. Lundberg, S.-I. Lee, A "
            "unified approach to interpreting model predictions, NeurIPS 2017", _deep_shap,
            figure_rank=1),

@@ -10,10 +10,10 @@ from xaiexplain.data.series import read_series
 from xaiexplain.devices import select_device
 from xaiexplain.explainers import registry
 from xaiexplain.explainers.on_patches import prepare_methods
-from xaiexplain.explainers.on_series import explain_series
+from xaiexplain.explainers.on_series import explain_series, load_series_classifier
 from xaiexplain.io.figures import explanation_panel
 from xaiexplain.io.files import output_set, safe_name
-from xaiexplain.models.bundles import DEFAULT_CLASSIFIER, load_bundle
+from xaiexplain.models.bundles import DEFAULT_CLASSIFIER
 
 SERIES_MANIFEST = "nodules.json"
 EXPLAIN_OWNER = "xaiexplain explain"  # recorded in the manifest: the batch script's scenes use the same names
@@ -44,7 +44,7 @@ def write_series_explanation(series_folder, out, methods, model=None, series_uid
     options = dict(options or {})
     recorded = recorded_options(options)
     device = select_device(device)
-    bundle = load_bundle(model or DEFAULT_CLASSIFIER, device=device)
+    bundle = load_series_classifier(model or DEFAULT_CLASSIFIER, device=device)
     # before any reading: a typo in an option; cycle-am's generators loaded once on the classifier's device,
     # and refused unless trained against it
     method_options = prepare_methods(bundle, methods, options)

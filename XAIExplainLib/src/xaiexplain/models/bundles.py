@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import json
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -16,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from xaiexplain.data.patches import PATCH_SIZE
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.io.files import output_set
+from xaiexplain.io.json_input import read_json
 from xaiexplain.models import architectures as models
 
 FORMAT = "xaiexplain-bundle"
@@ -25,6 +26,10 @@ FORMAT_VERSION = 1
 BUNDLED = Path(__file__).parents[1] / "bundled"  # beside the subpackages: models and the nodule table
 DEFAULT_CLASSIFIER = "demo-classifier"
 ROLE_NAMES = {"classifier": "a classifier", "cycle-am": "a cycle-am bundle"}
+# Bounds of a bundle's input.patch_size (px) and input.field_of_view_mm: far beyond any patch of a CT slice
+# (512 px, at most about 500 mm across), so only nonsense is refused.
+MAX_PATCH_SIZE = 2048
+MAX_FIELD_OF_VIEW_MM = 1000.0
 
 
 @dataclass
@@ -58,6 +63,11 @@ class Bundle:
     @property
     def input_spec(self) -> dict:
         return self.config["input"]
+
+    @property
+    def patch_size(self) -> int:
+        """The side of the square patches the network reads, in pixels."""
+        return self.input_spec.get("patch_size", PATCH_SIZE)
 
     def input_value(self, hu: float) -> float:
         """The network input value of ``hu`` (as ``to_tensor`` maps it): for baselines."""
@@ -168,8 +178,13 @@ def check_config(config, config_file) -> str:
     window = spec.get("hu_window") if isinstance(spec, dict) else None
     if not (isinstance(window, list) and len(window) == 2 and all(map(_number, window)) and window[0] < window[1]):
         refuse(f"needs input.hu_window to be two finite numbers [low, high] with low < high, not {window!r}")
-    if "patch_size" in spec and not _positive_int(spec["patch_size"]):
-        refuse(f"needs input.patch_size to be a positive integer, not {spec['patch_size']!r}")
+    if "patch_size" in spec and not (_positive_int(spec["patch_size"]) and spec["patch_size"] <= MAX_PATCH_SIZE):
+        refuse(f"needs input.patch_size to be a whole number of pixels from 1 to {MAX_PATCH_SIZE}, not "
+               f"{spec['patch_size']!r}")
+    field_of_view = spec.get("field_of_view_mm", 1.0)
+    if not (_number(field_of_view) and 0 < field_of_view <= MAX_FIELD_OF_VIEW_MM):
+        refuse(f"needs input.field_of_view_mm to be a number of millimetres above 0 and at most "
+               f"{MAX_FIELD_OF_VIEW_MM:g}, not {field_of_view!r}")
     if kind == "cycle-am":
         hu_range = spec.get("hu_range")
         if not (isinstance(hu_range, list) and len(hu_range) == 2 and all(map(_number, hu_range))
@@ -229,10 +244,7 @@ def load_bundle(name_or_path=DEFAULT_CLASSIFIER, device: str | torch.device = "c
     config_file, weights_file = path / "config.json", path / "model.safetensors"
     if not config_file.is_file() or not weights_file.is_file():
         raise XAIExplainError(f"{path} is not a model bundle: it needs config.json and model.safetensors")
-    try:
-        config = json.loads(config_file.read_text())
-    except ValueError as error:
-        raise XAIExplainError(f"{config_file} is not valid JSON ({error})") from None
+    config = read_json(config_file)
     kind = check_config(config, config_file)
     if role is not None and kind != role:
         raise XAIExplainError(f"{name_or_path} is a {kind} bundle, not {ROLE_NAMES[role]}")
@@ -255,8 +267,25 @@ def load_bundle(name_or_path=DEFAULT_CLASSIFIER, device: str | torch.device = "c
         model.load_state_dict(state)
     except RuntimeError:
         raise XAIExplainError(f"the weights in {weights_file} do not fit the architecture in {config_file}") from None
-    model.eval().to(device)
+    model.eval()
+    _check_reads_its_patches(model, config, config_file)
+    model.to(device)
     return Bundle(path=path, config=config, model=model)
+
+
+def _check_reads_its_patches(model: torch.nn.Module, config: dict, config_file: Path) -> None:
+    """One forward pass on a blank patch of the bundle's input.patch_size: a network built for other
+    patches (a classifier whose linear layer expects another size) is refused here, not at inference."""
+    size = config["input"].get("patch_size", PATCH_SIZE)
+    try:
+        with torch.no_grad():
+            output = model(torch.zeros(1, 1, size, size))
+    except RuntimeError:
+        output = None
+    expected = (1, len(models.CLASS_NAMES)) if models.ROLES[config["architecture"]] == "classifier" else None
+    if output is None or (expected and tuple(output.shape) != expected):
+        raise XAIExplainError(f"the architecture in {config_file} does not read one-channel patches of its "
+                              f"input.patch_size, {size} x {size} px")
 
 
 def save_bundle(folder, model: torch.nn.Module, config: dict, extra_files: dict | None = None) -> Path:

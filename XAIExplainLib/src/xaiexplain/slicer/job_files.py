@@ -18,6 +18,7 @@ sentence on the error line; anything else: a defect or a kill, and no ``results/
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ import SimpleITK as sitk
 
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.io.files import json_text, output_set
+from xaiexplain.io.json_input import read_json
 from xaiexplain.slicer.request import ExplanationOutput, ExplanationRequest
 
 PROTOCOL = 1
@@ -67,18 +69,43 @@ def read_slicer_pid(job_folder) -> int | None:
 
 
 def read_request(job_folder) -> ExplanationRequest:
-    """The request of a job folder, or XAIExplainError with one sentence."""
+    """The request of a job folder, each field checked as the command line checks its arguments, or
+    XAIExplainError with one sentence."""
+    from xaiexplain.devices import DEVICE_CHOICES
+    from xaiexplain.explainers.on_patches import parse_options
+
     folder = Path(job_folder) / REQUEST
-    data = _manifest(folder / REQUEST_MANIFEST, "request")
+    manifest = folder / REQUEST_MANIFEST
+    data = _manifest(manifest, "request")
+    _new_results_folder(job_folder)  # refused before the work, not after it
     if data.get("protocol") != PROTOCOL:
         raise XAIExplainError(f"{folder} holds a request of protocol {data.get('protocol')}, not {PROTOCOL}; "
                               "the module and its library are of different versions")
-    points = data["points_lps"]
-    return ExplanationRequest(volume_id=data["volume_id"], volume_name=data["volume_name"],
-                              image=sitk.ReadImage(str(folder / VOLUME), sitk.sitkFloat32), methods=data["methods"],
-                              points_lps=None if points is None else np.array(points, float).reshape(-1, 3),
-                              series_instance_uid=data["series_instance_uid"], classifier=data["classifier"],
-                              cycle_am=data["cycle_am"], device=data["device"], options=data["options"])
+
+    def field(key: str, valid, should_be: str):
+        value = data.get(key)
+        if not valid(value):
+            raise XAIExplainError(f"{manifest} needs {key} to be {should_be}, not {_shown(value)}")
+        return value
+
+    def name_or_none(value) -> bool:
+        return value is None or (isinstance(value, str) and value.strip() != "")
+
+    methods = field("methods", lambda v: isinstance(v, list) and v and all(isinstance(m, str) for m in v),
+                    "a list of at least one method name")
+    points = field("points_lps", lambda v: v is None or (isinstance(v, list) and v and all(
+        isinstance(p, list) and len(p) == 3 and all(_finite_number(c) for c in p) for p in v)),
+        "null (the LIDC annotations) or a list of points, each three finite LPS millimetres")
+    device = field("device", lambda v: v in DEVICE_CHOICES, f"one of {', '.join(DEVICE_CHOICES)}")
+    options = field("options", lambda v: isinstance(v, dict), "an object of the methods' options")
+    texts = {key: field(key, name_or_none, "a name or null") for key in
+             ("classifier", "cycle_am", "series_instance_uid")}
+    if points is None and texts["series_instance_uid"] is None:
+        raise XAIExplainError(f"{manifest} gives neither points nor the series_instance_uid of the LIDC annotations")
+    return ExplanationRequest(volume_id=str(data.get("volume_id")), volume_name=str(data.get("volume_name")),
+                              image=_read_image(folder / VOLUME, sitk.sitkFloat32), methods=methods,
+                              points_lps=None if points is None else np.array(points, float),
+                              device=device, options=parse_options(methods, options), **texts)
 
 
 # -- results ------------------------------------------------------------------------------------------------
@@ -87,7 +114,7 @@ def write_results(job_folder, output: ExplanationOutput) -> Path:
     """Write ``output`` into ``job_folder/results`` (one output set); returns that folder."""
     from xaiexplain.explainers.registry import method_file_name
 
-    folder = Path(job_folder) / RESULTS
+    folder = _new_results_folder(job_folder)
     with output_set(folder, RESULTS_MANIFEST) as written:
         files = {"relevance": {}, "labels": {}, "counterfactuals": {}, "consensus": None}
         for kind in ("relevance", "labels"):
@@ -105,28 +132,69 @@ def write_results(job_folder, output: ExplanationOutput) -> Path:
     return folder
 
 
+def _new_results_folder(job_folder) -> Path:
+    """The job's results folder, refused if anything is there already (a link would take the results out
+    of the job): a job's results are written once, by its worker."""
+    folder = Path(job_folder) / RESULTS
+    if os.path.lexists(folder):
+        raise XAIExplainError(f"{folder} exists already, so no results are written there; start a new job")
+    return folder
+
+
 def read_results(job_folder) -> ExplanationOutput:
     """The results of a finished job, or XAIExplainError with one sentence when there are none."""
     folder = Path(job_folder) / RESULTS
-    data = _manifest(folder / RESULTS_MANIFEST, "results")
-    files = data["files"]
+    if folder.is_symlink():
+        raise XAIExplainError(f"{folder} is a link, not the results its worker wrote")
+    manifest = folder / RESULTS_MANIFEST
+    data = _manifest(manifest, "results")
+    try:
+        files = data["files"]
+        groups = {kind: dict(files[kind]) for kind in ("relevance", "labels", "counterfactuals")}
+        nodules, lidc_nodules, consensus = data["nodules"], data["lidc_nodules"], files["consensus"]
+    except (KeyError, TypeError, ValueError):
+        raise XAIExplainError(f"{manifest} is not the results manifest of this library") from None
 
-    def images(names: dict) -> dict:
-        return {key: sitk.ReadImage(str(folder / name)) for key, name in names.items()}
+    def image(name) -> sitk.Image:
+        # only the files beside the manifest: a name reaching elsewhere is not one the worker wrote
+        if not (isinstance(name, str) and name == Path(name).name and name not in ("", ".", "..")) \
+                or (folder / name).is_symlink():
+            raise XAIExplainError(f"{manifest} names {_shown(name)}, which is not a file of its results folder")
+        return _read_image(folder / name)
 
-    return ExplanationOutput(relevance=images(files["relevance"]), labels=images(files["labels"]),
-                             counterfactuals=images(files["counterfactuals"]), nodules=data["nodules"],
-                             consensus=sitk.ReadImage(str(folder / files["consensus"])) if files["consensus"] else None,
-                             lidc_nodules=data["lidc_nodules"])
+    return ExplanationOutput(**{kind: {key: image(name) for key, name in names.items()}
+                                for kind, names in groups.items()},
+                             nodules=nodules, consensus=image(consensus) if consensus else None,
+                             lidc_nodules=lidc_nodules)
 
 
 def _manifest(path: Path, what: str) -> dict:
     try:
-        return json.loads(path.read_text())
+        data = read_json(path)
     except FileNotFoundError:
         raise XAIExplainError(f"{path.parent.parent} holds no {what}") from None
-    except (OSError, ValueError) as error:
-        raise XAIExplainError(f"{path} cannot be read ({error})") from None
+    except OSError as error:
+        raise XAIExplainError(f"{path} cannot be read ({error.strerror or error})") from None
+    if not isinstance(data, dict):
+        raise XAIExplainError(f"{path} is not a {what} manifest (a JSON object)")
+    return data
+
+
+def _read_image(path: Path, pixel_type=sitk.sitkUnknown) -> sitk.Image:
+    try:
+        return sitk.ReadImage(str(path), pixel_type)
+    except RuntimeError:  # SimpleITK's for a missing or damaged file
+        raise XAIExplainError(f"{path} cannot be read as an image") from None
+
+
+def _finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _shown(value) -> str:
+    """A value of a request or manifest in a sentence, short."""
+    text = json.dumps(value) if isinstance(value, (str, int, float, list, dict, type(None))) else repr(value)
+    return text if len(text) <= 60 else text[:56] + " ..."
 
 
 # -- progress lines -----------------------------------------------------------------------------------------

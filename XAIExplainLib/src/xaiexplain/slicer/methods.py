@@ -1,6 +1,7 @@
 """The methods as the module panel and Slicer's own process know them, without torch: a table written from
 the method registry (``methods.json`` beside this file: per method its name, kind, one-line summary,
-reference and option names). Slicer's process lists the methods, checks a request and colours the results
+reference and options with their types and ranges). Slicer's process lists the methods, checks a request
+(with ``explainers.option_values``, as the registry checks it) and colours the results
 from it; only the worker process imports the registry, and with it torch and captum. A test keeps the table
 in step with the registry; after changing a method, write it again with
 
@@ -40,13 +41,20 @@ def map_kind(name: str):
     return KINDS[method_record(name)["kind"]]
 
 
-def check_methods_and_options(methods, options) -> None:
-    """Refuse an unknown method, or an option none of ``methods`` takes, with one sentence (as the worker's
-    ``explainers.on_patches.split_options`` would, before anything is written for it)."""
+def check_methods_and_options(methods, options) -> dict:
+    """``options`` read by their types and ranges (``option_values.parse_option``); an unknown method, an
+    option none of ``methods`` takes or a value not of its type or range is refused with one sentence, as the
+    worker's ``explainers.on_patches.parse_options`` refuses it, before anything is written for it."""
+    from xaiexplain.explainers.option_values import parse_option
+
     records = [method_record(method) for method in methods]
-    for name in options:
-        if not any(name in record["options"] for record in records):
+    parsed = {}
+    for name, value in options.items():
+        specs = [record["options"][name] for record in records if name in record["options"]]
+        if not specs:
             raise XAIExplainError(f"none of the methods {', '.join(methods)} takes the option {name!r}")
+        parsed[name] = parse_option(name, value, specs[0])
+    return parsed
 
 
 def table_from_registry() -> list[dict]:
@@ -54,7 +62,7 @@ def table_from_registry() -> list[dict]:
     from xaiexplain.explainers import registry
 
     return [{"name": name, "kind": record.kind, "summary": record.summary, "reference": record.reference,
-             "options": list(record.defaults)}
+             "options": record.option_specs}
             for name, record in ((name, registry.get(name)) for name in registry.available_methods())]
 
 

@@ -126,8 +126,9 @@ def prepare(volume_node, points_or_lidc, methods, bundle=None, scene=None, cycle
     methods = [methods] if isinstance(methods, str) else list(methods or [])
     if not methods:
         raise XAIExplainError("choose at least one method")
-    # unknown methods and options end here, before anything is read; from the method table: no torch here
-    check_methods_and_options(methods, options)
+    # unknown methods and options, and values not of their type or range, end here, before anything is read;
+    # from the method table: no torch in Slicer's process
+    options = check_methods_and_options(methods, options)
     image = sitk.Cast(image_from_volume_node(volume_node), sitk.sitkFloat32)
     if isinstance(points_or_lidc, str):
         if points_or_lidc != "lidc":
@@ -161,8 +162,10 @@ def compute(request: ExplanationRequest, progress=None) -> ExplanationOutput:
         if progress is not None:
             progress(fraction, message)
 
+    if not request.methods:
+        raise XAIExplainError("choose at least one method")
+    device = select_device(request.device)  # cuda without a GPU: the command line's sentence
     report(0.0, "loading the models")
-    device = select_device(request.device)  # a GPU this machine lacks: one sentence, not an AssertionError
     classifier = load_bundle(request.classifier or DEFAULT_CLASSIFIER, device=device)
     # cycle-am's generators on the classifier's device, refused unless trained against it
     generators = (generators_for(classifier, request.cycle_am, request.options.get("allow_other_classifier", False))
