@@ -33,3 +33,16 @@ def test_a_file_over_the_size_bound_is_refused_before_it_is_read(tmp_path):
     path.write_bytes(b'{"a": "\xff"}')
     with pytest.raises(XAIExplainError, match="not UTF-8"):
         read_json(path)
+
+
+def test_manifests_read_back_are_bounded_too(tmp_path):
+    """An output folder whose manifest is nested 100 000 levels deep: a RecursionError before, where the
+    output sets, the archive and the dataset builder read their manifests back; now the set is refused in
+    one sentence and the archive and the dataset builder redo what such a manifest stood for."""
+    from xaiexplain.io.files import output_set
+
+    (tmp_path / "nodules.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(XAIExplainError, match="that this library did not write"):
+        with output_set(tmp_path, "nodules.json"):
+            pass
+    assert (tmp_path / "nodules.json").stat().st_size == 200_000

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from xaiexplain.data import lidc
 from xaiexplain.data.dicom_index import index_series
 from xaiexplain.devices import select_device
 from xaiexplain.errors import XAIExplainError
+from xaiexplain.io.json_input import read_json
 from xaiexplain.explainers.on_patches import split_options
 from xaiexplain.io.explanation_files import (
     EXPLAIN_OWNER,
@@ -84,8 +84,8 @@ def _is_done(folder: Path, task: _SeriesTask) -> bool:
     """Whether ``folder`` holds this task's explanation (same methods, options and model, of the LIDC
     annotations, written by ``explain``), whole."""
     try:
-        written = json.loads((folder / SERIES_MANIFEST).read_text())
-    except (OSError, ValueError):
+        written = read_json(folder / SERIES_MANIFEST)
+    except (OSError, XAIExplainError):
         return False
     return (isinstance(written, dict) and written.get("written_by", EXPLAIN_OWNER) == EXPLAIN_OWNER
             and _of_lidc_annotations(written)
@@ -177,8 +177,8 @@ def summary_table(out, series: list[ArchiveSeries], methods, results: list[dict]
             continue
         manifest = Path(out) / entry.output_name / SERIES_MANIFEST
         try:
-            writer.writerows(_summary_rows(entry, json.loads(manifest.read_text()), methods))
-        except (OSError, ValueError, LookupError, TypeError) as error:
+            writer.writerows(_summary_rows(entry, read_json(manifest), methods))
+        except (OSError, ValueError, LookupError, TypeError, XAIExplainError) as error:
             result.update(status="failed", reason=f"{manifest} could not be read for the summary "
                                                   f"({type(error).__name__}: {error})")
     return buffer.getvalue()

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from xaiexplain.errors import XAIExplainError
+from xaiexplain.io.json_input import read_json
 
 # Temporary names: ".<name>.xaiexplain-partial~<host>~<pid>~<token><suffix>" beside the target, or
 # ".xaiexplain-partial~<host>~<pid>~<token>" inside an existing output folder. Host and pid tell
@@ -254,11 +255,11 @@ def _earlier_set(folder: Path, manifest: str | None, owner: str | None = None) -
     if manifest is None or not (folder / manifest).exists():
         return None
     try:
-        data = json.loads((folder / manifest).read_text())
+        data = read_json(folder / manifest)
         names = data[MANIFEST_FILES_KEY]
         if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
             raise TypeError
-    except (OSError, ValueError, TypeError, KeyError):
+    except (OSError, ValueError, TypeError, KeyError, XAIExplainError):
         raise XAIExplainError(f"{folder} already holds a {manifest} that this library did not write; choose a "
                               "new or empty output folder") from None
     written_by = data.get(MANIFEST_OWNER_KEY)

@@ -18,7 +18,6 @@ and refused.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ from xaiexplain.data.patches import FIELD_OF_VIEW_MM, OUTSIDE_HU, PATCH_SIZE, ex
 from xaiexplain.data.nodule_sites import check_fits_annotations
 from xaiexplain.data.series import ImplausibleCTNumbers, check_ct_numbers, check_slices, read_slice_headers
 from xaiexplain.errors import XAIExplainError
+from xaiexplain.io.json_input import read_json
 from xaiexplain.io.files import check_output_folder, output_set, safe_name
 from xaiexplain.parallel import Shard, map_in_workers
 
@@ -167,8 +167,10 @@ def _kept_part(job: ScanJob) -> dict | None:
     """The status of a scan's earlier result when it was made by this format from the same headers and sizes
     (and, where its CT numbers are implausible, with the same allow_implausible_hu)."""
     try:
-        status = json.loads((Path(job.part) / PART_MANIFEST).read_text())
-    except (OSError, ValueError):
+        status = read_json(Path(job.part) / PART_MANIFEST)
+    except (OSError, XAIExplainError):
+        return None
+    if not isinstance(status, dict):
         return None
     if status.get("format") != PART_FORMAT or status.get("source") != job.source:
         return None
