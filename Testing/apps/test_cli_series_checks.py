@@ -84,3 +84,22 @@ def test_dataset_refuses_implausible_ct_numbers_unless_allowed(lidc_download_tre
     allowed = xaiexplain("dataset", "--lidc-root", tree, "--out", tmp_path / "set", "--allow-implausible-hu")
     assert allowed.returncode == 0, allowed.stderr
     assert "1 built, 0 refused" in allowed.stdout and "(0 kept from an earlier run)" in allowed.stdout
+
+
+def test_the_batch_script_refuses_implausible_ct_numbers_unless_allowed(tmp_path):
+    """The Slicer batch script reads series as explain does, so it refuses HU + 1024 too; it has the same
+    --allow-implausible-hu (before: no way through)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    batch = Path(__file__).resolve().parents[2] / "XAIExplain" / "Scripts" / "XAIExplainBatch.py"
+    folder, _ = small_series(tmp_path / "in")
+    stored_as_hu_plus_1024(folder)
+    arguments = [sys.executable, str(batch), "--series", str(folder), "--point", CENTRE, "--method", "saliency"]
+    refused = subprocess.run(arguments + ["--out", str(tmp_path / "refused")], capture_output=True, text=True)
+    assert refused.returncode == 1 and "--allow-implausible-hu" in refused.stdout + refused.stderr
+    allowed = subprocess.run(arguments + ["--out", str(tmp_path / "allowed"), "--allow-implausible-hu"],
+                             capture_output=True, text=True)
+    assert allowed.returncode == 0, allowed.stderr[-2000:]
+    assert list((tmp_path / "allowed").glob("*/scene.mrml"))

@@ -19,6 +19,8 @@ from pathlib import Path
 
 
 def parse_arguments(argv, parse_point):
+    from xaiexplain.apps.archive_commands import add_implausible_hu_argument
+
     parser = argparse.ArgumentParser(
         prog="XAIExplainBatch.py", description=__doc__.split("\n\n")[0],
         epilog="Points are LPS millimetres, as in the xaiexplain command line and DICOM; without --point the "
@@ -38,6 +40,7 @@ def parse_arguments(argv, parse_point):
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--allow-gaps", action="store_true", dest="allow_gaps",
                         help="explain series with missing slices on interpolated ones (recorded in nodules.json)")
+    add_implausible_hu_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -76,6 +79,7 @@ def run(argv) -> int:
                 scene_file = xs.explain_series_folder(folder, arguments.out, methods, arguments.points,
                                                       arguments.model, arguments.cycle_am, arguments.device,
                                                       series_instance_uid=series_uid, allow_gaps=arguments.allow_gaps,
+                                                      allow_implausible_hu=arguments.allow_implausible_hu,
                                                       written_by_this_run=written)
                 print(f"{folder}: {scene_file}")
             except XAIExplainError as error:

@@ -100,7 +100,8 @@ def series_output_name(patient_id: str, series_instance_uid: str) -> str:
 
 def explain_series_folder(series_folder, out_root, methods, points_lps=None, bundle=None, cycle_am=None,
                           device: str = "cpu", series_instance_uid: str | None = None, progress=None,
-                          allow_gaps: bool = False, written_by_this_run: dict | None = None) -> Path:
+                          allow_gaps: bool = False, written_by_this_run: dict | None = None,
+                          allow_implausible_hu: bool = False) -> Path:
     """Read a DICOM series, explain it in a new scene and save that scene with its NRRD files and
     ``nodules.json`` into ``out_root/<patient>_<SeriesInstanceUID>`` (one output set: whole or absent).
     ``points_lps``: nodule locations in LPS mm, as the ``xaiexplain`` command line takes them; None for the
@@ -110,7 +111,7 @@ def explain_series_folder(series_folder, out_root, methods, points_lps=None, bun
     from xaiexplain.data.series import read_series
 
     slicer = slicer_module()
-    ct = read_series(series_folder, series_instance_uid, allow_gaps=allow_gaps)
+    ct = read_series(series_folder, series_instance_uid, allow_gaps=allow_gaps, allow_implausible_hu=allow_implausible_hu)
     name = series_output_name(ct.patient_id, ct.series_instance_uid)
     if written_by_this_run is not None:
         if name in written_by_this_run:
