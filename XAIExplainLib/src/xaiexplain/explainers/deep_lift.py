@@ -2,10 +2,10 @@
 set of baselines, for the classifier's convolution / batch norm / ReLU blocks.
 
 captum's ``DeepLiftShap`` gives the same maps (a test compares them to 1e-6) but runs every image against
-every baseline with a hook on each layer: about 30 forward+backward passes of the batch for 8 baselines
-here. This computes each baseline's reference activations once (8 images), then one forward and one
-backward pass of the batch per baseline, with every ReLU's derivative replaced by the rescale multiplier
-(relu(z) - relu(z0)) / (z - z0): about 14 passes, and the memory of one pass.
+every baseline with a hook on each layer, at about twice this one's cost. This computes each baseline's
+reference activations once (8 images), then one forward and one backward pass of the batch per baseline,
+with every ReLU's derivative replaced by the rescale multiplier (relu(z) - relu(z0)) / (z - z0): about 19
+input-gradient passes for 8 baselines (``xaiexplain benchmark``), and the memory of one pass.
 """
 from __future__ import annotations
 
