@@ -171,14 +171,15 @@ def test_a_full_disk_run_that_wrote_nothing_leaves_no_out(one_series, tmp_path, 
 
 
 def _slow_archive_run(root, out):
-    """Minutes of computing per series (integrated gradients of 20000 steps) in two workers, in a process
+    """Minutes of computing per series (integrated gradients of 1000 steps, one image a pass) in two workers, in a process
     group of its own; SIGINT as a terminal delivers it (a test run in the background inherits it ignored)."""
     def own_group_and_default_sigint():
         os.setsid()
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 
     return subprocess.Popen([sys.executable, "-m", "xaiexplain.apps.cli", "explain", "--lidc-root", str(root),
-                             "--method", "integrated-gradients", "--option", "steps=20000", "--workers", "2",
+                             "--method", "integrated-gradients", "--option", "steps=1000", "--option",
+                             "internal_batch_size=1", "--workers", "2",
                              "--device", "cpu", "--out", str(out)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, preexec_fn=own_group_and_default_sigint)
 

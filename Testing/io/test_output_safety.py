@@ -320,8 +320,10 @@ def test_a_signal_while_computing_leaves_nothing_and_says_so(tmp_path, signum, s
     series, _ = small_series(tmp_path / "series")
     out = tmp_path / "out"
     keep = keep_file(out)
-    # integrated gradients of 5000 steps: seconds of computing, long after the staging folder appears
-    process = _explain_process(series, out, "integrated-gradients", extra=("--option", "steps=5000"))
+    # integrated gradients of 1000 steps, one image a pass: seconds of computing, long after the staging folder
+    # appears (the option's range ends at 1000 steps)
+    process = _explain_process(series, out, "integrated-gradients",
+                               extra=("--option", "steps=1000", "--option", "internal_batch_size=1"))
     _wait_for_staging(out, process)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)

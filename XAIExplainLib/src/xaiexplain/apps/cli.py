@@ -21,6 +21,7 @@ from xaiexplain.apps.archive_commands import (
     run_dataset,
 )
 from xaiexplain.errors import XAIExplainError
+from xaiexplain.io.json_input import read_json
 from xaiexplain.io.files import handle_termination_signals, interrupted_exit_status
 
 EXIT_USER_ERROR = 2
@@ -286,11 +287,11 @@ def is_nodule_table(path: Path) -> bool:
     """Whether ``path`` holds a table ``nodules --out`` wrote (.csv: its header line; .json: a list of its
     records), which a rerun may replace; any other file is the user's."""
     try:
-        with open(path, newline="") as f:
-            if path.suffix.lower() == ".csv":
+        if path.suffix.lower() == ".csv":
+            with open(path, newline="") as f:
                 return next(csv.reader([f.readline()]), []) == nodule_table_columns()
-            records = json.load(f)
-    except (OSError, UnicodeDecodeError, ValueError):
+        records = read_json(path)
+    except (OSError, UnicodeDecodeError, ValueError, XAIExplainError):
         return False
     return isinstance(records, list) and all(isinstance(r, dict) and {"series_instance_uid", "nodule_index",
                                                                       "annotation_ids"} <= r.keys() for r in records)
