@@ -87,7 +87,9 @@ def test_stale_temporaries_are_removed_only_when_their_process_is_dead(tmp_path)
     dead_pid = int(dead.stdout)
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        host = files._host()
+        from xaiexplain.io import temporaries
+
+        host = temporaries._host()
         left = tmp_path / f".out.xaiexplain-partial~{host}~{dead_pid}~ab12"
         running = tmp_path / f".out.xaiexplain-partial~{host}~{alive.pid}~cd34"
         other_host = tmp_path / f".out.xaiexplain-partial~elsewhere~{dead_pid}~ef56"

@@ -49,7 +49,7 @@ def run(argv) -> int:
         import xaiexplain.slicer as xs
         from xaiexplain.apps.cli import parse_point
         from xaiexplain.errors import XAIExplainError
-        from xaiexplain.io.files import handle_termination_signals, interrupted_exit_status
+        from xaiexplain.termination import handle_termination_signals, interrupted_exit_status
     except ImportError as error:
         print(f"the xaiexplain library or its requirements are missing here ({error}): in Slicer add the XAIExplain "
               "module (it puts the library on the path) and press Apply once (it installs the requirements); "

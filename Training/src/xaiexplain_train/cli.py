@@ -8,7 +8,7 @@ from pathlib import Path
 
 from xaiexplain.apps.cli import ArgumentParser, run_reporting_errors
 from xaiexplain.data.patch_set import EVALUATION_SPLITS, SLICE_CHOICES, SPLIT_PROTOCOLS
-from xaiexplain.io.files import handle_termination_signals
+from xaiexplain.termination import handle_termination_signals
 
 
 def build_parser() -> argparse.ArgumentParser:

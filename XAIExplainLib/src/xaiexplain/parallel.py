@@ -83,7 +83,7 @@ def _worker_signal(signum, frame):
         return
     _signalled = True
     if _running_item:
-        from xaiexplain.io.files import Terminated
+        from xaiexplain.termination import Terminated
 
         raise Terminated(signum)
     os._exit(128 + signum)  # idle: nothing to clean up, and no traceback from the pool's loop

@@ -22,7 +22,7 @@ from xaiexplain.apps.archive_commands import (
 )
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.io.json_input import read_json
-from xaiexplain.io.files import handle_termination_signals, interrupted_exit_status
+from xaiexplain.termination import handle_termination_signals, interrupted_exit_status
 
 EXIT_USER_ERROR = 2
 

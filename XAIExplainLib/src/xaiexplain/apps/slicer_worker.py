@@ -80,7 +80,7 @@ def watch_slicer(job_folder) -> None:
 
 def run(job_folder) -> int:
     from xaiexplain.errors import XAIExplainError
-    from xaiexplain.io.files import interrupted_exit_status
+    from xaiexplain.termination import interrupted_exit_status
     from xaiexplain.slicer.job_files import EXIT_USER_ERROR, read_request, write_results
     from xaiexplain.slicer.request import compute
 
@@ -109,7 +109,7 @@ def run(job_folder) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from xaiexplain.io.files import handle_termination_signals
+    from xaiexplain.termination import handle_termination_signals
 
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or argv[0].startswith("-"):

@@ -25,75 +25,18 @@ import json
 import math
 import os
 import re
-import secrets
 import shutil
-import signal
-import socket
 from pathlib import Path
 from typing import Callable
 
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.io.json_input import read_json
+from xaiexplain.io.temporaries import remove_stale_temporaries, temporary_name
+from xaiexplain.termination import signals_held
 
-# Temporary names: ".<name>.xaiexplain-partial~<host>~<pid>~<token><suffix>" beside the target, or
-# ".xaiexplain-partial~<host>~<pid>~<token>" inside an existing output folder. Host and pid tell
-# whether the owner may still be running; the suffix keeps writers that choose a format by it working.
-# The name and host are shortened so that a temporary is never longer than a legal name it stands for.
-_TEMPORARY = re.compile(r"\.xaiexplain-partial~(?P<host>[^~/]+)~(?P<pid>\d+)~(?P<token>[A-Za-z0-9]+)(\.[^~/]*)?$")
-_NAME_IN_TEMPORARY, _HOST_IN_TEMPORARY, _SUFFIX_IN_TEMPORARY = 16, 32, 16
 MANIFEST_FILES_KEY = "output_files"
 MANIFEST_OWNER_KEY = "written_by"
 _DISK_FULL_BYTES = 1 << 20  # less free space than this after a failed write: the disk is full
-_HELD_SIGNALS = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None),
-                                  getattr(signal, "SIGHUP", None)) if s is not None)
-
-
-def _host() -> str:
-    return (re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "host")[:_HOST_IN_TEMPORARY]
-
-
-def temporary_name(name: str, suffix: str = "", inside: bool = False) -> str:
-    """A hidden temporary name owned by this process (see ``remove_stale_temporaries``), at most about 90
-    characters whatever the length of ``name`` and ``suffix``."""
-    if len(suffix) > _SUFFIX_IN_TEMPORARY or "~" in suffix:
-        suffix = ""
-    tag = f".xaiexplain-partial~{_host()}~{os.getpid()}~{secrets.token_hex(4)}{suffix}"
-    return tag if inside else f".{name[:_NAME_IN_TEMPORARY]}{tag}"
-
-
-def _owner_is_dead(name: str) -> bool:
-    match = _TEMPORARY.search(name)
-    if match is None or match["host"] != _host():
-        return False  # not ours, or another machine's (a shared disk): its owner may be alive
-    pid = int(match["pid"])
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False  # alive, someone else's
-    return False
-
-
-def remove_stale_temporaries(folder) -> list[Path]:
-    """Remove the temporaries in ``folder`` that a process of this library left when it was killed;
-    never those of a process that may still be running. Returns what was removed."""
-    removed = []
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return removed
-    for entry in entries:
-        if _TEMPORARY.search(entry.name) and _owner_is_dead(entry.name):
-            path = Path(entry.path)
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed
 
 
 def safe_name(text: str, fallback: str = "unnamed", max_length: int = 80) -> str:
@@ -295,7 +238,7 @@ def output_set(folder, manifest: str | None, written_by_us: Callable[[Path], boo
             yield writer
             _stage_manifest(writer, owner)
             _give_default_permissions(staging)
-            with _commit_lock(folder.parent), _signals_held():
+            with _commit_lock(folder.parent), signals_held():
                 _commit(folder, writer, written_by_us, owner)
         committed = True
     finally:
@@ -416,40 +359,3 @@ def _commit_into(folder: Path, writer: OutputSet, earlier: list[str]) -> None:
             stale.unlink()
     if writer.manifest is not None:
         os.replace(writer.staging / writer.manifest, folder / writer.manifest)
-
-
-@contextlib.contextmanager
-def _signals_held():
-    """Hold back catchable signals for the few renames of a commit (they arrive right after it)."""
-    try:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
-    except (AttributeError, ValueError, OSError):  # no pthread_sigmask (Windows)
-        previous = None
-    try:
-        yield
-    finally:
-        if previous is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP, raised in the main thread like SIGINT so that every clean-up runs."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated(signum)
-
-
-def handle_termination_signals() -> None:
-    """Make SIGTERM and SIGHUP end the program through the same clean-up as Ctrl-C (command lines call it)."""
-    for name in ("SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), _raise_terminated)
-
-
-def interrupted_exit_status(error: KeyboardInterrupt) -> int:
-    return 128 + (error.signum if isinstance(error, Terminated) else signal.SIGINT)
