@@ -12,7 +12,8 @@ import pytest
 import SimpleITK as sitk
 from helpers import set_header_text
 from xaiexplain.data.geometry import ScanGeometry
-from xaiexplain.data.series import ImplausibleCTNumbers, SeriesError, read_series
+from xaiexplain.data.series import SeriesError, read_series
+from xaiexplain.data.slice_values import ImplausibleCTNumbers
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.io.dicom import write_dicom_series
 

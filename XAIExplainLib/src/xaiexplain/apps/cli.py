@@ -5,8 +5,6 @@ Errors a user can cause end in one sentence on stderr and exit status 2; nothing
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import math
 import shlex
 import sys
@@ -21,7 +19,6 @@ from xaiexplain.apps.archive_commands import (
     run_dataset,
 )
 from xaiexplain.errors import XAIExplainError
-from xaiexplain.io.json_input import read_json
 from xaiexplain.termination import handle_termination_signals, interrupted_exit_status
 
 EXIT_USER_ERROR = 2
@@ -256,15 +253,11 @@ def run_reporting_errors(prefix: str, run, after_interruption: str) -> int:
 
 def run_nodules(args, command_line: str) -> int:
     from xaiexplain.data import lidc
-    from xaiexplain.io.files import atomic_path, json_text
+    from xaiexplain.io.nodule_table_files import check_table_name, write_nodule_table
 
-    suffix = args.out.suffix.lower()
-    if suffix not in (".csv", ".json"):
-        raise XAIExplainError(f"--out {args.out} must end in .csv or .json")
+    check_table_name(args.out)
     table = lidc.nodule_table(progress=True, refresh=args.refresh)
-    text = json_text([n.to_json() for n in table]) if suffix == ".json" else nodule_table_csv(table)
-    with atomic_path(args.out, written_by_us=is_nodule_table) as temporary:  # replaces only an earlier table
-        temporary.write_text(text)
+    write_nodule_table(table, args.out)
     counts = lidc.count_labels(table)
     print(f"{counts['nodules']} nodules in {counts['scans_with_nodules']} of {counts['scans']} scans; "
           f"{counts['read_by_3_or_more']} read by >= 3 "
@@ -273,43 +266,6 @@ def run_nodules(args, command_line: str) -> int:
           f"excluded (pylidc merged adjacent nodules: more than 4 readings)")
     print(f"wrote {args.out}")
     return 0
-
-
-def nodule_table_columns() -> list[str]:
-    from xaiexplain.data.lidc import RATING_NAMES
-
-    return ["patient_id", "series_instance_uid", "nodule_index", "n_readers", "label", "exclusion", *RATING_NAMES,
-            "diameter_mm", "volume_mm3", "centroid_i", "centroid_j", "centroid_k", "centroid_x_mm", "centroid_y_mm",
-            "centroid_z_mm", "bbox_i0", "bbox_i1", "bbox_j0", "bbox_j1", "bbox_k0", "bbox_k1", "annotation_ids"]
-
-
-def is_nodule_table(path: Path) -> bool:
-    """Whether ``path`` holds a table ``nodules --out`` wrote (.csv: its header line; .json: a list of its
-    records), which a rerun may replace; any other file is the user's."""
-    try:
-        if path.suffix.lower() == ".csv":
-            with open(path, newline="") as f:
-                return next(csv.reader([f.readline()]), []) == nodule_table_columns()
-        records = read_json(path)
-    except (OSError, UnicodeDecodeError, ValueError, XAIExplainError):
-        return False
-    return isinstance(records, list) and all(isinstance(r, dict) and {"series_instance_uid", "nodule_index",
-                                                                      "annotation_ids"} <= r.keys() for r in records)
-
-
-def nodule_table_csv(table) -> str:
-    from xaiexplain.data.lidc import RATING_NAMES
-
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(nodule_table_columns())
-    for n in table:
-        writer.writerow([n.patient_id, n.series_instance_uid, n.nodule_index, n.n_readers, n.label or "",
-                         n.exclusion or "", *(n.ratings[r] for r in RATING_NAMES), f"{n.diameter_mm:.2f}",
-                         f"{n.volume_mm3:.1f}", *(f"{c:.2f}" for c in n.centroid_ijk),
-                         *(f"{c:.2f}" for c in n.centroid_lps), *(v for box in n.bbox_ijk for v in box),
-                         " ".join(str(a) for a in n.annotation_ids)])
-    return buffer.getvalue()
 
 
 def run_phantom(args, command_line: str) -> int:

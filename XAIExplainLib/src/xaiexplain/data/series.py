@@ -11,15 +11,13 @@ series. Every message of SeriesError is one line: header text and file names are
 
 One check of the slices' headers (``check_slices``: CT, geometry present and finite, single frames, one
 orientation, size and pixel spacing, origins along the slice normal) and of their values
-(``check_ct_numbers``: plausible Hounsfield units) serves ``explain`` and ``dataset`` alike, with the same
+(``slice_values.check_ct_numbers``: plausible Hounsfield units) serves ``explain`` and ``dataset`` alike, with the same
 sentences, before anything is written.
 """
 from __future__ import annotations
 
 import contextlib
 import math
-import shutil
-import tempfile
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -32,17 +30,15 @@ import SimpleITK as sitk
 from pydicom.multival import MultiValue
 
 from xaiexplain.data.geometry import uniform_slice_positions
-from xaiexplain.errors import XAIExplainError
+from xaiexplain.data.slice_values import SeriesError, check_ct_numbers, read_plane, shown_path, shown_text
 
 # Relative tolerance for "the same slice step".
 STEP_TOLERANCE = 0.01
 # A step between neighbouring slices longer than this times the median step is a gap (missing slices).
 GAP_FACTOR = 1.5
-# Bounds of the messages: series and gaps listed, characters of one header value or file name.
+# Bounds of the messages: series and gaps listed.
 LISTED_SERIES = 5
 LISTED_GAPS = 3
-SHOWN_TEXT = 32
-SHOWN_PATH = 160
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 # Objects that may lie beside the CT slices but are not images: known by Modality or by SOP Class.
@@ -57,10 +53,6 @@ _NON_IMAGE_SOP_NAMES = {"KeyObjectSelectionDocumentStorage", "RTStructureSetStor
 NON_IMAGE_SOP_CLASSES = frozenset(
     str(value) for name, value in vars(pydicom.uid).items()
     if isinstance(value, pydicom.uid.UID) and (name.endswith(_NON_IMAGE_SOP_SUFFIXES) or name in _NON_IMAGE_SOP_NAMES))
-
-
-class SeriesError(XAIExplainError):
-    """A series that cannot be read; the message is one sentence naming the folder and the cause."""
 
 
 @dataclass
@@ -88,14 +80,14 @@ def read_series(folder, series_instance_uid: str | None = None, allow_gaps: bool
     with one sentence for anything unreadable or that is not one volume (``check_slices``)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise SeriesError(f"{_shown_path(folder)} is not a folder")
+        raise SeriesError(f"{shown_path(folder)} is not a folder")
     headers, non_images = read_slice_headers(folder, sorted(p for p in folder.rglob("*") if p.is_file()))
     if not headers:
         if non_images:
             kinds = ", ".join(sorted({modality_of(header) or "?" for _, header in non_images}))
-            raise SeriesError(f"{_shown_path(folder)} holds no images, only {len(non_images)} DICOM objects that "
-                              f"are not images ({_shown(kinds)})")
-        raise SeriesError(f"{_shown_path(folder)} holds no DICOM files")
+            raise SeriesError(f"{shown_path(folder)} holds no images, only {len(non_images)} DICOM objects that "
+                              f"are not images ({shown_text(kinds)})")
+        raise SeriesError(f"{shown_path(folder)} holds no DICOM files")
     by_series = defaultdict(list)
     for path, header in headers:
         by_series[str(header.get("SeriesInstanceUID", ""))].append((path, header))
@@ -103,13 +95,13 @@ def read_series(folder, series_instance_uid: str | None = None, allow_gaps: bool
         if series_instance_uid not in by_series:
             for _, header in non_images:
                 if str(header.get("SeriesInstanceUID", "")) == series_instance_uid:
-                    raise SeriesError(f"the series {_shown(series_instance_uid, 64)} in {_shown_path(folder)} is a "
-                                      f"{_shown(modality_of(header) or 'non-image')} object, not an image series")
-            raise SeriesError(f"{_shown_path(folder)} holds no series with SeriesInstanceUID "
-                              f"{_shown(series_instance_uid, 64)}; it holds {_describe(by_series)}")
+                    raise SeriesError(f"the series {shown_text(series_instance_uid, 64)} in {shown_path(folder)} is a "
+                                      f"{shown_text(modality_of(header) or 'non-image')} object, not an image series")
+            raise SeriesError(f"{shown_path(folder)} holds no series with SeriesInstanceUID "
+                              f"{shown_text(series_instance_uid, 64)}; it holds {_describe(by_series)}")
         chosen = by_series[series_instance_uid]
     elif len(by_series) > 1:
-        raise SeriesError(f"{_shown_path(folder)} holds {len(by_series)} series, choose one with --series-uid: "
+        raise SeriesError(f"{shown_path(folder)} holds {len(by_series)} series, choose one with --series-uid: "
                           f"{_describe(by_series)}")
     else:
         chosen = next(iter(by_series.values()))
@@ -147,7 +139,7 @@ def read_slice_headers(folder, paths) -> tuple[list, list]:
         except pydicom.errors.InvalidDicomError:
             continue  # not DICOM at all (README, NRRD, ...): not part of any series
         except Exception as error:  # a DICOM file cut short or damaged
-            raise SeriesError(f"{_shown_path(path)} in {_shown_path(folder)} cannot be read as DICOM "
+            raise SeriesError(f"{shown_path(path)} in {shown_path(folder)} cannot be read as DICOM "
                               f"({type(error).__name__})") from None
         if str(header.get("SOPClassUID", "") or "").strip() == DICOMDIR_SOP_CLASS:
             continue
@@ -155,35 +147,10 @@ def read_slice_headers(folder, paths) -> tuple[list, list]:
             non_images.append((path, header))  # a SEG, SR, ... beside the slices: not part of the volume
             continue
         if "SeriesInstanceUID" not in header:  # pydicom reads a file cut short as far as it goes
-            raise SeriesError(f"{_shown_path(path)} in {_shown_path(folder)} cannot be read whole: it is damaged "
+            raise SeriesError(f"{shown_path(path)} in {shown_path(folder)} cannot be read whole: it is damaged "
                               "or cut short (it has no SeriesInstanceUID)")
         headers.append((path, header))
     return headers, non_images
-
-
-def _shown(value, limit: int = SHOWN_TEXT) -> str:
-    """``value`` as text fit for a one-line message: control and other unprintable characters escaped
-    (a byte of an undecodable file name as \\xff), at most ``limit`` characters (the middle elided)."""
-    escaped = []  # one piece per character, so that shortening never cuts an escape in two
-    for character in str(value):
-        if character.isprintable():
-            escaped.append(character)
-        elif "\udc80" <= character <= "\udcff":  # a byte that was not UTF-8 (os.fsdecode's surrogateescape)
-            escaped.append(f"\\x{ord(character) - 0xDC00:02x}")
-        else:
-            escaped.append(character.encode("unicode_escape").decode("ascii"))
-    if sum(map(len, escaped)) <= limit:
-        return "".join(escaped)
-    head, tail, budget = [], [], limit - 3
-    while escaped and len(escaped[0]) <= budget // 2 - sum(map(len, head)):
-        head.append(escaped.pop(0))
-    while escaped and len(escaped[-1]) <= budget - sum(map(len, head)) - sum(map(len, tail)):
-        tail.insert(0, escaped.pop())
-    return "".join(head) + "..." + "".join(tail)
-
-
-def _shown_path(path) -> str:
-    return _shown(path, SHOWN_PATH)
 
 
 def _describe(by_series) -> str:
@@ -192,8 +159,8 @@ def _describe(by_series) -> str:
     parts = []
     for uid, members in ordered[:LISTED_SERIES]:
         header = members[0][1]
-        parts.append(f"{_shown(uid, 64) if uid else '(no UID)'} ({_shown(header.get('Modality', '?'), 16)}, "
-                     f"{_shown(header.get('PatientID', '?'))}, '{_shown(header.get('SeriesDescription', ''))}', "
+        parts.append(f"{shown_text(uid, 64) if uid else '(no UID)'} ({shown_text(header.get('Modality', '?'), 16)}, "
+                     f"{shown_text(header.get('PatientID', '?'))}, '{shown_text(header.get('SeriesDescription', ''))}', "
                      f"{len(members)} files)")
     if len(ordered) > LISTED_SERIES:
         parts.append(f"and {len(ordered) - LISTED_SERIES} more")
@@ -242,7 +209,7 @@ def check_slices(folder, members: list) -> SliceStack:
     first = members[0][1]
     modality = modality_of(first)
     if modality != "CT":
-        raise SeriesError(f"{_shown_path(folder)} holds a {_shown(modality) or 'modality-less'} series, not CT")
+        raise SeriesError(f"{shown_path(folder)} holds a {shown_text(modality) or 'modality-less'} series, not CT")
     slices = [_checked_slice(folder, path, header) for path, header in members]
     reference = slices[0]
     for checked in slices:
@@ -253,8 +220,8 @@ def check_slices(folder, members: list) -> SliceStack:
             ("pixel spacings", "PixelSpacing", lambda a, b: np.allclose(a, b, rtol=1e-4)))
             if not close(checked[tag], reference[tag])), None)
         if differing:
-            raise SeriesError(f"{_shown_path(folder)} mixes {differing} ({_shown_path(checked['path'])} differs "
-                              f"from {_shown_path(reference['path'])}), which is not one volume")
+            raise SeriesError(f"{shown_path(folder)} mixes {differing} ({shown_path(checked['path'])} differs "
+                              f"from {shown_path(reference['path'])}), which is not one volume")
     orientation = reference["ImageOrientationPatient"]
     normal = np.cross(orientation[:3], orientation[3:])
     # Sort by position; of two slices at one position keep the lower InstanceNumber, as pylidc does.
@@ -267,15 +234,15 @@ def check_slices(folder, members: list) -> SliceStack:
             continue
         unique.append((position, checked))
     if len(unique) < 2:
-        raise SeriesError(f"{_shown_path(folder)} holds a single slice position, not a volume")
+        raise SeriesError(f"{shown_path(folder)} holds a single slice position, not a volume")
     origin = unique[0][1]["ImagePositionPatient"]
     pixel_spacing = tuple(float(v) for v in reference["PixelSpacing"])
     for _, checked in unique:
         offset = checked["ImagePositionPatient"] - origin
         beside = float(np.linalg.norm(offset - np.dot(offset, normal) * normal))
         if beside > BESIDE_NORMAL_PIXELS * min(pixel_spacing):
-            raise SeriesError(f"the slices of {_shown_path(folder)} do not lie along their normal: "
-                              f"{_shown_path(checked['path'])} lies {beside:.3g} mm beside the line through the "
+            raise SeriesError(f"the slices of {shown_path(folder)} do not lie along their normal: "
+                              f"{shown_path(checked['path'])} lies {beside:.3g} mm beside the line through the "
                               "first slice (a gantry tilt, or slices shifted in their plane), so they are no one grid")
     return SliceStack(folder=folder, files=[checked["path"] for _, checked in unique],
                       headers=[checked["header"] for _, checked in unique],
@@ -288,7 +255,7 @@ def _checked_slice(folder: Path, path: Path, header) -> dict:
     """One slice's modality, InstanceNumber, size (rows, columns), position, orientation and pixel spacing,
     checked: SeriesError naming the file for any that is missing, of the wrong length, not a number, not
     finite or degenerate, and for a multi-frame image."""
-    where = f"{_shown_path(path)} in {_shown_path(folder)}"
+    where = f"{shown_path(path)} in {shown_path(folder)}"
     missing = [tag for tag in (*GEOMETRY_TAGS, "Rows", "Columns") if header.get(tag) in (None, "")]
     if missing:
         raise SeriesError(f"{where} lacks {', '.join(missing)}, so the series has no geometry")
@@ -337,7 +304,7 @@ def _whole_number(where: str, header, tag: str, default: int) -> int:
     except (TypeError, ValueError):
         value, number = "?" if value is None else value, math.nan
     if not (math.isfinite(number) and number == int(number)):
-        raise SeriesError(f"{where} holds {tag} {_shown(value)}, which is not a whole number")
+        raise SeriesError(f"{where} holds {tag} {shown_text(value)}, which is not a whole number")
     return int(number)
 
 
@@ -353,7 +320,7 @@ def _gap_sentence(folder: Path, gaps: list, median_step: float) -> str:
     if len(gaps) > LISTED_GAPS:
         where.append(f"and {len(gaps) - LISTED_GAPS} more")
     count = "a gap" if len(gaps) == 1 else f"{len(gaps)} gaps"
-    return (f"{_shown_path(folder)} has {count} in its slices ({', '.join(where)}; the usual step is "
+    return (f"{shown_path(folder)} has {count} in its slices ({', '.join(where)}; the usual step is "
             f"{round(median_step, 3)} mm): pass --allow-gaps (allow_gaps=True in Python) to explain it on "
             "interpolated slices")
 
@@ -377,82 +344,6 @@ def _read_one_series(folder: Path, members: list, allow_gaps: bool = False,
                     study_instance_uid=str(first.get("StudyInstanceUID", "")),
                     series_instance_uid=str(first.get("SeriesInstanceUID", "")), slice_z=slice_z, files=stack.files,
                     resampled_z=irregular, gaps=gaps)
-
-
-# A chest CT in Hounsfield units has air around the body and in the lungs: a large share of its voxels lie
-# between these values (the lower bound leaves out a padding of -1024). Values that are not HU (stored as
-# HU + 1024 with RescaleIntercept 0, say) have next to none there.
-AIR_AND_LUNG_HU = (-1010.0, -500.0)
-LEAST_AIR_AND_LUNG = 0.01
-SAMPLED_VOXELS = 1_000_000
-
-
-class ImplausibleCTNumbers(SeriesError):
-    """Pixel values that are not plausible Hounsfield units of a chest (allow_implausible_hu uses them)."""
-
-
-def check_ct_numbers(folder, values, allow_implausible_hu: bool = False) -> bool:
-    """Whether ``values`` (a series' pixels after its rescale) are plausible CT numbers of a chest: at least
-    LEAST_AIR_AND_LUNG of them air or lung. Implausible values raise ImplausibleCTNumbers naming the evidence,
-    unless ``allow_implausible_hu``; then the answer is False."""
-    values = np.ravel(values)
-    sample = values[::max(1, values.size // SAMPLED_VOXELS)]
-    lowest, highest = AIR_AND_LUNG_HU
-    air_and_lung = float(np.mean((sample > lowest) & (sample < highest)))
-    if air_and_lung >= LEAST_AIR_AND_LUNG:
-        return True
-    if not allow_implausible_hu:
-        raise ImplausibleCTNumbers(
-            f"{_shown_path(folder)} does not hold plausible CT numbers of a chest: {air_and_lung:.1%} of its voxels "
-            f"are air or lung ({lowest:g} to {highest:g} HU), where a chest CT in Hounsfield units has a large "
-            f"share, and their median is {float(np.median(sample)):.0f} HU, as in a series stored as HU + 1024 with "
-            "RescaleIntercept 0; pass --allow-implausible-hu (allow_implausible_hu=True in Python) to use them as "
-            "they are")
-    return False
-
-
-def _simpleitk_can_name(path: Path) -> bool:
-    """Whether SimpleITK can be given ``path``: a name that is not UTF-8 (bytes kept by os.fsdecode as
-    surrogates) makes its C++ string conversion throw, which aborts the whole interpreter."""
-    try:
-        str(path).encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def read_plane(folder, path, rows: int, columns: int) -> np.ndarray:
-    """The pixels of one slice file in HU (its own rescale slope and intercept, applied by GDCM), float32
-    (rows, columns); SeriesError for pixels that cannot be decoded or are not one slice of that size."""
-    folder, path = Path(folder), Path(path)
-    with contextlib.ExitStack() as stack:
-        readable = path
-        if not _simpleitk_can_name(path):
-            # Read a copy under a plain name (a copy, not a hard link: the input's inode stays untouched).
-            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="xaiexplain-slice-")))
-            if not _simpleitk_can_name(scratch):
-                raise SeriesError(f"the temporary folder {_shown_path(scratch)} has a name that is not "
-                                  "UTF-8, so slices with such names cannot be read")
-            readable = scratch / "slice.dcm"
-            try:
-                shutil.copyfile(path, readable)
-            except OSError as error:
-                raise SeriesError(f"{_shown_path(path)} in {_shown_path(folder)} cannot be copied to be read "
-                                  f"({_shown(error.strerror or type(error).__name__, 60)})") from None
-        try:
-            plane = sitk.ReadImage(str(readable), sitk.sitkFloat32)
-        except RuntimeError:
-            raise SeriesError(f"the pixel data of {_shown_path(path)} in {_shown_path(folder)} cannot be "
-                              "decoded") from None
-    size = plane.GetSize()
-    if len(size) > 2 and size[2] != 1:
-        raise SeriesError(f"{_shown_path(path)} in {_shown_path(folder)} is a multi-frame image ({size[2]} frames), "
-                          "not one slice of a series")
-    if size[:2] != (columns, rows):
-        raise SeriesError(f"{_shown_path(folder)} mixes slice sizes ({_shown_path(path)} holds {size[1]} x {size[0]} "
-                          f"pixels where its header and the other slices say {rows} x {columns}), which is not one "
-                          "volume")
-    return sitk.GetArrayViewFromImage(plane).reshape(rows, columns).copy()
 
 
 def _read_pixels(stack: SliceStack) -> sitk.Image:

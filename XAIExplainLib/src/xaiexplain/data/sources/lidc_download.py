@@ -39,7 +39,8 @@ from xaiexplain.data.patch_set import (
 )
 from xaiexplain.data.patches import FIELD_OF_VIEW_MM, OUTSIDE_HU, PATCH_SIZE, extract_patch
 from xaiexplain.data.nodule_sites import check_fits_annotations
-from xaiexplain.data.series import ImplausibleCTNumbers, check_ct_numbers, check_slices, read_slice_headers
+from xaiexplain.data.series import check_slices, read_slice_headers
+from xaiexplain.data.slice_values import ImplausibleCTNumbers, check_ct_numbers
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.io.json_input import read_json
 from xaiexplain.io.files import check_output_folder, output_set, safe_name
@@ -86,7 +87,7 @@ def scan_patches(folder, files, nodules: list[lidc.LidcNodule], geometry: ScanGe
     """The patches of a scan's labelled nodules (with consensus masks) from its DICOM files: per nodule the
     arrays ``images``, ``nodule_mask``, ``center_lps``, and its LIDC record. ``geometry``: pylidc's. The
     slices are checked as ``explain`` checks them (``series.check_slices``, ``nodule_sites.check_fits_annotations``,
-    ``series.check_ct_numbers`` on the slices read), with the same sentences."""
+    ``slice_values.check_ct_numbers`` on the slices read), with the same sentences."""
     headers, _ = read_slice_headers(folder, files)
     if not headers:
         raise ScanRefused("the series holds no image slices")
