@@ -3,6 +3,7 @@ $HOME), and matplotlib draws without a display."""
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -25,7 +26,7 @@ TINY_SET_PATIENTS = ["LIDC-IDRI-0078", "LIDC-IDRI-0001", "LIDC-IDRI-0003", "LIDC
 @pytest.fixture(scope="session")
 def tiny_patch_set(tmp_path_factory):
     """A few patients' patches, split by nodule so that each split holds both labels."""
-    from xaiexplain.data.patch_set import SPLITS, load_patch_set, write_patch_set
+    from xaiexplain.data.patch_set import SPLITS, load_lung_patches, load_patch_set, write_patch_set
     from xaiexplain.data.sources.phantom_patches import render_patch_set
 
     root = tmp_path_factory.mktemp("tiny")
@@ -39,7 +40,10 @@ def tiny_patch_set(tmp_path_factory):
             nodules[n]["split"] = split
             rows = slice(nodules[n]["first_patch"], nodules[n]["first_patch"] + nodules[n]["patch_count"])
             arrays["split"][rows] = SPLITS.index(split)
-    write_patch_set(root / "tiny", arrays, nodules, summary)
+    lung = load_lung_patches(root / "rendered")
+    lung["split"] = (np.arange(len(lung["split"])) % len(SPLITS)).astype(np.int8)  # nodule-free lung in every split
+    summary["lung_patches"]["counts"] = {name: int((lung["split"] == n).sum()) for n, name in enumerate(SPLITS)}
+    write_patch_set(root / "tiny", arrays, nodules, summary, lung)
     return root / "tiny"
 
 

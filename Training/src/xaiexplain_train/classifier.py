@@ -2,6 +2,12 @@
 selection on validation AUC, the decision threshold at the validation ROC point closest to the top-left
 corner (paper 2), test metrics with bootstrap confidence intervals.
 
+Nodule-free lung patches (``lung_patches.npz`` of the patch set, ``data.lung_patches``) train as benign, so
+the classifier learns that lung without a nodule is not malignant: the loss weighs malignant nodules half,
+and of the benign half nodule-free lung ``lung_weight`` and benign nodules the rest (per-sample weights, each
+group's total fixed whatever its size). Model selection and the threshold use the nodules alone; the share of
+nodule-free lung called benign (specificity on lung) is a metric beside them.
+
 Paper 1's protocol is an option (``slices="central"``: one patch per nodule; ``split="70/30"``: train and
 test, no validation, so the last epoch is kept and the decision threshold is the softmax's argmax, 0.5).
 
@@ -25,8 +31,16 @@ import torch.distributed as dist
 import xaiexplain
 from sklearn.metrics import roc_auc_score
 from torch import nn
-from xaiexplain.data.patch_set import SPLITS, load_patch_set, protocol_array_names, select_protocol
+from xaiexplain.data.patch_set import (
+    SPLITS,
+    load_lung_patches,
+    lung_patch_split,
+    load_patch_set,
+    protocol_array_names,
+    select_protocol,
+)
 from xaiexplain.errors import XAIExplainError
+from xaiexplain.explainers.references import reference_check
 from xaiexplain.evaluate import classifier_metrics as metrics
 from xaiexplain.io.files import write_csv_rows
 from xaiexplain.models.architectures import CLASS_NAMES, NoduleClassifier
@@ -55,6 +69,7 @@ class ClassifierSettings:
     checkpoint_dir: Path | None = None
     bootstrap_samples: int = 1000
     max_train_patches: int | None = None  # a subset for quick runs and tests
+    lung_weight: float = 0.5  # share of the benign side of the loss given to nodule-free lung (0: not used)
     slices: str = "all"  # or "central": one patch per nodule (paper 1)
     split: str = "70/15/15"  # or "70/30": train and test (paper 1)
     command: str = ""
@@ -111,6 +126,25 @@ def process_share(order: np.ndarray, rank: int, world: int) -> np.ndarray:
     return padded[rank::world]
 
 
+def loss_weights(labels: np.ndarray, nodule_patches: int, train_index: np.ndarray, lung_weight: float) -> np.ndarray:
+    """Per-row loss weights (float32, one per row of ``labels``; rows from ``nodule_patches`` on are nodule-free
+    lung): over ``train_index`` malignant nodules weigh half, benign nodules ``(1 - lung_weight) / 2`` and lung
+    ``lung_weight / 2`` (all benign, ``1 / 2``, without lung rows), each row its group's share; mean 1 over
+    the training rows."""
+    is_lung = np.arange(len(labels)) >= nodule_patches
+    groups = {"malignant": (labels == 1) & ~is_lung, "benign": (labels == 0) & ~is_lung, "lung": is_lung}
+    trained = np.zeros(len(labels), bool)
+    trained[train_index] = True
+    counts = {name: int((member & trained).sum()) for name, member in groups.items()}
+    lung_share = lung_weight if counts["lung"] else 0.0
+    shares = {"malignant": 0.5, "benign": 0.5 * (1 - lung_share), "lung": 0.5 * lung_share}
+    weights = np.zeros(len(labels), np.float32)
+    for name, member in groups.items():
+        if counts[name]:
+            weights[member] = shares[name] * len(train_index) / counts[name]
+    return weights
+
+
 @torch.no_grad()
 def _probabilities(model, x: torch.Tensor, device, batch_size: int = 512) -> np.ndarray:
     model.eval()
@@ -127,15 +161,24 @@ def train_classifier(settings: ClassifierSettings, progress: bool = True) -> dic
     names = ("images", "label") + protocol_array_names(settings.slices)
     arrays, nodules, summary = load_patch_set(settings.data, names)
     chosen, split = select_protocol(arrays, nodules, summary, settings.slices, settings.split)
-    train_index = chosen[split == SPLITS.index("train")]
+    nodule_patches = len(arrays["label"])
+    lung = load_lung_patches(settings.data) if settings.lung_weight > 0 else None
+    lung_count = 0 if lung is None else len(lung["images"])
+    lung_rows = nodule_patches + np.arange(lung_count)
+    lung_split = lung_patch_split(lung, summary, settings.split) if lung_count else np.zeros(0, np.int8)
+    lung_index = {name: lung_rows[lung_split == n] for n, name in enumerate(SPLITS)}
+    train_index = np.concatenate([chosen[split == SPLITS.index("train")], lung_index["train"]])
     if settings.max_train_patches:
         train_index = np.sort(np.random.default_rng(settings.seed).permutation(train_index)[:settings.max_train_patches])
     validation_index = chosen[split == SPLITS.index("validation")]
     test_index = chosen[split == SPLITS.index("test")]
-    labels = torch.from_numpy(arrays["label"].astype(np.int64))
-    x = PatchImages(arrays.pop("images"), chosen if rank == 0 else train_index)
+    all_labels = np.concatenate([arrays["label"], np.zeros(lung_count, arrays["label"].dtype)])
+    labels = torch.from_numpy(all_labels.astype(np.int64))
+    images = arrays.pop("images") if not lung_count else np.concatenate([arrays.pop("images"), lung.pop("images")])
+    needed = np.concatenate([chosen, lung_rows]) if rank == 0 else train_index
+    x = PatchImages(images, needed)
     selection = "validation" if len(validation_index) else "test"  # the split that must hold both labels too
-    if len(np.unique(arrays["label"][train_index])) < 2 or \
+    if len(np.unique(arrays["label"][train_index[train_index < nodule_patches]])) < 2 or \
             len(np.unique(arrays["label"][chosen[split == SPLITS.index(selection)]])) < 2:
         raise XAIExplainError(f"the patch set in {settings.data} needs benign and malignant nodules in its train "
                               f"and {selection} splits")
@@ -146,9 +189,8 @@ def train_classifier(settings: ClassifierSettings, progress: bool = True) -> dic
         model = model.to(memory_format=torch.channels_last)
     trained = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    counts = np.bincount(arrays["label"][train_index], minlength=2)
-    class_weights = torch.tensor(len(train_index) / (2.0 * counts), dtype=torch.float32, device=device)
-    loss_function = nn.CrossEntropyLoss(weight=class_weights)
+    sample_weights = torch.from_numpy(loss_weights(all_labels, nodule_patches, train_index, settings.lung_weight))
+    loss_function = nn.CrossEntropyLoss(reduction="none")
 
     checkpoint = checkpoints.prepare_run_folders(settings.out, settings.checkpoint_dir, rank)
     start_epoch, history = 0, []
@@ -179,10 +221,11 @@ def train_classifier(settings: ClassifierSettings, progress: bool = True) -> dic
             batch = order[n:n + settings.batch_size]
             inputs = augment(x[batch], augment_generator).to(device)
             targets = labels[batch].to(device)
+            weights = sample_weights[batch].to(device)
             if device.type == "cuda":
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss = loss_function(trained(inputs).float(), targets)
+                loss = (loss_function(trained(inputs).float(), targets) * weights).sum() / weights.sum()
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -223,6 +266,15 @@ def train_classifier(settings: ClassifierSettings, progress: bool = True) -> dic
     per_nodule_ids = np.unique(test_nodules)
     per_nodule_p = np.array([test_p[test_nodules == n].mean() for n in per_nodule_ids])
     per_nodule_y = np.array([test_y[test_nodules == n][0] for n in per_nodule_ids])
+    lung_metrics = {name: metrics.bootstrap_specificity(
+        _probabilities(model, x[lung_index[name]], device) if len(lung_index[name]) else [], threshold,
+        groups=lung["patient_id"][lung_index[name] - nodule_patches] if len(lung_index[name]) else None,
+        samples=settings.bootstrap_samples, seed=settings.seed) for name in ("validation", "test")}
+
+    def predict(patches_hu):
+        return _probabilities(model, normalise(np.asarray(patches_hu)), device)
+
+    lung_test_hu = x.images[np.searchsorted(x.rows, lung_index["test"])] if len(lung_index["test"]) else None
     config = {
         "kind": "classifier",
         "architecture": "NoduleClassifier",
@@ -238,6 +290,12 @@ def train_classifier(settings: ClassifierSettings, progress: bool = True) -> dic
             "global_batch_size": settings.batch_size * world,
             "learning_rate": settings.learning_rate, "weight_decay": settings.weight_decay,
             "train_patches": int(len(train_index)), "best_epoch": best["epoch"],
+            "nodule_free_lung": {
+                "train_patches": int(np.sum(train_index >= nodule_patches)),
+                "loss_weight": settings.lung_weight if lung_count else 0.0,
+                "weighting": "loss shares per group of training patches: malignant nodules 1/2, benign nodules "
+                             "(1 - loss_weight) / 2, nodule-free lung (labelled benign) loss_weight / 2",
+                "criterion": summary.get("lung_patches", {}).get("criterion")},
             "protocol": {"slices": settings.slices, "split": settings.split,
                          "model_selection": "best validation AUC" if validating else
                                             "last epoch (no validation split)"},
@@ -254,8 +312,10 @@ def train_classifier(settings: ClassifierSettings, progress: bool = True) -> dic
                                                       samples=settings.bootstrap_samples, seed=settings.seed),
             "test_counts": {"patches": int(len(test_index)), "nodules": int(len(per_nodule_ids)),
                             "malignant_nodules": int(per_nodule_y.sum())},
-            "confidence_intervals": "95 % percentile bootstrap; patches resampled by nodule",
+            "confidence_intervals": "95 % percentile bootstrap; patches resampled by nodule (lung patches by patient)",
+            "nodule_free_lung_specificity": lung_metrics,
         },
+        "reference_check": reference_check(predict, threshold, lung_test_hu, int(summary["patch_size"])),
     }
     save_bundle(settings.out, model, config, {"training_curves.csv": lambda path: write_csv_rows(path, history)})
     return config

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -50,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(classifier)
     classifier.add_argument("--bootstrap", type=int, default=1000, help="bootstrap samples of the test metrics")
     classifier.add_argument("--max-train-patches", type=int, help="train on a seeded subset (quick runs)")
+    classifier.add_argument("--lung-weight", type=_share, default=0.5,
+                            help="share of the benign half of the loss given to the set's nodule-free lung patches "
+                                 "(labelled benign; default 0.5, 0 leaves them out)")
     _add_protocol_arguments(classifier, "no validation, the last epoch kept, threshold 0.5")
     cycle = commands.add_parser(
         "cycle-am", help="train cycle-consistent activation maximization (G+, G-) for a classifier",
@@ -81,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "0.5 prices a 30 HU shift of the whole patch at a tenth of the activation loss)")
     cycle.add_argument("--context-l1-factor", type=float, default=None, metavar="F",
                        help="the similarity's L1 weight rises with the squared distance from the patch's centre (the "
-                            "nodule) to F times it at the middle of the edges (default 3, "
-                            "xaiexplain.models.cycle_am.CONTEXT_L1_FACTOR; 1: the same weight everywhere)")
+                            "nodule) to F times it at the middle of the edges (default 1: the same weight everywhere; above 1 "
+                            "a prior that tells the generators where the nodule is, which the benchmark names)")
     cycle.add_argument("--identity-weight", type=float, default=None, metavar="W",
                        help="W, the weight of CycleGAN's identity loss, W x p(class of G | x) x L1(x, G(x)): a "
                             "generator leaves images the classifier already assigns to its class unchanged "
@@ -207,6 +211,16 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-dir", type=Path, help="default: OUT.checkpoint beside the bundle")
 
 
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a share from 0 to 1")
+    return value
+
+
 def _widths(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(","))
 
@@ -270,7 +284,8 @@ def run_classifier(args) -> int:
         data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
         weight_decay=args.weight_decay, widths=args.widths, seed=args.seed, device=args.device,
         resume=args.resume, checkpoint_dir=args.checkpoint_dir, bootstrap_samples=args.bootstrap,
-        max_train_patches=args.max_train_patches, slices=args.slices, split=args.split, command=args.command_line)
+        max_train_patches=args.max_train_patches, slices=args.slices, split=args.split, command=args.command_line,
+        lung_weight=args.lung_weight)
     config = train_classifier(settings)
     if config is not None:
         test = config["metrics"]["test_patches"]
@@ -278,6 +293,12 @@ def run_classifier(args) -> int:
         chosen = f"best validation AUC {auc:.3f}" if auc is not None else "no validation split: the last epoch"
         print(f"{chosen} (epoch {config['provenance']['best_epoch']}), threshold {config['decision_threshold']:.3f}; "
               f"test AUC {test['auc']['value']:.3f} [{test['auc']['ci95'][0]:.3f}, {test['auc']['ci95'][1]:.3f}]")
+        lung = config["metrics"]["nodule_free_lung_specificity"]["test"]
+        if lung["patches"]:
+            print(f"nodule-free lung called benign (test): {lung['value']:.3f} [{lung['ci95'][0]:.3f}, "
+                  f"{lung['ci95'][1]:.3f}] of {lung['patches']} patches")
+        for name, flat in config["reference_check"]["flat"].items():
+            print(f"{name}: p(malignant) {flat['probability']:.3f}")
         print(f"wrote {args.out}")
     return 0
 

@@ -20,9 +20,10 @@ random, so that a change in one corner of the patch (G-'s blob) does not pay. ``
 CycleGAN's identity loss, weighted per image by the classifier's probability of the generator's class on x
 (``cycle_am.identity_loss``), so that G- leaves patches already called benign alone (and G+ malignant ones).
 ``floor_weight`` keeps each generated pixel no darker than the darkest of the input around it
-(``cycle_am.floor_loss``), so that G- does not ring nodules with pixels darker than the lung, and
-``context_l1_factor`` makes a change of the context cost more than one of the nodule at the patch's centre
-(``cycle_am.context_weights``), so that G- does not paint blobs beside the patch's edges instead.
+(``cycle_am.floor_loss``), so that G- does not ring nodules with pixels darker than the lung.
+``context_l1_factor`` (an option, 1 by default) makes a change of the context cost more than one of the
+nodule at the patch's centre (``cycle_am.context_weights``): a prior that knows where the nodule is, so not
+a default.
 """
 from __future__ import annotations
 
@@ -238,7 +239,8 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
     validation_images = arrays["images"][rows[row_splits == SPLITS.index("validation")]] if rank == 0 else None
     images = arrays.pop("images")[train_index]
 
-    generators = CycleAMGenerators(settings.widths).to(device)
+    generators = CycleAMGenerators(settings.widths, output_range=cycle_am.output_range_for(
+        classifier_bundle.input_spec["hu_window"])).to(device)
     networks = {"plus": generators.plus, "minus": generators.minus,
                 **{name: cycle_am.PairDiscriminator(settings.widths, scales=settings.discriminator_scales).to(device)
                    for name in ("d_plus", "d_minus")}}
@@ -329,10 +331,11 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
     config = {
         "kind": "cycle-am",
         "architecture": "CycleAMGenerators",
-        "arguments": {"widths": list(settings.widths), "max_change": generators.plus.max_change},
+        "arguments": {"widths": list(settings.widths), "max_change": generators.plus.max_change,
+                      "output_range": list(generators.plus.output_range)},
         "input": generator_input,
-        "output": "bounded residual: G(x) = x + max_change tanh(U(x) / max_change) on the input's scale, clipped to "
-                  "hu_window only where the classifier reads it",
+        "output": "bounded residual: G(x) = clamp(x + max_change tanh(U(x) / max_change), output_range) on the "
+                  "input's scale (output_range: hu_range), clipped to hu_window only where the classifier reads it",
         "classifier": {"path": str(settings.classifier), "weights_sha256": classifier_bundle.fingerprint,
                        "decision_threshold": classifier_bundle.threshold},
         "decision_threshold": classifier_bundle.threshold,

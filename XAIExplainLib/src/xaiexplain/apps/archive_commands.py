@@ -25,6 +25,17 @@ def parse_seed(text: str) -> int:
     return value
 
 
+def whole_number_from_0(text: str) -> int:
+    """A count (an argparse type) that may be 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number from 0")
+    return value
+
+
 def add_implausible_hu_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-implausible-hu", action="store_true",
                         help="use a series whose pixel values are not plausible CT numbers of a chest (next to no "

@@ -15,6 +15,7 @@ from xaiexplain.apps.archive_commands import (
     add_dataset_command,
     add_implausible_hu_argument,
     parse_seed,
+    whole_number_from_0,
     run_archive_explain,
     run_dataset,
 )
@@ -136,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--count", type=int, metavar="N", help="the first N scans of the LIDC database")
     phantom.add_argument("--patches", action="store_true",
                          help="render the patch set of every labelled nodule (or of --scans) instead of series")
+    phantom.add_argument("--lung-patches", type=whole_number_from_0, default=None, metavar="N",
+                         help="with --patches: N nodule-free lung patches of each scan beside the nodules' "
+                              "(lung_patches.npz; default 8, 0 for none)")
     phantom.add_argument("--seed", type=parse_seed, default=0, help="seed of all random choices (default 0)")
     phantom.add_argument("--out", required=True, type=Path, help="output folder")
 
@@ -272,14 +276,17 @@ def run_phantom(args, command_line: str) -> int:
     from xaiexplain.data import lidc
 
     if args.patches:
-        from xaiexplain.data.sources.phantom_patches import render_patch_set
+        from xaiexplain.data.sources.phantom_patches import LUNG_PATCHES_PER_SCAN, render_patch_set
 
-        summary = render_patch_set(args.out, seed=args.seed, patient_ids=args.scans, command=command_line)
+        summary = render_patch_set(args.out, seed=args.seed, patient_ids=args.scans, command=command_line,
+                                   lung_patches_per_scan=LUNG_PATCHES_PER_SCAN if args.lung_patches is None
+                                   else args.lung_patches)
         print(f"{summary['patches']} patches of {summary['nodules']} nodules from {summary['patients']} patients "
               f"in {summary['seconds']} s")
+        lung = summary["lung_patches"]["counts"]
         for split, by_label in summary["counts"].items():
             print(f"  {split:<10} " + ", ".join(f"{label} {c['nodules']} nodules / {c['patches']} patches"
-                                              for label, c in by_label.items()))
+                                              for label, c in by_label.items()) + f", {lung[split]} lung patches")
         print(f"wrote {args.out}")
         return 0
     if args.scans:
@@ -354,6 +361,8 @@ def run_explain(args, command_line: str) -> int:
                                        half_height_mm=args.half_height_mm, options=explain_options(args),
                                        command=command_line, allow_gaps=args.allow_gaps, device=args.device,
                                        allow_implausible_hu=args.allow_implausible_hu)
+    for warning in written["reference_warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     for row in written["nodules"]:
         print(f"{row['name']}: p(malignant) {row['probability']:.3f} -> {row['decision']} "
               f"(threshold {row['threshold']:.3f})")

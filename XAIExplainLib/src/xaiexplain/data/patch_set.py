@@ -19,6 +19,8 @@ Files in the output folder:
   0 benign), ``nodule`` int32 (row of ``nodules.json``), ``split`` int8 (0 train, 1 validation, 2 test),
   ``center_lps`` float32 (N, 3);
 - ``nodules.json``: one row per nodule (LIDC record, split, first patch row and patch count);
+- ``lung_patches.npz`` (where the set has them, ``data.lung_patches``): nodule-free lung patches of the same
+  scans, ``images`` int16 HU, ``split`` int8 (the patient's), ``center_lps`` float32 (N, 3), ``patient_id`` str;
 - ``dataset.json``: how it was made and the counts.
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from xaiexplain.data import lidc
+from xaiexplain.data.lung_patches import LUNG_PATCH_FILE
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.io.files import output_set
 from xaiexplain.io.json_input import read_json
@@ -152,14 +155,17 @@ def select_protocol(arrays: dict[str, np.ndarray], nodules: list[dict], summary:
     return chosen, by_nodule[arrays["nodule"][chosen]]
 
 
-def write_patch_set(out_dir, arrays: dict[str, np.ndarray], nodules: list[dict], summary: dict) -> None:
+def write_patch_set(out_dir, arrays: dict[str, np.ndarray], nodules: list[dict], summary: dict,
+                    lung_arrays: dict[str, np.ndarray] | None = None) -> None:
     """Write a patch set folder (one output set) in the format ``load_patch_set`` reads."""
     with output_set(out_dir, PATCH_SET_MANIFEST) as written:
-        write_patch_set_files(written, arrays, nodules, summary)
+        write_patch_set_files(written, arrays, nodules, summary, lung_arrays)
 
 
-def write_patch_set_files(written, arrays, nodules, summary) -> None:
+def write_patch_set_files(written, arrays, nodules, summary, lung_arrays=None) -> None:
     np.savez_compressed(written.path("patches.npz"), **arrays)
+    if lung_arrays is not None:
+        np.savez_compressed(written.path(LUNG_PATCH_FILE), **lung_arrays)
     written.write_json("nodules.json", nodules)
     written.manifest_data = summary
 
@@ -181,3 +187,27 @@ def load_patch_set(folder, names=None) -> tuple[dict[str, np.ndarray], list[dict
         return arrays, read_json(files[1]), read_json(files[2])
     except (ValueError, OSError, zipfile.BadZipFile) as error:
         raise XAIExplainError(f"the patch set in {folder} cannot be read ({error})") from None
+
+
+def load_lung_patches(folder) -> dict[str, np.ndarray] | None:
+    """The nodule-free lung patches of a patch set (``images``, ``split``, ``center_lps``, ``patient_id``), or
+    None for a set made without them."""
+    path = Path(folder) / LUNG_PATCH_FILE
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as error:
+        raise XAIExplainError(f"the lung patches of the patch set in {folder} cannot be read ({error})") from None
+
+
+def lung_patch_split(lung: dict[str, np.ndarray], summary: dict, split: str = "70/15/15") -> np.ndarray:
+    """The split (indices into ``SPLITS``) of each lung patch under a training protocol's ``split``: the set's
+    own, or paper 1's 70 / 30 cut from the full set's seeded order of patients, as for the nodules."""
+    if split == "70/15/15":
+        return lung["split"]
+    if split not in SPLIT_PROTOCOLS:
+        raise XAIExplainError(f"split {split!r} is not one of {', '.join(SPLIT_PROTOCOLS)}")
+    split_of = full_set_split(int(summary["seed"]), SPLIT_PROTOCOLS[split])
+    return np.array([SPLITS.index(split_of[str(p)]) for p in lung["patient_id"]], dtype=np.int8)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from xaiexplain import __version__
-from xaiexplain.data.patch_set import held_out_patients, labelled_scans, load_patch_set
+from xaiexplain.data.patch_set import held_out_patients, labelled_scans, load_lung_patches, load_patch_set
 from xaiexplain.data.sources.phantom_patches import render_patch_set
 from xaiexplain.evaluate import faithfulness, localization
 from xaiexplain.evaluate.cost import (
@@ -43,7 +43,7 @@ from xaiexplain.evaluate.cost import (
     timed,
     whole_series_seconds,
 )
-from xaiexplain.explainers import registry
+from xaiexplain.explainers import references, registry
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.explainers.counterfactuals import Counterfactuals, generators_for
 from xaiexplain.explainers.iterative import IterativeResult
@@ -85,6 +85,7 @@ def held_out_patches(nodules: int, seed: int = 0, progress: bool = False) -> dic
     with tempfile.TemporaryDirectory() as folder:
         render_patch_set(Path(folder) / "patches", seed=seed, patient_ids=patients, progress=progress)
         arrays, rows, _ = load_patch_set(Path(folder) / "patches")
+        lung = load_lung_patches(Path(folder) / "patches")
     picked = []
     for row in rows[:nodules]:
         span = np.arange(row["first_patch"], row["first_patch"] + row["patch_count"])
@@ -93,7 +94,8 @@ def held_out_patches(nodules: int, seed: int = 0, progress: bool = False) -> dic
     return {"images": arrays["images"][picked].astype(np.float32),
             "nodule_mask": arrays["nodule_mask"][picked], "spicule_mask": arrays["spicule_mask"][picked],
             "calcification_mask": arrays["calcification_mask"][picked], "label": arrays["label"][picked],
-            "names": [f"{r['patient_id']} nodule {r['nodule_index']}" for r in rows[:nodules]]}
+            "names": [f"{r['patient_id']} nodule {r['nodule_index']}" for r in rows[:nodules]],
+            "lung_images": lung["images"].astype(np.float32)}
 
 
 def randomized(bundle: Bundle, seed: int) -> Bundle:
@@ -230,6 +232,11 @@ def run_benchmark(out, quick: bool = False, methods=None, model=None, cycle_am=N
         summary = {
             "command": command, "library_version": __version__, "machine": machine(), "quick": quick, "seed": seed,
             "model": str(bundle.path), "cycle_am": str(generators.path) if generators else None,
+            "cycle_am_context_l1_factor": generators.config["provenance"].get("context_l1_factor") if generators else None,
+            "reference_check": references.reference_check(bundle.predict, bundle.threshold, data.get("lung_images"),
+                                                          bundle.patch_size),
+            "method_references": {m: c.to_json() for m in methods
+                                  if (c := references.reference_choice(bundle, m)) is not None},
             "skipped": skipped, "patches": int(len(images)),
             "patch_names": data["names"], "labels": {"malignant": int(data["label"].sum()),
                                                      "benign": int((1 - data["label"]).sum())},
@@ -330,7 +337,12 @@ def markdown_report(summary: dict) -> str:
                   f"on G+(x), {blurred['G-(x)']['mean']:.3f} on G-(x) (a counterfactual that works only unblurred "
                   f"is a pixel pattern against the classifier); "
                   f"{cycle['ratio_to_two_generator_passes']:.2f} x two generator passes.", ""]
-    lines += ["Cost against the targets (method time / reference time):", ""]
+    factor = summary.get("cycle_am_context_l1_factor")
+    if factor not in (None, 1, 1.0):
+        lines += [f"The cycle-am bundle was trained with context_l1_factor {factor:g}: changes at the patch's centre "
+                  f"cost less, a prior that tells the generators where the nodule is, so its localization measures "
+                  f"the prior as much as the method.", ""]
+    lines += reference_lines(summary) + ["Cost against the targets (method time / reference time):", ""]
     for method, target in summary["targets"].items():
         entry = summary["methods"].get(method)
         if entry:
@@ -350,6 +362,24 @@ def markdown_report(summary: dict) -> str:
                  f"{'met' if series['repeat_seconds'] < SERIES_TARGET_SECONDS else 'not met'}")
     lines += ["", f"Machine: {summary['machine']}. Command: `{summary['command']}`. {summary['seconds']} s.", ""]
     return "\n".join(lines)
+
+
+def reference_lines(summary: dict) -> list[str]:
+    """The classifier's scores on the references (``explainers.references``), as the report prints them."""
+    check = summary.get("reference_check")
+    if not check:
+        return []
+    parts = [f"{name} p {entry['probability']:.3f}" for name, entry in check["flat"].items()]
+    lung = check.get("nodule_free_lung_patches")
+    if lung:
+        parts.append(f"{lung['patches']} nodule-free lung patches of the held-out scans: median p "
+                     f"{lung['median_probability']:.3f}, {100 * lung['called_malignant']:.1f} % called malignant")
+    lines = [f"References (threshold {check['threshold']:.3f}): " + "; ".join(parts) + "."]
+    for method, choice in summary.get("method_references", {}).items():
+        scores = ", ".join(f"{hu:g} HU p {p:.3f}" for hu, p in zip(choice["hu"], choice["probabilities"]))
+        lines.append(f"- {method} uses {choice['description']} {scores}"
+                     + ("" if choice["below_threshold"] else ": NOT below the threshold"))
+    return lines + [""]
 
 
 def write_outputs(written, summary: dict) -> None:

@@ -67,3 +67,20 @@ def bootstrap_metrics(labels, probabilities, threshold: float, groups=None, samp
     return {name: {"value": point[name], "ci95": [float(np.nanpercentile(draws[name], 2.5)),
                                                  float(np.nanpercentile(draws[name], 97.5))]}
             for name in METRIC_NAMES}
+
+
+def bootstrap_specificity(probabilities, threshold: float, groups=None, samples: int = 1000, seed: int = 0) -> dict:
+    """The share of negatives (all of ``probabilities``: for example nodule-free lung) called benign, with its 95 %
+    percentile bootstrap interval (whole ``groups``, such as patients, resampled), their count and median score."""
+    probabilities = np.asarray(probabilities, float)
+    if not len(probabilities):
+        return {"value": None, "ci95": None, "patches": 0, "median_probability": None}
+    groups = np.arange(len(probabilities)) if groups is None else np.asarray(groups)
+    unique, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(unique))]
+    benign = probabilities < threshold
+    rng = np.random.default_rng(seed)
+    draws = [benign[np.concatenate([members[g] for g in rng.integers(0, len(unique), len(unique))])].mean()
+             for _ in range(samples)]
+    return {"value": float(benign.mean()), "ci95": [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))],
+            "patches": int(len(probabilities)), "median_probability": float(np.median(probabilities))}

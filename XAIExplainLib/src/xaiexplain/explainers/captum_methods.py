@@ -77,6 +77,7 @@ class AttributionContext:
     classifier: nn.Module
     baseline_value: Callable[[float], float]  # HU -> network input value
     options: dict = field(default_factory=dict)
+    reference_hu: tuple[float, ...] = (LUNG_BASELINE_HU,)  # flat reference images, chosen per model (references)
 
     def model(self) -> LogitDifference:
         return LogitDifference(self.classifier).to(next(self.classifier.parameters()).device)
@@ -97,7 +98,7 @@ def guided_backprop(x, context):
 def integrated_gradients(x, context):
     from captum.attr import IntegratedGradients
 
-    baseline = torch.full_like(x, context.baseline_value(LUNG_BASELINE_HU))
+    baseline = torch.full_like(x, context.baseline_value(context.reference_hu[0]))
     return IntegratedGradients(context.model()).attribute(
         x, baselines=baseline, target=0, n_steps=context.options["steps"],
         internal_batch_size=context.options["internal_batch_size"])

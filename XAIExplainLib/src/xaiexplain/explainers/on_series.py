@@ -19,7 +19,7 @@ from xaiexplain.data.patches import (
 )
 from xaiexplain.data.series import CTSeries
 from xaiexplain.errors import XAIExplainError
-from xaiexplain.explainers import iterative, registry
+from xaiexplain.explainers import iterative, references, registry
 from xaiexplain.explainers.counterfactuals import Counterfactuals
 from xaiexplain.explainers.labels import label_image
 from xaiexplain.explainers.on_patches import explain, prepare_methods
@@ -40,6 +40,13 @@ class SeriesExplanation:
     # on the series' grid with its own origin), with the patches replaced by G+(x) ("malignant") and G-(x)
     # ("benign"); outside it the counterfactual series is the series itself
     counterfactuals: dict[str, sitk.Image] = field(default_factory=dict)
+    # per method with a reference image (integrated gradients, DeepLiftShap, their iterative forms): the one
+    # chosen for this classifier and its scores (``explainers.references``)
+    references: dict[str, references.ReferenceChoice] = field(default_factory=dict)
+
+    def reference_warnings(self) -> list[str]:
+        """One line per method whose reference the classifier does not call benign."""
+        return list(dict.fromkeys(w for w in (c.warning() for c in self.references.values()) if w))
 
 
 def explain_series(image, points, bundle=None, methods=("saliency",), progress=None,
@@ -157,8 +164,10 @@ def explain_series(image, points, bundle=None, methods=("saliency",), progress=N
                 for name, images in (("malignant", details.malignant), ("benign", details.benign))}
         if progress is not None:
             progress(method)
+    chosen = {method: references.reference_choice(bundle, method) for method in methods}
     return SeriesExplanation(relevance=relevance, labels=labels, nodules=nodules, sites=sites, stacks=stacks,
-                             maps=per_method_maps, counterfactuals=series_counterfactuals)
+                             maps=per_method_maps, counterfactuals=series_counterfactuals,
+                             references={method: choice for method, choice in chosen.items() if choice is not None})
 
 
 def load_series_classifier(bundle=None, device="cpu"):

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from xaiexplain.errors import XAIExplainError
-from xaiexplain.explainers import captum_methods, deep_lift, iterative, lrp
+from xaiexplain.explainers import captum_methods, deep_lift, iterative, lrp, references
 from xaiexplain.explainers.counterfactuals import DEFAULT_CYCLE_AM, counterfactuals, generators_for
 from xaiexplain.explainers.kinds import KINDS, Kind  # noqa: F401 (the kinds are the registry's too)
 from xaiexplain.explainers.option_values import option_specs, option_type, parse_option  # noqa: F401
@@ -177,23 +177,26 @@ def methods_table() -> str:
 
 # -- the built-in methods ---------------------------------------------------------------------------------
 
-def _context(bundle, options) -> captum_methods.AttributionContext:
-    return captum_methods.AttributionContext(bundle.model, bundle.input_value, options)
+def _context(bundle, options, method: str = "") -> captum_methods.AttributionContext:
+    chosen = references.reference_hu(bundle, method)
+    return captum_methods.AttributionContext(bundle.model, bundle.input_value, options,
+                                             **({"reference_hu": chosen} if chosen else {}))
 
 
-def _captum(function) -> Callable:
+def _captum(function, method: str = "") -> Callable:
     """A captum method of ``captum_methods`` as a registry ``compute``."""
     def compute(bundle, patches_hu, options):
-        return captum_methods.attribute(function, bundle.to_tensor(patches_hu), _context(bundle, options)), None
+        return (captum_methods.attribute(function, bundle.to_tensor(patches_hu), _context(bundle, options, method)),
+                None)
     return compute
 
 
 def _deep_shap(bundle, patches_hu, options, images_per_call: int = 256):
-    context = _context(bundle, options)
+    context = _context(bundle, options, "deep-shap")
     model = context.model()
     x = bundle.to_tensor(patches_hu)
     baselines = torch.stack([torch.full(tuple(x.shape[1:]), context.baseline_value(hu), device=x.device)
-                             for hu in captum_methods.SHAP_BASELINES_HU])
+                             for hu in context.reference_hu])
     maps = [deep_lift.deep_lift_shap(model, x[n:n + images_per_call], baselines)[:, 0].detach().float().cpu()
             for n in range(0, len(x), images_per_call)]
     return (torch.cat(maps).numpy() if maps else np.zeros((0,) + tuple(x.shape[-2:]), np.float32)), None
@@ -265,7 +268,7 @@ for _record in (
            figure_rank=6, cost_target=2.0),
     Method("integrated-gradients", "evidence", "integrated gradients from a lung-parenchyma baseline",
            "M. Sundararajan et al., Axiomatic attribution for deep networks, ICML 2017",
-           _captum(captum_methods.integrated_gradients),
+           _captum(captum_methods.integrated_gradients, "integrated-gradients"),
            defaults=MappingProxyType({"steps": captum_methods.INTEGRATED_GRADIENTS_STEPS,
                                       "internal_batch_size": captum_methods.INTEGRATED_GRADIENTS_BATCH}),
            ranges=INTEGRATED_GRADIENTS_RANGES,

@@ -76,5 +76,7 @@ def write_series_explanation(series_folder, out, methods, model=None, series_uid
             "library_version": __version__,
             "files": files, "label_values": {m: dict(registry.get(m).map_kind.labels) for m in methods},
             "slice_gaps_mm": [list(gap) for gap in ct.gaps],
+            "references": {method: choice.to_json() for method, choice in result.references.items()},
+            "reference_warnings": result.reference_warnings(),
             "nodules": result.nodules}
     return written.manifest_data, result

@@ -43,12 +43,13 @@ class CycleAMGenerators(nn.Module):
     """The two generators of cycle-consistent activation maximization: ``plus`` towards malignant,
     ``minus`` towards benign (``xaiexplain.cycle_am``)."""
 
-    def __init__(self, widths=(48, 96, 192, 384), in_channels: int = 1, max_change: float = 1.0):
+    def __init__(self, widths=(48, 96, 192, 384), in_channels: int = 1, max_change: float = 1.0,
+                 output_range: tuple[float, float] | None = None):
         super().__init__()
         from xaiexplain.models.cycle_am import Generator
 
-        self.plus = Generator(widths, in_channels, max_change)
-        self.minus = Generator(widths, in_channels, max_change)
+        self.plus = Generator(widths, in_channels, max_change, output_range)
+        self.minus = Generator(widths, in_channels, max_change, output_range)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(G+(x), G-(x))."""

@@ -103,6 +103,17 @@ class Bundle:
         """Malignancy probability of HU patches (N, H, W)."""
         return self.probability(self.to_tensor(patches_hu))
 
+    @cached_property
+    def _flat_probabilities(self) -> dict[float, float]:
+        return {}
+
+    def flat_probability(self, hu: float) -> float:
+        """Malignancy probability of a flat patch at ``hu`` (kept: several methods check their references)."""
+        if hu not in self._flat_probabilities:
+            flat = np.full((1, self.patch_size, self.patch_size), hu, np.float32)
+            self._flat_probabilities[hu] = float(self.predict(flat)[0])
+        return self._flat_probabilities[hu]
+
 
 def network_input(patches_hu: np.ndarray, spec: dict) -> np.ndarray:
     """HU -> network values (float32, same shape) by an input spec: ``hu_window`` mapped to [0, 1], HU

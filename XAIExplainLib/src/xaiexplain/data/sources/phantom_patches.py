@@ -1,6 +1,7 @@
 """The training patch set rendered straight from the phantom, region by region around every labelled
 nodule: one 64 x 64 patch covering 45 mm per axial slice through the nodule (bilinear), with its nodule,
-spicule and calcification masks, labels and ratings, split by patient (``xaiexplain phantom --patches``)."""
+spicule and calcification masks, labels and ratings, split by patient (``xaiexplain phantom --patches``);
+and beside them nodule-free lung patches of the same scans (``data.lung_patches``)."""
 from __future__ import annotations
 
 import sys
@@ -11,8 +12,10 @@ import SimpleITK as sitk
 from xaiexplain import __version__
 from xaiexplain.data import lidc
 from xaiexplain.data.geometry import ScanGeometry
+from xaiexplain.data.lung_patches import CRITERION, LungPatchRows, nodule_boxes_lps, sample_lung_patches
 from xaiexplain.data.patch_set import (
     PATCH_SET_MANIFEST,
+    SPLITS,
     PatchSetRows,
     full_set_split,
     labelled_scans,
@@ -24,6 +27,12 @@ from xaiexplain.io.files import output_set
 
 # Extra pixels rendered around the patch's field of view so bilinear sampling at its border has data.
 REGION_MARGIN_PX = 3
+# Nodule-free lung patches per scan (``phantom --patches --lung-patches``), drawn from this many whole slices
+# rendered at random (a slice renders in about 0.1 s, a patch's region in much less, but a random lung point
+# needs the whole slice to be found).
+LUNG_PATCHES_PER_SCAN = 8
+LUNG_SLICES_PER_SCAN = 3
+LUNG_STREAM = 11  # the seed stream of the lung patches' slices and centres
 
 
 def nodule_region(geometry: ScanGeometry, nodule: lidc.LidcNodule, field_of_view_mm: float = FIELD_OF_VIEW_MM):
@@ -66,35 +75,60 @@ def nodule_patches(geometry: ScanGeometry, nodule: lidc.LidcNodule, scan_nodules
     return result
 
 
+def scan_lung_patches(geometry: ScanGeometry, scan_nodules: list[lidc.LidcNodule], seed: int, scan_number: int,
+                      count: int = LUNG_PATCHES_PER_SCAN) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``count`` nodule-free lung patches of a phantom scan and their centres (``sample_lung_patches``)."""
+    rng = np.random.default_rng([seed, LUNG_STREAM, scan_number])
+    chosen = rng.choice(geometry.shape[0], size=min(LUNG_SLICES_PER_SCAN, geometry.shape[0]), replace=False)
+    planes = {}
+
+    def plane_of(n: int):
+        k = int(chosen[n])
+        if k not in planes:
+            volume = phantom.render_region(geometry, scan_nodules, seed, (k, k + 1), (0, geometry.rows),
+                                           (0, geometry.columns))
+            plane = sitk.GetImageFromArray(volume.hu[0].astype(np.float32))
+            plane.SetSpacing((geometry.pixel_spacing, geometry.pixel_spacing))
+            plane.SetOrigin(tuple(float(v) for v in geometry.index_to_lps((0, 0, k))[:2]))
+            planes[k] = (plane, geometry.slice_z[k])
+        return planes[k]
+
+    return sample_lung_patches(plane_of, len(chosen), nodule_boxes_lps(scan_nodules, geometry), count, rng)
+
+
 def render_patch_set(out_dir, seed: int = 0, patient_ids: list[str] | None = None, progress: bool = True,
-                     command: str | None = None) -> dict:
+                     command: str | None = None, lung_patches_per_scan: int = LUNG_PATCHES_PER_SCAN) -> dict:
     """Render the patch set into ``out_dir`` (one output set, ``dataset.json`` its manifest) and return its
-    summary."""
+    summary; ``lung_patches_per_scan`` nodule-free lung patches of each scan beside the nodules' (0: none)."""
     started = time.time()
     lidc.nodule_table(progress=progress)  # build the cache with a progress bar on the first run
     labelled_series = labelled_scans(patient_ids)
     if not labelled_series:
         raise lidc.LidcError("none of the requested scans has a nodule with a benign or malignant label")
     with output_set(out_dir, PATCH_SET_MANIFEST) as written:  # checks that out_dir is writable before rendering
-        summary = _render_patch_set(written, labelled_series, seed, progress, command, started)
+        summary = _render_patch_set(written, labelled_series, seed, progress, command, started, lung_patches_per_scan)
     return summary
 
 
-def _render_patch_set(written, labelled_series, seed, progress, command, started) -> dict:
+def _render_patch_set(written, labelled_series, seed, progress, command, started, lung_patches_per_scan) -> dict:
     split_of = full_set_split(seed)
     assembled = PatchSetRows()
+    lung = LungPatchRows()
     series_items = sorted(labelled_series.items())
     if progress:
         from tqdm import tqdm
 
         series_items = tqdm(series_items, desc="phantom patches", unit="scan", file=sys.stderr)
-    for (patient_id, series_uid), nodules in series_items:
+    for scan_number, ((patient_id, series_uid), nodules) in enumerate(series_items):
         geometry = lidc.scan_geometry(series_uid)
         for nodule in nodules:
             lidc.load_consensus(nodule)
         for nodule in nodules:
             if nodule.label is not None:
                 assembled.add(nodule.to_json(), split_of[patient_id], nodule_patches(geometry, nodule, nodules, seed))
+        if lung_patches_per_scan:
+            lung.add(patient_id, SPLITS.index(split_of[patient_id]),
+                     *scan_lung_patches(geometry, nodules, seed, scan_number, lung_patches_per_scan))
     rows = assembled.rows
     summary = {
         "format": "xaiexplain-patch-set",
@@ -108,7 +142,8 @@ def _render_patch_set(written, labelled_series, seed, progress, command, started
         "nodules": len(rows),
         "patches": assembled.patches,
         "counts": assembled.counts(),
+        "lung_patches": {"per_scan": lung_patches_per_scan, "criterion": CRITERION, "counts": lung.counts(SPLITS)},
         "seconds": round(time.time() - started, 1),
     }
-    write_patch_set_files(written, assembled.arrays(), rows, summary)
+    write_patch_set_files(written, assembled.arrays(), rows, summary, lung.arrays() if lung_patches_per_scan else None)
     return summary
