@@ -50,6 +50,15 @@ def test_quick_benchmark_measures_every_method(tmp_path):
     for plot in ("deletion_curves.png", "insertion_curves.png", "localization.png"):
         assert (out / plot).stat().st_size > 10_000, plot
     assert "| saliency |" in result.stdout
+    # issue 29: the classifier's scores on the references, and each method's reference, are printed
+    check = summary["reference_check"]
+    assert check["flat"]["flat lung -850 HU"]["probability"] < summary["threshold"]
+    assert check["nodule_free_lung_patches"]["patches"] >= 8
+    assert set(summary["method_references"]) == {"integrated-gradients", "iterative:integrated-gradients", "deep-shap",
+                                                 "iterative:deep-shap"}
+    assert "References (threshold" in table and "- integrated-gradients uses flat image -850 HU p" in table
+    # issue 25, item 4: the shipped generators carry no prior that knows where the nodule is
+    assert summary["cycle_am_context_l1_factor"] in (1.0, None) and "context_l1_factor" not in table
     assert "| cycle-am |" in table and "not applicable" in table.split("| cycle-am |")[1].split("\n")[0]
 
 
@@ -65,6 +74,14 @@ def test_benchmark_of_another_classifier_skips_cycle_am_with_a_note(tmp_path):
     assert list(summary["methods"]) == ["saliency"] and "trained against another classifier" in summary["skipped"]["cycle-am"]
     assert "Skipped cycle-am: the cycle-am bundle demo-cycle-am was trained against another classifier" in \
         (out / "benchmark.md").read_text()
+
+
+def test_the_report_names_a_prior_of_the_generators():
+    from xaiexplain.evaluate.benchmark import prior_lines
+
+    assert prior_lines({"cycle_am_context_l1_factor": 1.0}) == prior_lines({"cycle_am_context_l1_factor": None}) == []
+    assert "context_l1_factor 3: changes at the patch's centre cost less" in prior_lines(
+        {"cycle_am_context_l1_factor": 3.0})[0]
 
 
 def test_the_cost_reference_computes_the_input_gradient_only():

@@ -337,12 +337,8 @@ def markdown_report(summary: dict) -> str:
                   f"on G+(x), {blurred['G-(x)']['mean']:.3f} on G-(x) (a counterfactual that works only unblurred "
                   f"is a pixel pattern against the classifier); "
                   f"{cycle['ratio_to_two_generator_passes']:.2f} x two generator passes.", ""]
-    factor = summary.get("cycle_am_context_l1_factor")
-    if factor not in (None, 1, 1.0):
-        lines += [f"The cycle-am bundle was trained with context_l1_factor {factor:g}: changes at the patch's centre "
-                  f"cost less, a prior that tells the generators where the nodule is, so its localization measures "
-                  f"the prior as much as the method.", ""]
-    lines += reference_lines(summary) + ["Cost against the targets (method time / reference time):", ""]
+    lines += prior_lines(summary) + reference_lines(summary)
+    lines += ["Cost against the targets (method time / reference time):", ""]
     for method, target in summary["targets"].items():
         entry = summary["methods"].get(method)
         if entry:
@@ -362,6 +358,16 @@ def markdown_report(summary: dict) -> str:
                  f"{'met' if series['repeat_seconds'] < SERIES_TARGET_SECONDS else 'not met'}")
     lines += ["", f"Machine: {summary['machine']}. Command: `{summary['command']}`. {summary['seconds']} s.", ""]
     return "\n".join(lines)
+
+
+def prior_lines(summary: dict) -> list[str]:
+    """A note when the cycle-am bundle was trained with a prior that knows where the nodule is."""
+    factor = summary.get("cycle_am_context_l1_factor")
+    if factor in (None, 1, 1.0):
+        return []
+    return [f"The cycle-am bundle was trained with context_l1_factor {factor:g}: changes at the patch's centre cost "
+            f"less, a prior that tells the generators where the nodule is, so cycle-am's localization measures the "
+            f"prior as much as the method.", ""]
 
 
 def reference_lines(summary: dict) -> list[str]:
