@@ -12,7 +12,7 @@ from conftest import TREE_PHANTOM_PATIENTS, tree_patients
 from helpers import assert_one_line_error, set_header_text, xaiexplain
 from xaiexplain.data import lidc
 from xaiexplain.data.dicom_index import index_series
-from xaiexplain.data.patch_set import full_set_split, labelled_scans, load_patch_set
+from xaiexplain.data.patch_set import full_set_split, labelled_scans, load_lung_patches, load_patch_set
 from xaiexplain.data.series import read_series
 from xaiexplain.data.sources import lidc_download
 from xaiexplain.data.sources.lidc_download import ScanJob, build_lidc_patch_set, build_scan_part
@@ -101,11 +101,16 @@ def test_workers_and_shards_give_the_same_set(lidc_dataset, lidc_download_tree, 
         assert not (tmp_path / "shards" / "dataset.json").exists()
     final = build_lidc_patch_set(lidc_download_tree, tmp_path / "shards", progress=False)
     assert final["scans"]["kept_from_earlier"] == len(tree_patients())  # the shards built them all
+    expected_lung = load_lung_patches(out)  # drawn by the seed and the series: the same in any process or part
     for name in ("workers", "shards"):
         arrays, rows, _ = load_patch_set(tmp_path / name)
         assert rows == expected_rows
         for key in expected:
             np.testing.assert_array_equal(arrays[key], expected[key], err_msg=f"{name}: {key}")
+        lung = load_lung_patches(tmp_path / name)
+        assert lung.keys() == expected_lung.keys()
+        for key in expected_lung:
+            np.testing.assert_array_equal(lung[key], expected_lung[key], err_msg=f"{name}: lung {key}")
 
 
 def test_a_scan_missing_a_contour_slice_is_refused_and_built_once_it_is_whole(lidc_download_tree, tmp_path):
