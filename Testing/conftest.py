@@ -104,3 +104,15 @@ def lidc_download_tree(tmp_path_factory):
     (root / TREE_PHANTOM_PATIENTS[0] / "download-notes.txt").write_text("stray file\n")
     assert pydicom.dcmread(folder / "1-1.dcm").Modality == "CR"
     return root
+
+
+@pytest.fixture(scope="session")
+def lidc_dataset(lidc_download_tree, tmp_path_factory):
+    """``xaiexplain dataset`` on ``lidc_download_tree``, one worker, the default options: its folder and what
+    it printed (tests that rerun over it do so on a copy)."""
+    from helpers import xaiexplain
+
+    out = tmp_path_factory.mktemp("dataset") / "set"
+    result = xaiexplain("dataset", "--lidc-root", lidc_download_tree, "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result.stdout

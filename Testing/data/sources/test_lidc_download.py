@@ -12,22 +12,13 @@ from conftest import TREE_PHANTOM_PATIENTS, tree_patients
 from helpers import assert_one_line_error, set_header_text, xaiexplain
 from xaiexplain.data import lidc
 from xaiexplain.data.dicom_index import index_series
-from xaiexplain.data.patch_set import full_set_split, labelled_scans, load_patch_set
+from xaiexplain.data.patch_set import full_set_split, labelled_scans, load_lung_patches, load_patch_set
 from xaiexplain.data.series import read_series
 from xaiexplain.data.sources import lidc_download
 from xaiexplain.data.sources.lidc_download import ScanJob, build_lidc_patch_set, build_scan_part
 from xaiexplain.data.sources.phantom_patches import render_patch_set
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.parallel import Shard
-
-
-@pytest.fixture(scope="module")
-def built(lidc_download_tree, tmp_path_factory):
-    """``xaiexplain dataset`` on the tree, one worker."""
-    out = tmp_path_factory.mktemp("dataset") / "set"
-    result = xaiexplain("dataset", "--lidc-root", lidc_download_tree, "--out", out)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out, result.stdout
 
 
 def nodule_rows(arrays, rows, patient):
@@ -48,8 +39,8 @@ def test_the_index_finds_the_ct_series_by_their_headers_and_leaves_the_rest(lidc
     assert not index.unreadable
 
 
-def test_the_real_nodule_gives_centred_malignant_patches_of_real_tissue(built, real_series_folder):
-    out, stdout = built
+def test_the_real_nodule_gives_centred_malignant_patches_of_real_tissue(lidc_dataset, real_series_folder):
+    out, stdout = lidc_dataset
     arrays, rows, summary = load_patch_set(out)
     [(row, patches)] = list(nodule_rows(arrays, rows, "LIDC-IDRI-0001"))
     assert row["label"] == "malignant" and np.all(arrays["label"][patches] == 1)
@@ -66,8 +57,8 @@ def test_the_real_nodule_gives_centred_malignant_patches_of_real_tissue(built, r
     assert "1 CR series (ignored)" in stdout
 
 
-def test_phantom_patients_patches_equal_phantom_patches(built, tmp_path):
-    out, _ = built
+def test_phantom_patients_patches_equal_phantom_patches(lidc_dataset, tmp_path):
+    out, _ = lidc_dataset
     arrays, rows, _ = load_patch_set(out)
     render_patch_set(tmp_path / "phantom", seed=0, patient_ids=list(TREE_PHANTOM_PATIENTS), progress=False)
     rendered, rendered_rows, _ = load_patch_set(tmp_path / "phantom")
@@ -87,8 +78,8 @@ def test_phantom_patients_patches_equal_phantom_patches(built, tmp_path):
     assert compared == 2
 
 
-def test_the_summary_says_what_was_found_missing_and_refused(built):
-    out, _ = built
+def test_the_summary_says_what_was_found_missing_and_refused(lidc_dataset):
+    out, _ = lidc_dataset
     summary = json.loads((out / "dataset.json").read_text())
     scans = summary["scans"]
     assert scans["found"] == scans["built"] == len(tree_patients()) and scans["refused"] == []
@@ -100,8 +91,8 @@ def test_the_summary_says_what_was_found_missing_and_refused(built):
     assert all(row["split"] == split_of[row["patient_id"]] for row in json.loads((out / "nodules.json").read_text()))
 
 
-def test_workers_and_shards_give_the_same_set(built, lidc_download_tree, tmp_path):
-    out, _ = built
+def test_workers_and_shards_give_the_same_set(lidc_dataset, lidc_download_tree, tmp_path):
+    out, _ = lidc_dataset
     expected, expected_rows, _ = load_patch_set(out)
     build_lidc_patch_set(lidc_download_tree, tmp_path / "workers", workers=2, progress=False)
     for shard in (Shard(1, 2), Shard(2, 2)):
@@ -110,11 +101,16 @@ def test_workers_and_shards_give_the_same_set(built, lidc_download_tree, tmp_pat
         assert not (tmp_path / "shards" / "dataset.json").exists()
     final = build_lidc_patch_set(lidc_download_tree, tmp_path / "shards", progress=False)
     assert final["scans"]["kept_from_earlier"] == len(tree_patients())  # the shards built them all
+    expected_lung = load_lung_patches(out)  # drawn by the seed and the series: the same in any process or part
     for name in ("workers", "shards"):
         arrays, rows, _ = load_patch_set(tmp_path / name)
         assert rows == expected_rows
         for key in expected:
             np.testing.assert_array_equal(arrays[key], expected[key], err_msg=f"{name}: {key}")
+        lung = load_lung_patches(tmp_path / name)
+        assert lung.keys() == expected_lung.keys()
+        for key in expected_lung:
+            np.testing.assert_array_equal(lung[key], expected_lung[key], err_msg=f"{name}: lung {key}")
 
 
 def test_a_scan_missing_a_contour_slice_is_refused_and_built_once_it_is_whole(lidc_download_tree, tmp_path):

