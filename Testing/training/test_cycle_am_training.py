@@ -141,10 +141,12 @@ def test_two_processes_with_torchrun(tiny_patch_set, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     config = json.loads((tmp_path / "ddp" / "config.json").read_text())
     assert config["provenance"]["processes"] == 2 and config["kind"] == "cycle-am"
-    # the defaults: G- alone reads through the 1 px blur; the similarity's L1 weighted 20, 3 times that at the
-    # edges; the identity loss 60; the floor loss 200 over 4 px; the discriminators judge three scales
+    # the defaults: G- alone reads through the 1 px blur; the similarity's L1 weighted 20, the same everywhere (no
+    # prior that knows where the nodule is); the identity loss 60; the floor loss 200 over 4 px; the
+    # discriminators judge three scales; the output clamped to the CT range
     assert config["provenance"]["activation_blur_px"] == {"G+": 0.0, "G-": 1.0}
-    assert config["provenance"]["similarity_l1_weight"] == 20.0 and config["provenance"]["context_l1_factor"] == 3.0
+    assert config["provenance"]["similarity_l1_weight"] == 20.0 and config["provenance"]["context_l1_factor"] == 1.0
+    assert config["arguments"]["output_range"] == pytest.approx([-24 / 1400, 4071 / 1400])
     assert config["provenance"]["identity_weight"] == 60.0
     assert config["provenance"]["floor_weight"] == 200.0 and config["provenance"]["floor_radius_px"] == 4
     assert config["provenance"]["discriminator_scales"] == [1, 2, 3]
