@@ -77,7 +77,7 @@ def test_benchmark_of_another_classifier_skips_cycle_am_with_a_note(tmp_path):
 
 
 def test_the_report_names_a_prior_of_the_generators():
-    from xaiexplain.evaluate.benchmark import prior_lines
+    from xaiexplain.evaluate.benchmark_report import prior_lines
 
     assert prior_lines({"cycle_am_context_l1_factor": 1.0}) == prior_lines({"cycle_am_context_l1_factor": None}) == []
     assert "context_l1_factor 3: changes at the patch's centre cost less" in prior_lines(

@@ -49,7 +49,8 @@ def test_a_method_added_to_the_registry_reaches_help_files_and_benchmark(toy, tm
     assert files["toy"]["relevance"] == "relevance_toy.nrrd" and (out / "relevance_toy.nrrd").is_file()
     assert (out / "relevance_iterative_toy.nrrd").is_file()
 
-    from xaiexplain.evaluate.benchmark import run_benchmark, table_rows
+    from xaiexplain.evaluate.benchmark import run_benchmark
+    from xaiexplain.evaluate.benchmark_report import table_rows
 
     summary = run_benchmark(tmp_path / "benchmark", quick=True, methods=["toy"], nodules=2, progress=False)
     assert [row[0] for row in table_rows(summary)] == ["toy"]

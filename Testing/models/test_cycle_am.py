@@ -273,3 +273,15 @@ def test_read_flipped_and_turned_a_change_in_one_corner_pays_a_quarter():
     centred = torch.zeros(1, 1, 64, 64)
     centred[..., 24:40, 24:40] = 1.0
     assert torch.equal(cycle_am.random_dihedral(centred.repeat(8, 1, 1, 1), torch.Generator()), centred.repeat(8, 1, 1, 1))
+
+
+def test_the_flips_and_turns_are_chosen_on_the_device_as_one_loop_over_images_chose_them():
+    """Issue 25, item 9: the step read each image's flip and turn on the host (a Python loop of rot90). Chosen by
+    indexing now, with the same draws: the same images, so a CPU run trains the same weights as before."""
+    images = torch.rand(16, 1, 8, 8)
+    draws = torch.Generator().manual_seed(3)
+    flips = torch.rand(16, generator=draws) < 0.5
+    turns = torch.randint(0, 4, (16,), generator=draws)
+    one_by_one = torch.stack([torch.rot90(image.flip(-1) if flip else image, int(turn), dims=(-2, -1))
+                              for image, flip, turn in zip(images, flips, turns)])
+    assert torch.equal(cycle_am.random_dihedral(images, torch.Generator().manual_seed(3)), one_by_one)

@@ -34,14 +34,14 @@ from torch import nn
 from xaiexplain.data.patch_set import (
     SPLITS,
     load_lung_patches,
-    lung_patch_split,
     load_patch_set,
+    lung_patch_split,
     protocol_array_names,
     select_protocol,
 )
 from xaiexplain.errors import XAIExplainError
-from xaiexplain.explainers.references import reference_check
 from xaiexplain.evaluate import classifier_metrics as metrics
+from xaiexplain.explainers.references import reference_check
 from xaiexplain.io.files import write_csv_rows
 from xaiexplain.models.architectures import CLASS_NAMES, NoduleClassifier
 from xaiexplain.models.bundles import save_bundle

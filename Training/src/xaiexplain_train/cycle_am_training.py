@@ -238,6 +238,9 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
     # batch-norm check at the end
     validation_images = arrays["images"][rows[row_splits == SPLITS.index("validation")]] if rank == 0 else None
     images = arrays.pop("images")[train_index]
+    # the training images on the device once, and the step's random draws made there (pairs, the
+    # discriminators' orders, the flips and turns), so that a GPU step waits for nothing on the host
+    device_images = to_input(images)
 
     generators = CycleAMGenerators(settings.widths, output_range=cycle_am.output_range_for(
         classifier_bundle.input_spec["hu_window"])).to(device)
@@ -276,9 +279,9 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
     started = time.time() - (history[-1]["seconds"] if history else 0.0)
     running = {name: 0.0 for name in LOSS_NAMES}
     for step in range(start_step, settings.steps):
-        generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + step * 7919 + rank)
-        pairs = torch.randint(0, len(images), (2, settings.batch_size), generator=generator).numpy()
-        x_a, x_b = (to_input(images[p]) for p in pairs)
+        generator = torch.Generator(device=device).manual_seed(settings.seed * 1_000_003 + step * 7919 + rank)
+        pairs = torch.randint(0, len(images), (2, settings.batch_size), generator=generator, device=device)
+        x_a, x_b = device_images[pairs[0]], device_images[pairs[1]]
         for optimiser in optimisers.values():
             for group in optimiser.param_groups:
                 group["lr"] = learning_rate_at(step, settings)

@@ -325,7 +325,7 @@ def run_demo(args, command_line: str) -> int:
 
 
 def run_benchmark(args, command_line: str) -> int:
-    from xaiexplain.evaluate.benchmark import markdown_report
+    from xaiexplain.evaluate.benchmark_report import markdown_report
     from xaiexplain.evaluate.benchmark import run_benchmark as measure
     from xaiexplain.explainers.registry import check_method
 

@@ -129,7 +129,7 @@ def held_out_figure(bundle, data: dict, path: Path, per_label: int = 2) -> None:
 def write_report(written, scan: str, summary: dict, titles: list[str], scene_file: Path, benchmark: dict,
                  timings: dict) -> None:
     """``report.html`` into the demo's output set; ``scene_file`` relative to the demo's folder."""
-    from xaiexplain.evaluate.benchmark import TABLE_HEADER, markdown_report, table_rows
+    from xaiexplain.evaluate.benchmark_report import TABLE_HEADER, markdown_report, table_rows
 
     def image(name, caption):
         return (f'<figure><img src="{html.escape(name)}" alt="{html.escape(caption)}">'

@@ -130,7 +130,8 @@ class PairDiscriminator(nn.Module):
         losses = []
         for s, head in zip(self.scales, self.heads):
             real_features, fake_features = features[s][:n], features[s][n:]
-            fake_first = torch.rand(n, 1, *real_features.shape[2:], generator=generator).to(real.device) < 0.5
+            fake_first = torch.rand(n, 1, *real_features.shape[2:], generator=generator,
+                                    device=real.device if generator is None else generator.device).to(real.device) < 0.5
             pair = torch.cat([torch.where(fake_first, fake_features, real_features),
                               torch.where(fake_first, real_features, fake_features)], dim=1)
             logits = head(pair).float()
@@ -350,11 +351,13 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def random_dihedral(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Each (C, H, W) image of a batch flipped left-right with probability 1/2, then turned by a random number
-    of quarter turns: one of the eight symmetries of the square, as the classifier saw in training."""
-    flips = torch.rand(len(images), generator=generator) < 0.5
-    turns = torch.randint(0, 4, (len(images),), generator=generator)
-    return torch.stack([torch.rot90(image.flip(-1) if flip else image, int(turn), dims=(-2, -1))
-                        for image, flip, turn in zip(images, flips, turns)])
+    of quarter turns: one of the eight symmetries of the square, as the classifier saw in training. Drawn where
+    ``generator`` lives and chosen by indexing, so a GPU step waits for no per-image decision on the host."""
+    flips = torch.rand(len(images), generator=generator, device=generator.device).to(images.device) < 0.5
+    turns = torch.randint(0, 4, (len(images),), generator=generator, device=generator.device).to(images.device)
+    flipped = torch.where(flips.view(-1, *([1] * (images.dim() - 1))), images.flip(-1), images)
+    turned = torch.stack([torch.rot90(flipped, quarter, dims=(-2, -1)) for quarter in range(4)])
+    return turned[turns, torch.arange(len(images), device=images.device)]
 
 
 def activation_maximization_loss(classifier: nn.Module, generated, target_class: int,
