@@ -4,6 +4,7 @@ import shutil
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from xaiexplain.data.patch_set import SPLITS, labelled_scans, load_patch_set, split_patients
 from xaiexplain.data.sources.multi_lesion import IMAGE_SIZE, render_multi_lesion_set
 from xaiexplain_train.cli import main as train_main
@@ -15,15 +16,16 @@ SEED = 3
 def multi_lesion_set(tmp_path_factory):
     folder = tmp_path_factory.mktemp("multi-lesion") / "set"
     summary = render_multi_lesion_set(folder, images=40, seed=SEED, progress=False,
-                                      source_nodules={"train": 6, "validation": 4, "test": 4})
+                                      source_nodules={"train": 6, "validation": 4, "test": 4}, paired_negatives=True)
     return folder, summary
 
 
 def test_multi_lesion_images_are_positive_exactly_while_a_malignant_nodule_is_in_them(multi_lesion_set):
     folder, summary = multi_lesion_set
     arrays, rows, stored = load_patch_set(folder)
-    assert stored["patch_size"] == IMAGE_SIZE and summary["images"] == 40 == len(rows)
-    assert arrays["images"].shape == (40, IMAGE_SIZE, IMAGE_SIZE)
+    rendered = int((arrays["paired_with"] < 0).sum())
+    assert stored["patch_size"] == IMAGE_SIZE and rendered == 40 and summary["images"] == len(rows)
+    assert arrays["images"].shape == (len(rows), IMAGE_SIZE, IMAGE_SIZE)
     np.testing.assert_array_equal(arrays["label"], (arrays["lesion_labels"].max(axis=(1, 2)) > 0).astype(np.int8))
     assert 0 < arrays["label"].sum() < 40
     assert set(np.unique(arrays["split"])) == {0, 1, 2} and len(SPLITS) == 3
@@ -32,9 +34,45 @@ def test_multi_lesion_images_are_positive_exactly_while_a_malignant_nodule_is_in
         # lesions are numbered 1..L, and nodules are solid tissue, not lung, where the labels say so
         assert set(np.unique(arrays["lesion_labels"][n])) == set(range(row["lesions"] + 1))
         nodules = arrays["nodule_mask"][n] | arrays["distractor_mask"][n]
-        assert nodules.any() and np.median(arrays["images"][n][nodules]) > -500
+        # (a paired negative whose nodules were all malignant has none left)
+        assert (nodules.any() or "paired_with" in row) and (not nodules.any() or np.median(arrays["images"][n][nodules]) > -500)
         # every nodule of an image comes from a patient of the image's split
         assert all(split_of[nodule["patient_id"]] == row["split"] for nodule in row["nodules"])
+
+
+def test_each_image_is_rendered_again_without_its_malignant_nodules(multi_lesion_set):
+    folder, summary = multi_lesion_set
+    arrays, rows, _ = load_patch_set(folder)
+    lesions = arrays["lesion_labels"] > 0
+    removed = arrays["lesions_removed"].astype(int)
+    assert "rendered again" in summary["lesions_removed"]
+    for n in np.flatnonzero(arrays["paired_with"] < 0):
+        change = np.abs(removed[n] - arrays["images"][n])
+        if arrays["label"][n] == 0:  # nothing to remove
+            assert not change.any()
+            continue
+        # lung where the malignant nodules were; elsewhere a change only where it joins them (their soft
+        # edges and spicules), beyond the last HU of a soft edge
+        assert np.median(removed[n][lesions[n]]) < -600 < np.median(arrays["images"][n][lesions[n]])
+        regions, count = ndimage.label((change > 2) | lesions[n], np.ones((3, 3)))
+        assert set(np.unique(regions[lesions[n]])) == set(range(1, count + 1))
+
+
+def test_paired_negatives_are_positive_training_images_without_their_lesions(multi_lesion_set):
+    folder, summary = multi_lesion_set
+    arrays, rows, _ = load_patch_set(folder)
+    paired = np.flatnonzero(arrays["paired_with"] >= 0)
+    sources = arrays["paired_with"][paired]
+    train = SPLITS.index("train")
+    positives_in_train = np.flatnonzero((arrays["split"] == train) & (arrays["label"] == 1))
+    assert summary["paired_negatives"] == len(paired) and sorted(sources) == sorted(positives_in_train)
+    assert (arrays["split"][paired] == train).all() and (arrays["label"][paired] == 0).all()
+    assert not arrays["lesion_labels"][paired].any()
+    np.testing.assert_array_equal(arrays["images"][paired], arrays["lesions_removed"][sources])
+    for n, source in zip(paired, sources):
+        assert rows[n]["paired_with"] == source and rows[n]["label"] == "benign"
+        assert all(nodule["label"] != "malignant" for nodule in rows[n]["nodules"])
+    assert "paired_with" not in rows[int(sources[0])]  # the source is an image of its own
 
 
 def test_froc_study_command_writes_table_and_plot(multi_lesion_set, tmp_path, capsys):
