@@ -1,6 +1,8 @@
 """The FROC study's parts that need no rendering or training: candidates, the premise check, the bootstrap,
 the summary over seeds and the README's table."""
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +11,9 @@ from xaiexplain.evaluate.localization import FrocEvents, ImageOutcomes
 from xaiexplain_train import froc_bootstrap
 from xaiexplain_train.cli import main as train_main
 from xaiexplain_train.froc_study import froc_of_maps, premise_check
-from xaiexplain_train.froc_summary import README_END, README_START
+from xaiexplain_train.froc_summary import README_END, README_START, readme_text
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_candidates_are_every_local_maximum_above_zero_by_default():
@@ -127,6 +131,17 @@ def test_froc_summary_puts_its_table_into_the_readme_between_the_markers(tmp_pat
     assert train_main(["froc-summary", *studies, "--out", str(tmp_path / "s3"), "--readme", str(plain)]) == 2
     assert "froc-summary:start" in capsys.readouterr().err
     assert plain.read_text() == "no markers\n" and not (tmp_path / "s3").exists()
+
+
+def test_the_readme_holds_the_markers_and_documents_five_seeds():
+    text = README.read_text()
+    readme_text(README, "table")  # the markers are there, once each, in order
+    section = text[text.index("## Multi-lesion FROC study"):text.index(README_START)]
+    seeds = re.search(r"for seed in ([0-9 ]+); do xaiexplain-train froc-study", section)
+    assert seeds and len(seeds.group(1).split()) >= 5
+    summary_command = next(line for line in section.splitlines() if line.startswith("xaiexplain-train froc-summary"))
+    assert summary_command.count("out/froc/seed-") >= 5 and "--readme README.md" in summary_command
+    assert "stale" in text[text.index(README_START):text.index(README_END)].lower()
 
 
 def test_froc_study_refuses_a_data_set_rendered_otherwise(tmp_path, capsys):
