@@ -106,7 +106,8 @@ def test_froc_summary_combines_seeds_with_intervals(tmp_path):
     text = (tmp_path / "summary" / "froc-summary.md").read_text()
     assert "+10.0 % +/- 10.0 % [+0.8 %, +19." in text and "+20.0 % [" in text
     assert "Over all 3 (seed, method) configurations" in text and "15 configurations" in text
-    assert "every local maximum above zero" in text and "Premise of Algorithm 1: 8 of 8" in text
+    assert "every local maximum above zero" in text and "8 of 8 (100.0 %) / 8 of 8 (100.0 %) / 8 of 8" in text
+    assert "met in 3 of 3 seeds; removal: rendered again." in text
     assert train_main(["froc-summary", str(tmp_path / "nothing"), "--out", str(tmp_path / "s2")]) == 2
 
 

@@ -17,7 +17,7 @@ from xaiexplain.errors import XAIExplainError
 from xaiexplain.io.files import atomic_path, output_set
 
 from . import froc_bootstrap
-from .froc_study import PAPER_2_RELATIVE_CHANGE, PAPER_2_SPREAD, interval_text, percent, premise_text
+from .froc_study import PAPER_2_RELATIVE_CHANGE, PAPER_2_SPREAD, interval_text, percent
 
 README_START = "<!-- froc-summary:start -->"
 README_END = "<!-- froc-summary:end -->"
@@ -104,6 +104,19 @@ def _stated_once(values) -> str:
     return texts[0] if len(set(texts)) == 1 else " / ".join(f"seed {n}: {t}" for n, t in enumerate(texts))
 
 
+def _premises(premises: list[dict | None]) -> str:
+    """Algorithm 1's premise per seed, in one sentence."""
+    checked = [p for p in premises if p]
+    if not checked:
+        return "Premise of Algorithm 1 not checked."
+    per_seed = " / ".join("not checked" if not p else f"{p['called_negative']} of {p['images']} "
+                          f"({percent(p['share'], sign=False)})" for p in premises)
+    met = sum(bool(p["holds"]) for p in checked)
+    return (f"Premise of Algorithm 1 (truly positive test images called positive that are called negative once "
+            f"their malignant nodules are removed; target >= {100 * checked[0]['target']:.0f} %): {per_seed}; met "
+            f"in {met} of {len(premises)} seeds; removal: {_stated_once([p['removal'] for p in checked])}.")
+
+
 def summary_markdown(summary: dict, runs: list[dict]) -> str:
     lines = ["| method | SE/10 FPs initial (per seed) | augmented (per seed) | relative change per seed "
              "[95 % interval] | over seeds: mean +/- sd [95 % interval] | mean iterations |",
@@ -117,8 +130,7 @@ def summary_markdown(summary: dict, runs: list[dict]) -> str:
         lines.append(f"| {method} | {_per_seed(entry['initial'])} | {_per_seed(entry['augmented'])} | {per_seed} | "
                      f"{over_seeds} | {entry['iterations_mean']:.1f} |")
     positives = ", ".join(f"{run['called_positive']} of {run['test_images']}" for run in runs)
-    premises = " ".join(f"Seed {seed}: {premise_text(p)}" if p else f"Seed {seed}: premise not checked."
-                        for seed, p in zip(summary["seeds"], summary["premise"]))
+    premises = _premises(summary["premise"])
     bootstrap = summary["bootstrap"] or {}
     configurations = summary["configurations"]
     sd = configurations["relative_change_sd"]
