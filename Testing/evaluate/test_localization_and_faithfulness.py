@@ -92,6 +92,9 @@ def test_local_maxima_suppress_within_the_radius():
     evidence[5, 5], evidence[5, 7], evidence[15, 15] = 3.0, 2.0, 1.0
     assert localization.local_maxima(evidence, 5, suppression_radius_px=3) == [(5, 5, 3.0), (15, 15, 1.0)]
     assert localization.local_maxima(evidence, 5, suppression_radius_px=1) == [(5, 5, 3.0), (5, 7, 2.0), (15, 15, 1.0)]
+    # no cap: until no pixel above zero is left
+    assert localization.local_maxima(evidence, None, suppression_radius_px=1) == [(5, 5, 3.0), (5, 7, 2.0), (15, 15, 1.0)]
+    assert localization.local_maxima(evidence, 2, suppression_radius_px=1) == [(5, 5, 3.0), (5, 7, 2.0)]
 
 
 def test_froc_of_a_known_candidate_list():
@@ -110,6 +113,22 @@ def test_froc_of_a_known_candidate_list():
     assert curve.sensitivity_at(0) == pytest.approx(1 / 3)
     assert curve.sensitivity_at(0.5) == pytest.approx(1 / 3)
     assert curve.sensitivity_at(10) == 1.0
+
+
+def test_froc_of_images_weighted_equals_froc_of_images_repeated():
+    # a bootstrap resample weighs each image by how often it was drawn
+    lesions = [np.zeros((10, 10), int), np.zeros((10, 10), int)]
+    lesions[0][1:3, 1:3] = 1
+    lesions[0][6:8, 6:8] = 2
+    lesions[1][4:6, 4:6] = 1
+    candidates = [[(1, 1, 0.9), (2, 2, 0.8), (9, 9, 0.7), (6, 6, 0.3)], [(0, 0, 0.6), (4, 5, 0.5)]]
+    events = localization.FrocEvents([localization.image_outcomes(c, l) for c, l in zip(candidates, lesions)])
+    once = events.curve()
+    np.testing.assert_array_equal(once.sensitivity, localization.froc(candidates, lesions).sensitivity)
+    weighted = events.curve(np.array([0, 3]))
+    repeated = localization.froc([candidates[1]] * 3, [lesions[1]] * 3)
+    for rate in (0, 0.5, 1, 10):
+        assert weighted.sensitivity_at(rate) == repeated.sensitivity_at(rate)
 
 
 def test_froc_detection_area_overlapping_a_lesion_counts():

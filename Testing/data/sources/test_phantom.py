@@ -1,6 +1,7 @@
 """The phantom renderer: deterministic, region = crop of the scan, appearance follows the ratings."""
 import numpy as np
 import pytest
+from scipy import ndimage
 from xaiexplain.data.geometry import ScanGeometry
 from xaiexplain.data.lidc import LidcNodule, NoduleMask
 from xaiexplain.data.sources import phantom
@@ -58,6 +59,22 @@ def test_region_equals_the_crop_of_the_scan(scan):
         for name in ("hu", "nodule_labels", "spicules", "calcification"):
             np.testing.assert_array_equal(getattr(region, name), getattr(scan, name)[crop])
         assert region.offset == tuple(b[0] for b in box)
+
+
+def test_region_without_a_nodule_changes_only_that_nodule(scan):
+    box = ((5, 20), (40, 110), (10, 160))
+    full, without = phantom.render_region_without(GEOMETRY, NODULES, 5, *box, hidden=[0])
+    crop = tuple(slice(*b) for b in box)
+    np.testing.assert_array_equal(full.hu, scan.hu[crop])  # the first is render_region's
+    assert 1 not in without.nodule_labels and not without.spicules.any() and not without.calcification.any()
+    np.testing.assert_array_equal(without.nodule_labels == 2, full.nodule_labels == 2)  # the other stays drawn
+    change = np.abs(without.hu.astype(int) - full.hu)
+    # where nodule 0 was, lung now; beyond 4 px of it and its spicules no more than its soft edge's last HU
+    assert np.median(without.hu[full.nodule_labels == 1]) < -700 < np.median(full.hu[full.nodule_labels == 1])
+    reach = ndimage.binary_dilation((full.nodule_labels == 1) | full.spicules, iterations=4)
+    assert change[reach].max() > 500 and change[~reach].max() <= 2
+    same, unchanged = phantom.render_region_without(GEOMETRY, NODULES, 5, *box, hidden=[])
+    assert unchanged is same
 
 
 def test_same_seed_same_phantom_other_seed_other_noise(scan):

@@ -7,6 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from xaiexplain.apps.archive_commands import whole_number_from_0
 from xaiexplain.apps.cli import ArgumentParser, run_reporting_errors
 from xaiexplain.data.patch_set import EVALUATION_SPLITS, SLICE_CHOICES, SPLIT_PROTOCOLS
 from xaiexplain.termination import handle_termination_signals
@@ -146,9 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "while a malignant one is in it), train a classifier on the image labels, and compare FROC "
                     "curves of initial and iteratively augmented maps (saliency, guided backprop, integrated "
                     "gradients, Grad-CAM, guided Grad-CAM) on the test images it calls positive: sensitivity at 10 "
-                    "false positives per image, as in paper 2's Tables II-V. Reuses OUT/data and OUT/classifier "
-                    "when they exist.",
-        epilog="example:\n  xaiexplain-train froc-study --out out/froc --images 1200 --epochs 12",
+                    "false positives per image, as in paper 2's Tables II-V, with a bootstrap interval over the "
+                    "images. Checks Algorithm 1's premise: the truly positive test images it calls positive are "
+                    "called negative once their malignant nodules are removed (rendered again without them). "
+                    "Reuses OUT/data and OUT/classifier when they exist.",
+        epilog="example:\n  for s in 0 1 2 3 4; do xaiexplain-train froc-study --seed $s --out out/froc/seed-$s; done",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     froc.add_argument("--out", required=True, type=Path, help="study folder (data/, classifier/, froc.*)")
     froc.add_argument("--images", type=int, default=1200, help="multi-lesion images to render (70/15/15 %% split)")
@@ -159,25 +162,40 @@ def build_parser() -> argparse.ArgumentParser:
     froc.add_argument("--method", action="append", dest="methods",
                       help="repeatable; default: saliency, guided-backprop, integrated-gradients, grad-cam and "
                            "guided-grad-cam, paper 2's methods")
+    froc.add_argument("--no-paired-negatives", dest="paired_negatives", action="store_false",
+                      help="train without paired negatives (each positive training image rendered again without "
+                           "its malignant nodules, labelled negative; on by default so that the classifier depends "
+                           "on the lesions, as Algorithm 1 assumes: our choice, not paper 2's)")
+    froc.add_argument("--candidates", type=whole_number_from_0, default=0,
+                      help="at most this many candidates per map (default 0: no cap, every local maximum above "
+                           "zero, as paper 2 states none)")
+    froc.add_argument("--bootstrap", type=whole_number_from_0, default=1000,
+                      help="bootstrap resamples of the test images for the 95 %% intervals (default 1000; 0: none)")
     summary = commands.add_parser(
-        "froc-summary", help="FROC studies of several seeds combined: mean +/- sd of the relative change",
+        "froc-summary", help="FROC studies of several seeds combined: mean +/- sd and intervals of the relative change",
         description="Combine froc-study folders run with different --seed values (renderings, splits, "
                     "classifiers) into one table: per method the sensitivity at 10 false positives per image of "
-                    "initial and augmented maps per seed, and the relative change as mean +/- sd over seeds.",
-        epilog="example:\n  for s in 0 1 2; do xaiexplain-train froc-study --seed $s --out out/froc/seed-$s; done\n"
-               "  xaiexplain-train froc-summary out/froc/seed-0 out/froc/seed-1 out/froc/seed-2 --out out/froc",
+                    "initial and augmented maps per seed, the relative change per seed with its bootstrap "
+                    "interval, and over seeds its mean +/- sd and the bootstrap interval of the mean. With "
+                    "--readme, the table goes into that file between the lines <!-- froc-summary:start --> and "
+                    "<!-- froc-summary:end -->, dated.",
+        epilog="example:\n  for s in 0 1 2 3 4; do xaiexplain-train froc-study --seed $s --out out/froc/seed-$s; done\n"
+               "  xaiexplain-train froc-summary out/froc/seed-0 out/froc/seed-1 out/froc/seed-2 out/froc/seed-3 "
+               "out/froc/seed-4 --out out/froc --readme README.md",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     summary.add_argument("studies", nargs="+", type=Path, help="froc-study output folders")
     summary.add_argument("--out", required=True, type=Path, help="folder for froc-summary.json and .md")
+    summary.add_argument("--readme", type=Path, help="put the table into this file between its froc-summary markers")
     return parser
 
 
 def run_froc_summary(args) -> int:
-    from .froc_study import summarize
+    from .froc_summary import summarize
 
-    result = summarize(args.studies, args.out, command=args.command_line)
+    result = summarize(args.studies, args.out, command=args.command_line, readme=args.readme)
     print((args.out / "froc-summary.md").read_text())
-    print(f"wrote {args.out / 'froc-summary.md'} and froc-summary.json ({len(result['seeds'])} seeds)")
+    print(f"wrote {args.out / 'froc-summary.md'} and froc-summary.json ({len(result['seeds'])} seeds)"
+          + (f"; the table into {args.readme}" if args.readme else ""))
     return 0
 
 
@@ -198,7 +216,8 @@ def run_froc_study(args) -> int:
     from .froc_study import run_froc_study as study
 
     result = study(args.out, images=args.images, epochs=args.epochs, widths=args.widths, seed=args.seed,
-                   device=args.device, command=args.command_line, methods=tuple(args.methods or METHODS))
+                   device=args.device, command=args.command_line, methods=tuple(args.methods or METHODS),
+                   paired_negatives=args.paired_negatives, cap=args.candidates or None, bootstrap_samples=args.bootstrap)
     print(markdown(result))
     print(f"wrote {args.out / 'froc.md'}, froc.json and froc.png ({result['seconds']} s)")
     return 0

@@ -9,7 +9,8 @@ defines it (``xaiexplain.explainers.registry.Kind.for_decision``).
 - ``relevance_rank_accuracy``: of the K pixels with the most evidence, K the mask's size, the share inside
   the mask (Arras et al. 2022);
 - ``local_maxima`` and ``froc``: candidate lesions from a map and paper 2's FROC, a candidate counting as
-  a detection when its disc overlaps a lesion.
+  a detection when its disc overlaps a lesion; ``FrocEvents``: the same FROC for any weighting of the
+  images (a bootstrap resample's).
 """
 from __future__ import annotations
 
@@ -46,20 +47,25 @@ def relevance_rank_accuracy(evidence: np.ndarray, mask: np.ndarray) -> float:
     return float(mask.ravel()[top].mean())
 
 
-def local_maxima(evidence: np.ndarray, count: int, suppression_radius_px: float) -> list[tuple[int, int, float]]:
-    """Up to ``count`` candidates (row, column, score) from a 2D map: repeatedly the highest remaining
-    pixel, then everything within the radius of it masked out (paper 2's candidate extraction)."""
+def local_maxima(evidence: np.ndarray, count: int | None, suppression_radius_px: float) -> list[tuple[int, int, float]]:
+    """Candidates (row, column, score) from a 2D map, highest first: repeatedly the highest remaining pixel,
+    then everything within the radius of it masked out (paper 2's candidate extraction), until no pixel above
+    zero remains or, with a ``count``, ``count`` are taken (None: no cap)."""
     remaining = np.array(evidence, float, copy=True)
-    rows, columns = np.indices(remaining.shape)
+    height, width = remaining.shape
+    reach = int(np.floor(suppression_radius_px))
+    rows, columns = np.mgrid[-reach:reach + 1, -reach:reach + 1]
+    disc = rows ** 2 + columns ** 2 <= suppression_radius_px ** 2
     candidates = []
-    for _ in range(count):
+    while count is None or len(candidates) < count:
         index = int(np.argmax(remaining))
         score = float(remaining.flat[index])
         if not np.isfinite(score) or score <= 0:
             break
-        r, c = divmod(index, remaining.shape[1])
+        r, c = divmod(index, width)
         candidates.append((r, c, score))
-        remaining[(rows - r) ** 2 + (columns - c) ** 2 <= suppression_radius_px ** 2] = -np.inf
+        r0, r1, c0, c1 = max(r - reach, 0), min(r + reach + 1, height), max(c - reach, 0), min(c + reach + 1, width)
+        remaining[r0:r1, c0:c1][disc[r0 - r + reach:r1 - r + reach, c0 - c + reach:c1 - c + reach]] = -np.inf
     return candidates
 
 
@@ -74,35 +80,73 @@ class FrocCurve:
         return float(reached.max()) if reached.size else 0.0
 
 
+@dataclass
+class ImageOutcomes:
+    """One image's candidates as the FROC counts them, highest score first (ties in the order given)."""
+
+    scores: np.ndarray  # float
+    false_positive: np.ndarray  # bool: the detection area overlaps no lesion
+    new_lesions: np.ndarray  # int: the lesions this candidate is the first to hit
+    lesions: int  # lesions in the image
+
+
+def image_outcomes(candidates: list[tuple[int, int, float]], labels: np.ndarray,
+                   detection_radius_px: float = 0.0) -> ImageOutcomes:
+    """``candidates`` (row, column, score) of one image against its label map (0 background, 1..L lesions):
+    a candidate's detection area is the disc of the radius around it; overlapping a lesion not yet hit, it
+    hits it (every such lesion); overlapping only lesions already hit, it is neither; overlapping none, it
+    is a false positive."""
+    ordered = sorted(candidates, key=lambda candidate: -candidate[2])
+    reach = int(detection_radius_px)
+    dr, dc = (offsets.ravel() for offsets in np.mgrid[-reach:reach + 1, -reach:reach + 1])
+    inside_disc = dr ** 2 + dc ** 2 <= detection_radius_px ** 2
+    dr, dc = dr[inside_disc], dc[inside_disc]
+    height, width = labels.shape
+    if ordered:
+        r = np.array([c[0] for c in ordered])[:, None] + dr
+        c = np.array([c[1] for c in ordered])[:, None] + dc
+        inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
+        touched = np.where(inside, labels[r.clip(0, height - 1), c.clip(0, width - 1)], 0)
+    else:
+        touched = np.zeros((0, len(dr)), labels.dtype)
+    new_lesions = np.zeros(len(ordered), int)
+    hit = set()
+    for n in np.flatnonzero((touched > 0).any(axis=1)):
+        fresh = set(touched[n][touched[n] > 0].tolist()) - hit
+        hit |= fresh
+        new_lesions[n] = len(fresh)
+    return ImageOutcomes(scores=np.array([c[2] for c in ordered], float), false_positive=~(touched > 0).any(axis=1),
+                         new_lesions=new_lesions, lesions=len(np.setdiff1d(np.unique(labels), [0])))
+
+
+class FrocEvents:
+    """The candidates of several images in the FROC's order (score from high to low, ties in image order),
+    from which the curve of any weighting of the images follows: a bootstrap resample weighs each image by
+    how often it was drawn."""
+
+    def __init__(self, outcomes: list[ImageOutcomes]):
+        sizes = [len(o.scores) for o in outcomes]
+        scores = np.concatenate([o.scores for o in outcomes] + [np.zeros(0)])
+        order = np.argsort(-scores, kind="stable")
+        self.image = np.repeat(np.arange(len(outcomes)), sizes)[order]
+        self.false_positive = np.concatenate([o.false_positive for o in outcomes] + [np.zeros(0, bool)])[order]
+        self.new_lesions = np.concatenate([o.new_lesions for o in outcomes] + [np.zeros(0, int)])[order]
+        self.lesions = np.array([o.lesions for o in outcomes], int)
+
+    def curve(self, weights: np.ndarray | None = None) -> FrocCurve:
+        """The FROC with image n counted ``weights[n]`` times (default: once each)."""
+        weights = np.ones(len(self.lesions), int) if weights is None else np.asarray(weights, int)
+        per_event = weights[self.image]
+        false_positives = np.cumsum(per_event * self.false_positive)
+        hits = np.cumsum(per_event * self.new_lesions)
+        return FrocCurve(np.concatenate([[0.0], false_positives / max(int(weights.sum()), 1)]),
+                         np.concatenate([[0.0], hits / max(int((weights * self.lesions).sum()), 1)]))
+
+
 def froc(candidates: list[list[tuple[int, int, float]]], lesions: list[np.ndarray],
          detection_radius_px: float = 0.0) -> FrocCurve:
     """FROC over images (paper 2): ``candidates[i]`` (row, column, score) of image i, ``lesions[i]`` its
-    label map (0 background, 1..L lesions). A candidate's detection area is the disc of the radius around
-    it: overlapping a lesion not yet hit, it is a true positive (for every such lesion); overlapping only
-    lesions already hit, neither; overlapping none, a false positive. The curve sweeps the score
-    threshold from high to low."""
-    offsets = [(dr, dc) for dr in range(-int(detection_radius_px), int(detection_radius_px) + 1)
-               for dc in range(-int(detection_radius_px), int(detection_radius_px) + 1)
-               if dr * dr + dc * dc <= detection_radius_px ** 2]
-    events = []  # (score, image, lesion labels the detection area overlaps)
-    total_lesions = 0
-    for image, (image_candidates, labels) in enumerate(zip(candidates, lesions)):
-        total_lesions += len(np.setdiff1d(np.unique(labels), [0]))
-        height, width = labels.shape
-        for r, c, score in image_candidates:
-            touched = {int(labels[r + dr, c + dc]) for dr, dc in offsets
-                       if 0 <= r + dr < height and 0 <= c + dc < width} - {0}
-            events.append((score, image, touched))
-    events.sort(key=lambda event: -event[0])
-    hit = set()
-    true_positives = false_positives = 0
-    fps, sensitivity = [0.0], [0.0]
-    for _, image, touched in events:
-        if not touched:
-            false_positives += 1
-        new = {(image, label) for label in touched} - hit
-        hit |= new
-        true_positives += len(new)
-        fps.append(false_positives / max(len(candidates), 1))
-        sensitivity.append(true_positives / max(total_lesions, 1))
-    return FrocCurve(np.array(fps), np.array(sensitivity))
+    label map (0 background, 1..L lesions), each candidate counted as ``image_outcomes`` says. The curve
+    sweeps the score threshold from high to low, one point per candidate."""
+    return FrocEvents([image_outcomes(c, labels, detection_radius_px)
+                       for c, labels in zip(candidates, lesions)]).curve()

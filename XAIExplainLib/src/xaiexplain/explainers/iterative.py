@@ -2,7 +2,8 @@
 
 While an image's malignancy probability is at or above the decision threshold and t < T: explain it,
 binarize the map with Otsu's threshold, inpaint the binarized region (Navier-Stokes, radius 3), classify
-again. The augmented map is sum_t exp(-alpha t) M_t. Each image stops on its own; the images still
+again. The augmented map is sum_t exp(-alpha t) M_t, each M_t as the method returns it: no normalisation
+between passes, as Algorithm 1 writes it (paper 2 states none). Each image stops on its own; the images still
 running are explained together in one batch per pass. An image below the threshold from the start
 makes no pass and has an all-zero augmented map (``iterations`` 0): there is no evidence to augment.
 """

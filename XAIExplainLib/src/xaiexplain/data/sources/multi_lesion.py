@@ -8,7 +8,14 @@ should stay positive until every malignant nodule is gone: the setting of iterat
 malignant nodules are the lesions of the FROC analysis; benign ones are distractors.
 
 Written in the patch-set format (``load_patch_set`` reads it; the training package trains on it), with
-``lesion_labels`` (int16, 1..L for the malignant nodules on the slice) and ``distractor_mask``.
+``lesion_labels`` (int16, 1..L for the malignant nodules on the slice), ``distractor_mask``,
+``lesions_removed`` (each image rendered again with its malignant nodules left undrawn and nothing else
+changed, ``phantom.render_region_without``; a negative image is its own) and ``paired_with``.
+
+Paired negatives (``paired_negatives=True``): each positive training image is followed by its
+``lesions_removed`` rendering as a training image of its own, labelled negative (``paired_with`` its
+source's row; -1 elsewhere): the same anatomy with the lesions gone, so a classifier trained on them must
+depend on the lesions. Validation and test images are never paired.
 """
 from __future__ import annotations
 
@@ -62,11 +69,31 @@ def _pools(seed: int, per_split: dict[str, int]) -> dict[str, list[lidc.LidcNodu
 SOURCE_NODULES = {"train": 150, "validation": 50, "test": 50}
 
 
+def _image_arrays(volume, placed) -> dict:
+    """One image's arrays from its rendered slice: the malignant nodules drawn on it are its lesions."""
+    labels_on_slice = volume.nodule_labels[0]
+    lesion_labels = np.zeros(labels_on_slice.shape, np.int16)
+    distractors = np.zeros(labels_on_slice.shape, bool)
+    for nodule in placed:
+        inside = labels_on_slice == nodule.nodule_index + 1
+        if nodule.label == "malignant" and inside.any():
+            lesion_labels[inside] = lesion_labels.max() + 1
+        elif inside.any():
+            distractors |= inside
+    return {"images": np.clip(volume.hu[0], -32768, 32767).astype(np.int16), "lesion_labels": lesion_labels,
+            "nodule_mask": lesion_labels > 0, "distractor_mask": distractors,
+            "spicule_mask": volume.spicules[0].astype(bool), "calcification_mask": volume.calcification[0].astype(bool),
+            "label": np.int8(lesion_labels.max() > 0)}
+
+
 def render_multi_lesion_set(out_dir, images: int = 1200, seed: int = 0, progress: bool = True,
-                            command: str | None = None, source_nodules: dict | None = None) -> dict:
+                            command: str | None = None, source_nodules: dict | None = None,
+                            paired_negatives: bool = False) -> dict:
     """Render ``images`` multi-lesion images (70 / 15 / 15 % train / validation / test, nodules of each
     split from that split's patients only) into ``out_dir`` in the patch-set format. ``source_nodules``:
-    how many labelled nodules per split to draw from (their consensus masks take pylidc 0.25 s each)."""
+    how many labelled nodules per split to draw from (their consensus masks take pylidc 0.25 s each);
+    ``paired_negatives``: add each positive training image without its malignant nodules, labelled
+    negative (see the module's text)."""
     if images < 20:
         raise XAIExplainError("a multi-lesion set needs at least 20 images")
     started = time.time()
@@ -111,37 +138,38 @@ def render_multi_lesion_set(out_dir, images: int = 1200, seed: int = 0, progress
                     centres.append(spot)
                     placed.append(_relocated(member, (*spot, ck), len(placed)))
                     break
-        volume = phantom.render_region(geometry, placed, int(rng.integers(1 << 30)), (ck, ck + 1),
-                                       (i0, i0 + IMAGE_SIZE), (j0, j0 + IMAGE_SIZE))
-        labels_on_slice = volume.nodule_labels[0]
-        lesion_labels = np.zeros(labels_on_slice.shape, np.int16)
-        distractors = np.zeros(labels_on_slice.shape, bool)
-        for nodule in placed:
-            inside = labels_on_slice == nodule.nodule_index + 1
-            if nodule.label == "malignant" and inside.any():
-                lesion_labels[inside] = lesion_labels.max() + 1
-            elif inside.any():
-                distractors |= inside
-        arrays["images"].append(np.clip(volume.hu[0], -32768, 32767).astype(np.int16))
-        arrays["lesion_labels"].append(lesion_labels)
-        arrays["nodule_mask"].append(lesion_labels > 0)
-        arrays["distractor_mask"].append(distractors)
-        arrays["spicule_mask"].append(volume.spicules[0].astype(bool))
-        arrays["calcification_mask"].append(volume.calcification[0].astype(bool))
-        arrays["label"].append(np.int8(lesion_labels.max() > 0))
-        arrays["nodule"].append(np.int32(len(rows)))
-        arrays["split"].append(np.int8(SPLITS.index(split)))
-        rows.append({"split": split, "series_instance_uid": anchor.series_instance_uid, "slice": ck,
-                     "box_ij": [i0, j0], "pixel_spacing": geometry.pixel_spacing,
-                     "nodules": [{"patient_id": n.patient_id, "source_index": m.nodule_index, "label": n.label,
-                                  "center_ij": list(c)} for n, m, c in zip(placed, members, centres)],
-                     "lesions": int(lesion_labels.max()), "first_patch": len(rows), "patch_count": 1,
-                     "label": "malignant" if lesion_labels.max() > 0 else "benign"})
+        box = ((ck, ck + 1), (i0, i0 + IMAGE_SIZE), (j0, j0 + IMAGE_SIZE))
+        image_seed = int(rng.integers(1 << 30))
+        volume, without = phantom.render_region_without(
+            geometry, placed, image_seed, *box, hidden=[n.nodule_index for n in placed if n.label == "malignant"])
+        image, removed = _image_arrays(volume, placed), _image_arrays(without, placed)
+        row = {"split": split, "series_instance_uid": anchor.series_instance_uid, "slice": ck, "box_ij": [i0, j0],
+               "pixel_spacing": geometry.pixel_spacing,
+               "nodules": [{"patient_id": n.patient_id, "source_index": m.nodule_index, "label": n.label,
+                            "center_ij": list(c)} for n, m, c in zip(placed, members, centres)]}
+        pairs = [(image, row, -1)]
+        if paired_negatives and split == "train" and image["label"]:
+            pairs.append((removed, {**row, "nodules": [n for n in row["nodules"] if n["label"] != "malignant"]},
+                          len(rows)))
+        for values, image_row, paired_with in pairs:
+            for name, value in values.items():
+                arrays[name].append(value)
+            arrays["lesions_removed"].append(removed["images"])
+            arrays["paired_with"].append(np.int32(paired_with))
+            arrays["nodule"].append(np.int32(len(rows)))
+            arrays["split"].append(np.int8(SPLITS.index(split)))
+            lesions = int(values["lesion_labels"].max())
+            rows.append({**image_row, "lesions": lesions, "first_patch": len(rows), "patch_count": 1,
+                         "label": "malignant" if lesions > 0 else "benign",
+                         **({"paired_with": paired_with} if paired_with >= 0 else {})})
     stacked = {name: np.stack(values) if np.ndim(values[0]) else np.array(values) for name, values in arrays.items()}
     summary = {"format": "xaiexplain-patch-set", "version": 1, "kind": "multi-lesion", "library_version": __version__,
                "command": command, "seed": seed, "patch_size": IMAGE_SIZE,
                "field_of_view_mm": float(np.median([r["pixel_spacing"] for r in rows]) * IMAGE_SIZE),
                "images": len(rows), "positives": int(stacked["label"].sum()),
+               "paired_negatives": int((stacked["paired_with"] >= 0).sum()),
+               "lesions_removed": "each image rendered again with its malignant nodules left undrawn, the lung "
+                                  "around them as it was (phantom.render_region_without)",
                "lesions": int(sum(r["lesions"] for r in rows)), "seconds": round(time.time() - started, 1)}
     write_patch_set(out_dir, stacked, rows, summary)
     return summary

@@ -85,9 +85,23 @@ def render_region(geometry: ScanGeometry, nodules: list[LidcNodule], seed: int, 
     return _render(geometry, sprites, lung_pockets(geometry, nodules, seed, within=box), seed, *box)
 
 
+def render_region_without(geometry: ScanGeometry, nodules: list[LidcNodule], seed: int, k_range, i_range, j_range,
+                          hidden) -> tuple[PhantomVolume, PhantomVolume]:
+    """``render_region``, and the same region with the nodules of the indices ``hidden`` left undrawn (no
+    nodule, spicules, calcification or label) while the lung around them stays as it was: the same image
+    with those nodules removed and nothing else changed."""
+    box = (tuple(k_range), tuple(i_range), tuple(j_range))
+    sprites = _nodule_sprites(geometry, nodules, seed, within=box)
+    pockets = lung_pockets(geometry, nodules, seed, within=box)
+    drawn = [sprite for sprite in sprites if sprite.label - 1 not in set(hidden)]
+    full = _render(geometry, sprites, pockets, seed, *box)
+    return full, (full if len(drawn) == len(sprites) else _render(geometry, drawn, pockets, seed, *box, lung_of=sprites))
+
+
 # -- anatomy ----------------------------------------------------------------------------------------------
 
-def _render(geometry, sprites, pockets, seed, k_range, i_range, j_range) -> PhantomVolume:
+def _render(geometry, sprites, pockets, seed, k_range, i_range, j_range, lung_of=None) -> PhantomVolume:
+    """The region with ``sprites`` drawn, the lung widened around those of ``lung_of`` (default: the same)."""
     x, y, z, height, width = region_coordinates(geometry, k_range, i_range, j_range)
     k = np.arange(*k_range)
     rng = np.random.default_rng([seed, ANATOMY_STREAM])
@@ -110,7 +124,7 @@ def _render(geometry, sprites, pockets, seed, k_range, i_range, j_range) -> Phan
     lungs = lungs & ~np.broadcast_to(heart, lungs.shape)
     for pocket in pockets:
         pocket.add_to(lungs, body < INNER_BODY, k_range, i_range, j_range)
-    for sprite in sprites:
+    for sprite in sprites if lung_of is None else lung_of:
         sprite.paste(lungs, k_range, i_range, j_range, "lung", np.logical_or)
     # parenchyma varies slowly (gravity-dependent density posteriorly), vessels branch through it
     parenchyma = LUNG_HU + 25.0 * (y / width) + 12.0 * _smooth_field(x, y, z, rng, 6, 25.0, 60.0)
