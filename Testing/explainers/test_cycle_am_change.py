@@ -118,6 +118,10 @@ def test_the_counterfactuals_are_no_darker_than_the_lung_around_the_nodule(held_
 # Before (the floor loss alone): G- instead brightened the context, blobs of a few hundred HU beside the middle of
 # the patch's edges, far from the nodule, on 15 of the 39 patches called malignant (more than 30 pixels brightened
 # by more than 100 HU, over 6 px from the nodule); erasing them raised p(G-(x)) from 0.117 to 0.159.
+# The context weights that removed them told the generators where the nodule is (issue 25, item 4) and are off
+# by default now; the shipped generators, trained without them, brighten the context on 11 of 40 again. Known and
+# left open in issue 25 (it needs a remedy that does not know where the nodule is, and a retraining).
+@pytest.mark.xfail(strict=True, reason="without the context prior G- brightens the context on 11 of 40 patches")
 def test_the_benign_generator_changes_the_nodule_not_its_context(held_out):
     data, bundle, _, pair = held_out
     called_malignant = bundle.predict(data["images"]) >= bundle.threshold
