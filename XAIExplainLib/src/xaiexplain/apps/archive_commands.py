@@ -14,26 +14,24 @@ DOWNLOAD_HELP = ("a LIDC-IDRI download: the folder TCIA's NBIA Data Retriever wr
                  "DICOM headers, XML files and non-CT series ignored)")
 
 
-def parse_seed(text: str) -> int:
-    """A seed (an argparse type): a whole number from 0, as numpy's generators take."""
+def _whole_number_from_0(text: str, refusal: str) -> int:
     try:
         value = int(text)
     except ValueError:
         value = -1
     if value < 0:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a seed: give a whole number from 0")
+        raise argparse.ArgumentTypeError(refusal.format(text=text))
     return value
+
+
+def parse_seed(text: str) -> int:
+    """A seed (an argparse type): a whole number from 0, as numpy's generators take."""
+    return _whole_number_from_0(text, "'{text}' is not a seed: give a whole number from 0")
 
 
 def whole_number_from_0(text: str) -> int:
     """A count (an argparse type) that may be 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number from 0")
-    return value
+    return _whole_number_from_0(text, "'{text}' is not a whole number from 0")
 
 
 def add_implausible_hu_argument(parser: argparse.ArgumentParser) -> None:
