@@ -20,7 +20,7 @@ def explained(real):
     scene = slicer.vtkMRMLScene()
     volume = xs.add_volume_node(real.image, "LIDC-IDRI-0001", scene)
     volume.SetAttribute(xs.SERIES_UID, real.series_instance_uid)
-    return scene, volume, xs.explain_volume_node(volume, "lidc", ["grad-cam", "cycle-am"], scene=scene)
+    return scene, volume, xs.explain_volume_node(volume, "lidc", ["integrated-gradients", "cycle-am"], scene=scene)
 
 
 def _voxel(node, ras):
@@ -36,7 +36,7 @@ def test_the_readers_nodule_and_the_evidence_on_the_real_grid(explained):
     assert result.lidc_points.GetNumberOfControlPoints() == 1
     table = result.table.GetTable()
     assert table.GetNumberOfRows() == 1 and table.GetColumnByName("decision").GetValue(0) == "malignant"
-    relevance = result.relevance["grad-cam"]
+    relevance = result.relevance["integrated-gradients"]
     np.testing.assert_allclose(xs.ijk_to_ras(relevance), xs.ijk_to_ras(volume), atol=1e-9)
     # the readers' consensus, put on the series' grid, holds the nodule point and the evidence's peak
     labels = result.output.consensus
