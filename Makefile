@@ -28,8 +28,12 @@ $(INSTALLED): Makefile XAIExplainLib/pyproject.toml Training/pyproject.toml
 demo: $(INSTALLED)
 	$(VENV)/bin/xaiexplain demo --out out/demo
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), each test file in one of them, each process's
+# PyTorch on one thread (Testing/conftest.py): most tests are single-threaded, so two workers use both cores.
+TEST_WORKERS ?= 2
+
 test: $(INSTALLED)
-	$(PY) -m pytest Testing -q -ra
+	$(PY) -m pytest Testing -q -ra -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .xaiexplain-test-cache

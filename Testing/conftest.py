@@ -1,5 +1,5 @@
 """Shared test set-up: the LIDC nodule-table cache lives in the repository (reused between runs, never in
-$HOME), and matplotlib draws without a display."""
+$HOME), matplotlib draws without a display, and each pytest-xdist worker runs on one thread."""
 import os
 from pathlib import Path
 
@@ -9,6 +9,11 @@ import pytest
 REPOSITORY = Path(__file__).resolve().parents[1]
 os.environ.setdefault("XAIEXPLAIN_CACHE", str(REPOSITORY / ".xaiexplain-test-cache"))
 os.environ.setdefault("MPLBACKEND", "Agg")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one thread of PyTorch / OpenMP per worker (and the commands it runs): workers that each spread over every
+    # core wait on each other's threads and run several times slower than one
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(variable, "1")
 
 
 @pytest.fixture(scope="session")
