@@ -214,12 +214,12 @@ def test_deep_shap_equals_captums_deep_lift_shap(bundle, held_out):
 
     from captum.attr import DeepLiftShap
 
-    from xaiexplain.explainers import captum_methods, references
+    from xaiexplain.explainers import references
 
     images = held_out["images"][:6]
     ours = xaiexplain.explain(bundle, images, "deep-shap")
     low, high = bundle.input_spec["hu_window"]
-    model = captum_methods.LogitDifference(bundle.model)
+    model = bundle.score_model()  # the network and the malignant minus the benign logit
     x = bundle.to_tensor(images)
     baselines = torch.stack([torch.full_like(x[0], float(np.clip((hu - low) / (high - low), 0, 1)))
                              for hu in references.reference_hu(bundle, "deep-shap")])  # those chosen for it

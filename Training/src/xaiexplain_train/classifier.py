@@ -288,7 +288,7 @@ def train_classifier(settings: ClassifierSettings, progress: bool = True) -> dic
         "architecture": "NoduleClassifier",
         "arguments": {"widths": list(settings.widths), "input_size": int(summary["patch_size"])},
         "input": {"patch_size": int(summary["patch_size"]), "field_of_view_mm": float(summary["field_of_view_mm"]),
-                  "hu_window": list(HU_WINDOW), "normalisation": "HU clipped to hu_window, mapped to [0, 1]",
+                  "hu_window": list(HU_WINDOW), "normalisation": "window",
                   "class_names": list(CLASS_NAMES)},
         "decision_threshold": threshold,
         "provenance": {

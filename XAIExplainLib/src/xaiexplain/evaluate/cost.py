@@ -63,9 +63,11 @@ def input_gradient_seconds(bundle: Bundle, images: np.ndarray, repeats: int = 20
     input only (``torch.autograd.grad``): what saliency computes, the floor of gradient methods. A plain
     ``.backward()`` also computes every weight's gradient, which no attribution method needs, and made
     the reference slower than saliency itself."""
+    score = bundle.score_model()
+
     def step():
         x = bundle.to_tensor(images).requires_grad_(True)
-        torch.autograd.grad(bundle.model(x)[:, 1].sum(), x)
+        torch.autograd.grad(score(x).sum(), x)
 
     step()  # warm-up
     return timed(step, repeats)[1]

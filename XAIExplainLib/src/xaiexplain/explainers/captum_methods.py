@@ -2,14 +2,12 @@
 them and says what each map means). LRP and deep Taylor are in ``lrp.py`` (captum's rules do not fit
 them), DeepLiftShap in ``deep_lift.py`` (the same maps as captum's at half its cost).
 
-Every method explains the same scalar: the malignant minus the benign logit of the classifier. So every
-map is signed alike: > 0 speaks for malignant, < 0 for benign. The network is copied into a one-output
-model whose last layer computes that difference, so that layer-wise methods (LRP, deep Taylor) see only
-modules they have rules for, and rules one method attaches never leak into another.
+Every method explains the same scalar: the log-odds of the positive (malignant) class, by the model
+contract's output spec (``xaiexplain.models.contract.DecisionScore``; for two logits the malignant minus the
+benign logit). So every map is signed alike: > 0 speaks for malignant, < 0 for benign.
 """
 from __future__ import annotations
 
-import copy
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
@@ -19,7 +17,6 @@ import torch
 from torch import nn
 
 from xaiexplain.errors import XAIExplainError
-from xaiexplain.models.architectures import MALIGNANT
 
 # Integrated gradients and DeepSHAP start from "no nodule": lung parenchyma (HU), DeepSHAP from a spread of it.
 LUNG_BASELINE_HU = -850.0
@@ -29,58 +26,41 @@ INTEGRATED_GRADIENTS_STEPS = 50
 # (xaiexplain benchmark): 64 runs 50 steps in about the time of 50 forward+backward passes of the batch,
 # 512 took 1.5 to 2 times as long (large activations fall out of the caches).
 INTEGRATED_GRADIENTS_BATCH = 64
-# Grad-CAM's default layer: the third block (16 x 16 for 64 x 64 input), not the coarsest (8 x 8):
-# paper 2 (IV-B) finds finer layers localise better.
-DEFAULT_GRAD_CAM_LAYER = "block3"
+# The layer option's default: the model contract's default layer (for the shipped classifier block 3, 16 x 16
+# for 64 x 64 input, not the coarsest: paper 2 (IV-B) finds finer layers localise better).
+DEFAULT_LAYER = "default"
 
 
-class LogitDifference(nn.Module):
-    """The classifier with its last layer replaced by one output: malignant logit - benign logit."""
-
-    def __init__(self, classifier: nn.Module):
-        super().__init__()
-        self.features = copy.deepcopy(classifier.features)
-        last = classifier.classifier
-        self.classifier = nn.Linear(last.in_features, 1)
-        with torch.no_grad():
-            self.classifier.weight.copy_(last.weight[MALIGNANT] - last.weight[1 - MALIGNANT])
-            self.classifier.bias.copy_(last.bias[MALIGNANT] - last.bias[1 - MALIGNANT])
-        self.named_layers = dict(classifier.named_layers())
-        self.eval()
-
-    def forward(self, x):
-        features = self.features(x)
-        return self.classifier(features.reshape(features.shape[0], -1))
-
-    def layer(self, name: str) -> nn.Module:
-        """A layer by module path or name (``grad_cam_layer_path``)."""
-        return dict(self.named_modules())[grad_cam_layer_path(self.named_layers, self, name)]
-
-
-def grad_cam_layer_path(named_layers: dict, classifier: nn.Module, name: str) -> str:
-    """The module path of a Grad-CAM layer of ``classifier`` given by module path (as ``named_modules``
-    gives it, e.g. ``features.8``) or by one of the architecture's ``named_layers`` (``block1`` ..
-    ``block4``: the ReLU closing each block); one sentence unless it is a layer of the convolutional part
-    (``features``), whose output is a map Grad-CAM can weigh (the linear classifier's is not)."""
-    path = named_layers.get(name, name) if isinstance(name, str) else None
-    if path not in dict(classifier.named_modules()) or not (path == "features" or path.startswith("features.")):
-        raise XAIExplainError(f"unknown layer {name!r} for Grad-CAM; give one of {', '.join(named_layers)} "
-                              f"or a module path of a convolutional layer such as "
-                              f"{next(iter(named_layers.values()), 'features.2')}")
+def cam_layer_path(contract, spatial: list[str], name: str) -> str:
+    """The module path of a CAM layer given by one of the contract's layer names (``block1`` .. ``block4``
+    for the shipped classifier), by module path (as ``named_modules`` gives it, e.g. ``features.8``) or as
+    ``default`` (the contract's default); one sentence unless it is a layer whose output is a map over the
+    patch (``spatial``: ``contract.spatial_layers``), which Grad-CAM can weigh (a linear layer's is not)."""
+    if name == DEFAULT_LAYER:
+        name = contract.default_layer
+    path = contract.layers.get(name, name) if isinstance(name, str) else None
+    if path not in spatial:
+        named = ", ".join(contract.layers) or "(none named)"
+        raise XAIExplainError(f"unknown layer {name!r} for Grad-CAM; give one of {named} or a module path of a "
+                              f"layer with a spatial output such as {spatial[-1] if spatial else 'features.2'}")
     return path
 
 
 @dataclass
 class AttributionContext:
-    """What a method needs besides the input: the network, how to make baselines, its options."""
+    """What a method needs besides the input: the model's decision score, how to make baselines, its options."""
 
-    classifier: nn.Module
+    score: nn.Module  # a DecisionScore: the network followed by its decision's log-odds
     baseline_value: Callable[[float], float]  # HU -> network input value
     options: dict = field(default_factory=dict)
     reference_hu: tuple[float, ...] = (LUNG_BASELINE_HU,)  # flat reference images, chosen per model (references)
 
-    def model(self) -> LogitDifference:
-        return LogitDifference(self.classifier).to(next(self.classifier.parameters()).device)
+    def model(self) -> nn.Module:
+        return self.score
+
+    def layer(self, path: str) -> nn.Module:
+        """A layer of the network by its module path (resolved by ``cam_layer_path`` when options are prepared)."""
+        return dict(self.score.network.named_modules())[path]
 
 
 def saliency(x, context):
@@ -105,7 +85,7 @@ def integrated_gradients(x, context):
 
 
 def _grad_cam_layer(model, context):
-    return model.layer(context.options["layer"])
+    return context.layer(context.options["layer"])
 
 
 def _layer_grad_cam(x, context, relu: bool):
@@ -139,13 +119,14 @@ def guided_grad_cam(x, context):
 
 def attribute(method: Callable, x: torch.Tensor, context: AttributionContext, batch_size: int = 256) -> np.ndarray:
     """Maps (N, H, W) float32 of ``method`` (one of this module's functions) for network inputs ``x``
-    (N, 1, H, W), in batches."""
+    (N, C, H, W), in batches; (N, C, H, W) where the method gives each of C > 1 input channels its own map."""
     parts = []
     with warnings.catch_warnings():
         # captum announces, every call, that it sets and removes hooks; nothing for a user to act on
         warnings.filterwarnings("ignore", category=UserWarning, module=r"captum\.")
         for n in range(0, len(x), batch_size):
             batch = x[n:n + batch_size].detach().clone().requires_grad_(True)
-            parts.append(method(batch, context).detach()[:, 0].float().cpu().numpy())
+            result = method(batch, context).detach().float().cpu().numpy()
+            parts.append(result[:, 0] if result.shape[1] == 1 else result)
     maps = np.concatenate(parts) if parts else np.zeros((0,) + tuple(x.shape[-2:]), np.float32)
     return np.nan_to_num(maps.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)

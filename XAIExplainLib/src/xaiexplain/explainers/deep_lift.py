@@ -1,5 +1,6 @@
 """DeepLiftShap (Lundberg and Lee 2017): DeepLIFT's rescale rule (Shrikumar et al. 2017) averaged over a
-set of baselines, for the classifier's convolution / batch norm / ReLU blocks.
+set of baselines, for a network that is a chain of layers (``xaiexplain.models.contract.layer_chain``):
+convolutions with batch norm folded, linear layers, average pooling, ReLU and LeakyReLU.
 
 captum's ``DeepLiftShap`` gives the same maps (a test compares them to 1e-6) but runs every image against
 every baseline with a hook on each layer, at about twice this one's cost. This computes each baseline's
@@ -12,49 +13,62 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from xaiexplain.errors import XAIExplainError
+from xaiexplain.models.contract import ACTIVATIONS
+
+# DeepLIFT's rescale rule holds for elementwise activations; max pooling needs a rule of its own.
+DEEP_LIFT_REFUSED = (nn.MaxPool2d, nn.AdaptiveMaxPool2d)
+
 # |z - z0| below this: the multiplier is the gradient, as DeepLIFT defines it in the limit
 SAME_INPUT = 1e-6
 
 
-class _RescaleReLU(torch.autograd.Function):
-    """ReLU whose backward multiplies by the rescale multiplier against the reference input ``z0``."""
+class _Rescale(torch.autograd.Function):
+    """An elementwise activation whose backward multiplies by the rescale multiplier
+    (f(z) - f(z0)) / (z - z0) against the reference input ``z0`` (its gradient where z = z0)."""
 
     @staticmethod
-    def forward(ctx, z, z0):
+    def forward(ctx, z, z0, activation):
         ctx.save_for_backward(z, z0)
-        return torch.relu(z)
+        ctx.activation = activation
+        return activation(z)
 
     @staticmethod
     def backward(ctx, grad):
         z, z0 = ctx.saved_tensors
+        f = ctx.activation
         delta = z - z0
         apart = delta.abs() > SAME_INPUT
-        multiplier = torch.where(apart, (torch.relu(z) - torch.relu(z0)) / torch.where(apart, delta, 1.0),
-                                 (z > 0).to(z.dtype))
-        return grad * multiplier, None
+        slope = getattr(f, "negative_slope", 0.0)  # ReLU: 0
+        multiplier = torch.where(apart, (f(z) - f(z0)) / torch.where(apart, delta, 1.0),
+                                 torch.where(z > 0, 1.0, slope).to(z.dtype))
+        return grad * multiplier, None, None
 
 
-def deep_lift_shap(model: nn.Module, x: torch.Tensor, baselines: torch.Tensor) -> torch.Tensor:
-    """Attributions (N, 1, H, W) of ``model``'s single output (a ``LogitDifference``: ``features`` then
-    ``classifier``) for inputs ``x`` (N, 1, H, W), averaged over ``baselines`` (B, 1, H, W)."""
-    layers = list(model.features)
+def deep_lift_shap(layers: list[nn.Module], x: torch.Tensor, baselines: torch.Tensor) -> torch.Tensor:
+    """Attributions (N, C, H, W) of the single output of ``layers`` (``lrp.folded_layers``: a chain of linear
+    layers, average pooling, ReLU and LeakyReLU ending in the decision's log-odds) for inputs ``x``
+    (N, C, H, W), averaged over ``baselines`` (B, C, H, W). Every elementwise activation gets the rescale
+    multiplier; max pooling has no rule here and is refused (``DEEP_LIFT_REFUSED``)."""
+    refused = [type(layer).__name__ for layer in layers if isinstance(layer, DEEP_LIFT_REFUSED)]
+    if refused:
+        raise XAIExplainError(f"deep-shap has no DeepLIFT rule for {refused[0]}")
     with torch.no_grad():
         references, activation = [], baselines
         for layer in layers:
-            if isinstance(layer, nn.ReLU):
+            if isinstance(layer, ACTIVATIONS):
                 references.append(activation)
             activation = layer(activation)
     total = torch.zeros_like(x)
     for k in range(len(baselines)):
         inputs = x.detach().requires_grad_(True)
-        activation, relu = inputs, 0
+        activation, count = inputs, 0
         for layer in layers:
-            if isinstance(layer, nn.ReLU):
-                activation = _RescaleReLU.apply(activation, references[relu][k:k + 1])
-                relu += 1
+            if isinstance(layer, ACTIVATIONS):
+                activation = _Rescale.apply(activation, references[count][k:k + 1], layer)
+                count += 1
             else:
                 activation = layer(activation)
-        output = model.classifier(activation.flatten(1))
-        multipliers, = torch.autograd.grad(output.sum(), inputs)
+        multipliers, = torch.autograd.grad(activation.sum(), inputs)
         total += (x - baselines[k:k + 1]) * multipliers
     return total / len(baselines)

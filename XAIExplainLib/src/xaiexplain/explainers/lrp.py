@@ -6,7 +6,13 @@ gradient x input, and it has no z^B rule for the input layer; so LRP is done her
 preceding convolutions (``torch.nn.utils.fusion.fuse_conv_bn_eval``): no rule of LRP holds across a batch
 norm layer, and a folded network computes exactly the same function.
 
-The explained output is the logit difference f(x) = malignant logit - benign logit, as for every method.
+The explained output is the positive class's log-odds, as for every method: for two class logits the
+malignant minus the benign logit, made one linear layer; a model with one logit explains it as it is. The
+network is read through the model contract (``xaiexplain.models.contract.layer_chain``): any chain of
+convolutions (batch norm folded), linear layers, ReLU and LeakyReLU (relevance passes through them, as
+through flatten, dropout and identity), max and average pooling (adaptive too; LRP-0, which sends a max
+pool's relevance to the winning input), in nested ``nn.Sequential`` or written out in ``forward``. A layer
+without a rule is refused by name, never passed through.
 
 - ``lrp``: the composite that Montavon et al. (2019, section 10.3) recommend for convolutional networks:
   z^B at the input layer (pixels are bounded by the network's input range [0, 1]), LRP-gamma (gamma 0.25)
@@ -37,7 +43,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from xaiexplain.models.architectures import MALIGNANT
+from xaiexplain.errors import XAIExplainError
+from xaiexplain.models.contract import POOLING, OutputSpec, layer_chain
 
 GAMMA = 0.25
 EPSILON_FRACTION_OF_STD = 0.25
@@ -45,11 +52,23 @@ STABILIZER = 1e-9
 INPUT_RANGE = (0.0, 1.0)  # the network's inputs: the HU window mapped to [0, 1]
 
 
-def folded_layers(classifier: nn.Module) -> list[nn.Module]:
-    """The classifier as a list of layers with each batch norm folded into its convolution, ending in a
-    one-output linear layer that computes the logit difference."""
-    classifier = copy.deepcopy(classifier).eval().float()
-    layers, modules = [], list(classifier.features)
+def linear_output_reason(output: OutputSpec) -> str | None:
+    """Why a layer-wise method cannot explain this output spec's log-odds as one linear layer's output."""
+    if output.form == "probabilities":
+        return "its output is probabilities, and their log-odds are no layer's output"
+    return None
+
+
+def folded_layers(network: nn.Module, output: OutputSpec = OutputSpec()) -> list[nn.Module]:
+    """The network as a list of layers with each batch norm folded into its convolution, ending in a
+    one-output linear layer that computes the decision's log-odds (two logits: their difference); one
+    sentence naming every layer without a rule where it has some."""
+    chain = layer_chain(network, output)
+    reason = chain.reason or linear_output_reason(output)
+    if reason:
+        raise XAIExplainError(f"the layer-wise rules cannot walk this network: {reason}")
+    modules = [copy.deepcopy(module).eval().float() for _, module in chain.layers]
+    layers = []
     n = 0
     while n < len(modules):
         module = modules[n]
@@ -59,11 +78,21 @@ def folded_layers(classifier: nn.Module) -> list[nn.Module]:
             continue
         layers.append(module)
         n += 1
-    last = classifier.classifier
-    difference = nn.Linear(last.in_features, 1)
+    last = layers.pop() if layers and isinstance(layers[-1], nn.Linear) else None
+    if last is None:
+        raise XAIExplainError("the layer-wise rules cannot walk this network: its last layer is not linear")
+    outputs = last.out_features
+    index = output.positive_index
+    if output.form == "logit" or outputs == 1:
+        return layers + [nn.Flatten(), last]
+    if outputs != 2:
+        raise XAIExplainError(f"the layer-wise rules cannot walk this network: the log-odds of one of its "
+                              f"{outputs} classes is no linear layer's output")
+    difference = nn.Linear(last.in_features, 1, bias=last.bias is not None)
     with torch.no_grad():
-        difference.weight.copy_(last.weight[MALIGNANT:MALIGNANT + 1] - last.weight[1 - MALIGNANT:2 - MALIGNANT])
-        difference.bias.copy_(last.bias[MALIGNANT:MALIGNANT + 1] - last.bias[1 - MALIGNANT:2 - MALIGNANT])
+        difference.weight.copy_(last.weight[index:index + 1] - last.weight[1 - index:2 - index])
+        if last.bias is not None:
+            difference.bias.copy_(last.bias[index:index + 1] - last.bias[1 - index:2 - index])
     return layers + [nn.Flatten(), difference]
 
 
@@ -80,12 +109,14 @@ def _stabilized(z: torch.Tensor) -> torch.Tensor:
     return z + STABILIZER * torch.where(z >= 0, 1.0, -1.0)
 
 
-def propagate(layer, rule: str, activation: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
-    """Relevance at the input of one linear layer (convolution or dense) by ``rule``."""
+def propagate(layer, rule: str, activation: torch.Tensor, relevance: torch.Tensor,
+              input_range: tuple[float, float] = INPUT_RANGE) -> torch.Tensor:
+    """Relevance at the input of one layer (convolution, dense or pooling) by ``rule``; ``input_range``: the
+    pixels' bounds for z^B."""
     a = activation.detach().requires_grad_(True)
     if rule == "zB":
-        low = torch.full_like(a, INPUT_RANGE[0]).requires_grad_(True)
-        high = torch.full_like(a, INPUT_RANGE[1]).requires_grad_(True)
+        low = torch.full_like(a, input_range[0]).requires_grad_(True)
+        high = torch.full_like(a, input_range[1]).requires_grad_(True)
         positive = _with_weights(layer, lambda w: w.clamp(min=0), bias=False)
         negative = _with_weights(layer, lambda w: w.clamp(max=0), bias=False)
         unbiased = _with_weights(layer, lambda w: w, bias=False)
@@ -108,37 +139,46 @@ def propagate(layer, rule: str, activation: torch.Tensor, relevance: torch.Tenso
 
 
 def composite_rules(layers: list[nn.Module]) -> list[str | None]:
-    """``lrp``'s rule per layer: z^B, gamma for the lower half of the convolutions, epsilon for the
-    upper half, LRP-0 at the dense layer; None for layers relevance passes through (ReLU, flatten)."""
+    """``lrp``'s rule per layer: z^B at the first linear layer, gamma for the lower half of the convolutions,
+    epsilon for the upper half, LRP-0 at the dense layers and pooling; None for layers relevance passes
+    through (activations, flatten, dropout, identity)."""
     convolutions = [n for n, layer in enumerate(layers) if isinstance(layer, nn.Conv2d)]
-    rules: list[str | None] = [None] * len(layers)
+    rules: list[str | None] = ["0" if isinstance(layer, (nn.Linear,) + POOLING) else None for layer in layers]
     for position, n in enumerate(convolutions):
-        rules[n] = "zB" if position == 0 else "gamma" if position < (len(convolutions) + 1) // 2 else "epsilon"
-    rules[-1] = "0"
+        rules[n] = "gamma" if position < (len(convolutions) + 1) // 2 else "epsilon"
+    rules[_first_linear(layers)] = "zB"
     return rules
+
+
+def _first_linear(layers: list[nn.Module]) -> int:
+    return next(n for n, layer in enumerate(layers) if isinstance(layer, (nn.Conv2d, nn.Linear)))
 
 
 def deep_taylor_rules(layers: list[nn.Module]) -> list[str | None]:
     """``deep-taylor``'s rule per layer: z^B at the input layer, z+ in every other linear layer."""
-    rules: list[str | None] = [None if isinstance(layer, (nn.ReLU, nn.Flatten)) else "z+" for layer in layers]
-    rules[0] = "zB"
+    rules: list[str | None] = ["z+" if isinstance(layer, (nn.Conv2d, nn.Linear)) else "0" if isinstance(layer, POOLING)
+                               else None for layer in layers]
+    rules[_first_linear(layers)] = "zB"
     return rules
 
 
 NAMED_RULES = {"composite": composite_rules, "deep-taylor": deep_taylor_rules}
 
 
-def relevance(classifier: nn.Module, x: torch.Tensor, rules: str | list = "composite",
-              per_layer: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input relevance (N, 1, H, W), f(x) (N,)) of network inputs ``x`` (N, 1, H, W); ``rules`` is
+def relevance(network: nn.Module, x: torch.Tensor, rules: str | list = "composite",
+              per_layer: list | None = None, output: OutputSpec = OutputSpec(),
+              input_range: tuple[float, float] = INPUT_RANGE) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input relevance (N, C, H, W), f(x) (N,)) of network inputs ``x`` (N, C, H, W); ``rules`` is
     "composite" (``lrp``), "deep-taylor", one rule for every linear layer (e.g. "z+") or a rule per layer
     of ``folded_layers``. ``per_layer``, where given, receives (layer, summed relevance at its input (N,)) for
-    every layer a rule was applied to, from the output down: how much of f(x) each layer conserves."""
-    layers = [layer.to(x.device) for layer in folded_layers(classifier)]
+    every layer a rule was applied to, from the output down: how much of f(x) each layer conserves.
+    ``output``: the network's output spec; ``input_range``: the network values of the HU window's ends."""
+    layers = [layer.to(x.device) for layer in folded_layers(network, output)]
     if rules in NAMED_RULES:
         rules = NAMED_RULES[rules](layers)
     elif isinstance(rules, str):
-        rules = [rules if isinstance(layer, (nn.Conv2d, nn.Linear)) else None for layer in layers]
+        rules = [rules if isinstance(layer, (nn.Conv2d, nn.Linear)) else "0" if isinstance(layer, POOLING) else None
+                 for layer in layers]
     activations = [x.detach().float()]
     with torch.no_grad():
         for layer in layers:
@@ -148,9 +188,9 @@ def relevance(classifier: nn.Module, x: torch.Tensor, rules: str | list = "compo
     with torch.enable_grad():
         for n in reversed(range(len(layers))):
             if rules[n] is None:
-                current = current.reshape(activations[n].shape)  # ReLU and flatten pass relevance through
+                current = current.reshape(activations[n].shape)  # activations and flatten pass relevance through
                 continue
-            current = propagate(layers[n], rules[n], activations[n], current)
+            current = propagate(layers[n], rules[n], activations[n], current, input_range)
             if per_layer is not None:
                 per_layer.append((layers[n], current.flatten(1).sum(1)))
     return current, output[:, 0]

@@ -35,6 +35,7 @@ from xaiexplain.explainers import captum_methods, deep_lift, iterative, lrp, ref
 from xaiexplain.explainers.counterfactuals import DEFAULT_CYCLE_AM, counterfactuals, generators_for
 from xaiexplain.explainers.kinds import KINDS, Kind  # noqa: F401 (the kinds are the registry's too)
 from xaiexplain.explainers.option_values import option_specs, option_type, parse_option  # noqa: F401
+from xaiexplain.models.contract import REQUIREMENTS, spatial_layers
 
 ITERATIVE_PREFIX = "iterative:"
 PAPER_1 = ("A. Katzmann et al., Explaining clinical decision support systems in medical imaging using "
@@ -53,6 +54,9 @@ class Method:
     defaults: Mapping[str, Any] = field(default_factory=dict)  # the options it takes; the type of each is its default's
     ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # (lowest, highest) of numeric options
     needs: tuple[str, ...] = ()  # "layer" (a Grad-CAM layer), "generators" (a cycle-am bundle)
+    # what the model must allow (``xaiexplain.models.contract.REQUIREMENTS``); a model that does not is
+    # refused in one sentence before anything is computed
+    requires: tuple[str, ...] = ()
     figure_rank: int = 100  # order in paper 1's Fig. 6 panels
     cost_target: float | None = None  # at most this many reference times (benchmark)
     reference_passes: int = 1  # input-gradient passes of the classifier the method's time is divided by
@@ -93,9 +97,21 @@ class Method:
         """The defaults updated with ``given`` (``checked``)."""
         return {**self.defaults, **self.checked(given)}
 
+    def refusal(self, bundle) -> str | None:
+        """Why this method cannot explain the classifier ``bundle`` (the first requirement it does not meet),
+        or None."""
+        reasons = bundle.requirement_reasons
+        return next((f"{self.name} needs {REQUIREMENTS[need]}, and {reasons[need]}" for need in self.requires
+                     if reasons[need]), None)
+
     def prepared(self, bundle, given: Mapping[str, Any]) -> dict:
-        """``options(given)`` resolved and checked for the classifier ``bundle`` (``prepare``)."""
+        """``options(given)`` resolved and checked for the classifier ``bundle`` (``prepare``); a model the
+        method cannot explain is refused in one sentence that names the reason and the methods it can."""
         settings = self.options(given)
+        refusal = self.refusal(bundle)
+        if refusal:
+            usable = [name for name in base_methods() if not get(name).refusal(bundle)]
+            raise XAIExplainError(f"{refusal}; methods that work with this model: {', '.join(usable)}")
         return self.prepare(bundle, settings) if self.prepare else settings
 
 
@@ -179,7 +195,7 @@ def methods_table() -> str:
 
 def _context(bundle, options, method: str = "") -> captum_methods.AttributionContext:
     chosen = references.reference_hu(bundle, method)
-    return captum_methods.AttributionContext(bundle.model, bundle.input_value, options,
+    return captum_methods.AttributionContext(bundle.score_model(), bundle.input_value, options,
                                              **({"reference_hu": chosen} if chosen else {}))
 
 
@@ -193,19 +209,22 @@ def _captum(function, method: str = "") -> Callable:
 
 def _deep_shap(bundle, patches_hu, options, images_per_call: int = 256):
     context = _context(bundle, options, "deep-shap")
-    model = context.model()
+    layers = [layer.to(bundle.device) for layer in lrp.folded_layers(bundle.model, bundle.contract.output)]
     x = bundle.to_tensor(patches_hu)
     baselines = torch.stack([torch.full(tuple(x.shape[1:]), context.baseline_value(hu), device=x.device)
                              for hu in context.reference_hu])
-    maps = [deep_lift.deep_lift_shap(model, x[n:n + images_per_call], baselines)[:, 0].detach().float().cpu()
+    maps = [deep_lift.deep_lift_shap(layers, x[n:n + images_per_call], baselines).detach().float().cpu()
             for n in range(0, len(x), images_per_call)]
-    return (torch.cat(maps).numpy() if maps else np.zeros((0,) + tuple(x.shape[-2:]), np.float32)), None
+    maps = torch.cat(maps).numpy() if maps else np.zeros((0,) + tuple(x.shape[1:]), np.float32)
+    return (maps[:, 0] if maps.shape[1] == 1 else maps), None
 
 
 def _lrp(rules: str) -> Callable:
     def compute(bundle, patches_hu, options):
-        relevance, _ = lrp.relevance(bundle.model, bundle.to_tensor(patches_hu), rules)
-        return relevance[:, 0].cpu().numpy().astype(np.float32), None
+        relevance, _ = lrp.relevance(bundle.model, bundle.to_tensor(patches_hu), rules,
+                                     output=bundle.contract.output, input_range=bundle.input.bounds)
+        relevance = relevance.cpu().numpy().astype(np.float32)
+        return (relevance[:, 0] if relevance.shape[1] == 1 else relevance), None
     return compute
 
 
@@ -249,23 +268,25 @@ def _iterative(base: Method) -> Method:
                   reference=f"{PAPER_2}; around {base.reference}", compute=compute,
                   defaults=MappingProxyType({**base.defaults, **ITERATIVE_DEFAULTS}),
                   ranges=MappingProxyType({**base.ranges, **ITERATIVE_RANGES}), needs=base.needs,
-                  figure_rank=base.figure_rank + 100, prepare=base.prepare,
+                  figure_rank=base.figure_rank + 100, prepare=base.prepare, requires=base.requires,
                   randomization_not_applicable=base.randomization_not_applicable)
 
 
 def _grad_cam_layer(bundle, options):
-    """The options, once their layer is known to be a convolutional layer of ``bundle``'s classifier."""
-    captum_methods.grad_cam_layer_path(bundle.model.named_layers(), bundle.model, options["layer"])
-    return options
+    """The options with their layer resolved to the module path of a layer of ``bundle``'s network whose
+    output is a map over the patch (``default``: the contract's default layer)."""
+    spatial = spatial_layers(bundle.model, bundle.input, bundle.device)
+    return {**options, "layer": captum_methods.cam_layer_path(bundle.contract, spatial, options["layer"])}
 
 
-GRAD_CAM_DEFAULTS = MappingProxyType({"layer": captum_methods.DEFAULT_GRAD_CAM_LAYER})
+GRAD_CAM_DEFAULTS = MappingProxyType({"layer": captum_methods.DEFAULT_LAYER})
+CAM_REQUIRES = ("hooks", "spatial layer")
 for _record in (
     Method("saliency", "sensitivity", "gradient of the decision", "K. Simonyan et al., Deep inside convolutional "
            "networks, ICLR workshop 2014", _captum(captum_methods.saliency), figure_rank=5, cost_target=2.0),
     Method("guided-backprop", "sensitivity", "guided backpropagation", "J. T. Springenberg et al., Striving for "
            "simplicity: the all convolutional net, ICLR workshop 2015", _captum(captum_methods.guided_backprop),
-           figure_rank=6, cost_target=2.0),
+           requires=("hooks", "ReLU activations"), figure_rank=6, cost_target=2.0),
     Method("integrated-gradients", "evidence", "integrated gradients from a lung-parenchyma baseline",
            "M. Sundararajan et al., Axiomatic attribution for deep networks, ICML 2017",
            _captum(captum_methods.integrated_gradients, "integrated-gradients"),
@@ -276,25 +297,29 @@ for _record in (
     Method("grad-cam", "evidence", "Grad-CAM of the logit difference, with its ReLU (eq. 2): the evidence for "
            "malignant only, >= 0", "R. R. Selvaraju et al., Grad-CAM, ICCV 2017",
            _captum(captum_methods.grad_cam), defaults=GRAD_CAM_DEFAULTS, needs=("layer",), figure_rank=7,
+           requires=CAM_REQUIRES,
            cost_target=2.0, prepare=_grad_cam_layer),
     Method("grad-cam-signed", "evidence", "Grad-CAM of the logit difference without its ReLU: the signed "
            "gradient-weighted sum of the layer's features (not Selvaraju et al.'s definition)",
            "R. R. Selvaraju et al., Grad-CAM, ICCV 2017, eq. 2 without the ReLU",
            _captum(captum_methods.grad_cam_signed), defaults=GRAD_CAM_DEFAULTS, needs=("layer",), figure_rank=9,
+           requires=CAM_REQUIRES,
            cost_target=2.0, prepare=_grad_cam_layer),
     Method("guided-grad-cam", "sensitivity", "guided backpropagation times Grad-CAM",
            "R. R. Selvaraju et al., Grad-CAM, ICCV 2017", _captum(captum_methods.guided_grad_cam),
-           defaults=GRAD_CAM_DEFAULTS, needs=("layer",), figure_rank=8, prepare=_grad_cam_layer),
+           defaults=GRAD_CAM_DEFAULTS, needs=("layer",), figure_rank=8, prepare=_grad_cam_layer,
+           requires=CAM_REQUIRES + ("ReLU activations",)),
     Method("deep-shap", "evidence", "DeepLiftShap over lung-parenchyma baselines", "S. M. Lundberg, S.-I. Lee, A "
-           "unified approach to interpreting model predictions, NeurIPS 2017", _deep_shap,
+           "unified approach to interpreting model predictions, NeurIPS 2017", _deep_shap, requires=("DeepLIFT chain",),
            figure_rank=1),
     Method("lrp", "evidence", "layer-wise relevance propagation: z^B, gamma, epsilon, LRP-0 composite, batch norm "
            "folded. On the demo classifier its net relevance sum(R) is < 0 on most patches called malignant: the "
            "gamma rule, applied with the folded batch norm's biases, turns the sign (tested layer by layer)", "S. Bach et al., PLoS ONE 2015; composite of G. Montavon et al., Layer-wise relevance "
-           "propagation: an overview, 2019", _lrp("composite"), figure_rank=3),
+           "propagation: an overview, 2019", _lrp("composite"), figure_rank=3, requires=("layer chain",)),
     Method("deep-taylor", "evidence", "deep Taylor decomposition: z^B at the pixels (bounded by the window), z+ in "
            "every other layer, batch norm folded", "G. Montavon et al., Explaining nonlinear classification "
-           "decisions with deep Taylor decomposition, Pattern Recognition 2017", _lrp("deep-taylor"), figure_rank=2),
+           "decisions with deep Taylor decomposition, Pattern Recognition 2017", _lrp("deep-taylor"), figure_rank=2,
+           requires=("layer chain",)),
     Method("cycle-am", "change", "cycle-consistent activation maximization: G+(x) - G-(x) in HU", PAPER_1,
            _cycle_am, defaults=MappingProxyType({"generators": DEFAULT_CYCLE_AM, "allow_other_classifier": False}),
            needs=("generators",), figure_rank=0, cost_target=1.5, prepare=_cycle_am_generators,

@@ -12,6 +12,9 @@ from torch import nn
 
 CLASS_NAMES = ("benign", "malignant")
 MALIGNANT = 1
+# The CAM methods' default layer for this classifier: the third block (16 x 16 for 64 x 64 input), not the
+# coarsest (8 x 8): paper 2 (IV-B) finds finer layers localise better.
+DEFAULT_CAM_LAYER = "block3"
 
 
 class NoduleClassifier(nn.Module):

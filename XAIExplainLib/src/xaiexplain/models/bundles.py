@@ -1,5 +1,7 @@
-"""Model bundles: a folder with ``config.json`` (architecture, input spec, threshold, provenance, metrics)
-and ``model.safetensors`` (the weights). Loading never unpickles anything.
+"""Model bundles: a folder with ``config.json`` (the network's source, its contract: input and output specs,
+named layers, decision threshold; provenance, metrics) and the network: ``model.safetensors`` (weights of
+one of our architectures, a user's Python class or a MONAI network) or ``model.pt`` (TorchScript). Loading
+never unpickles anything (``xaiexplain.models.sources``).
 
 Bundles shipped with the library live in ``xaiexplain/bundled/<name>/`` and load by name.
 """
@@ -20,6 +22,9 @@ from xaiexplain.errors import XAIExplainError
 from xaiexplain.io.files import output_set
 from xaiexplain.io.json_input import read_json
 from xaiexplain.models import architectures as models
+from xaiexplain.models import sources
+from xaiexplain.models.contract import (Contract, DecisionScore, InputSpec, OutputSpec, is_torchscript,
+                                        requirement_reasons, spatial_layers)
 
 FORMAT = "xaiexplain-bundle"
 FORMAT_VERSION = 1
@@ -41,7 +46,39 @@ class Bundle:
     @property
     def kind(self) -> str:
         """What the bundle is for: "classifier" or "cycle-am"."""
-        return self.config.get("kind", models.ROLES[self.config["architecture"]])
+        return _role(self.config)
+
+    @property
+    def source(self) -> dict:
+        return sources.source_of(self.config)
+
+    @cached_property
+    def contract(self) -> Contract:
+        """The model contract (``xaiexplain.models.contract``): input and output specs and named layers."""
+        layers = self.config.get("layers") or {}
+        named = layers.get("named")
+        default = layers.get("default")
+        if named is None and hasattr(self.model, "named_layers") and not is_torchscript(self.model):
+            named = self.model.named_layers()  # our classifier: block1 .. block4
+        if default is None and isinstance(self.model, models.NoduleClassifier):
+            default = models.DEFAULT_CAM_LAYER
+        if default is None and self.kind == "classifier":
+            spatial = spatial_layers(self.model, self.input, self.device)
+            default = spatial[-1] if spatial else None
+        return Contract(self.input, OutputSpec.from_config(self.config.get("output")), dict(named or {}), default)
+
+    @cached_property
+    def input(self) -> InputSpec:
+        return InputSpec.from_config(self.config["input"])
+
+    @cached_property
+    def requirement_reasons(self) -> dict[str, str | None]:
+        """Why the network does not meet each of the methods' requirements (None: it does)."""
+        return requirement_reasons(self.model, self.contract, self.device)
+
+    def score_model(self) -> DecisionScore:
+        """The network followed by its decision's log-odds (N, 1): what every method explains."""
+        return DecisionScore(self.model, self.contract.output).eval()
 
     def require(self, role: str) -> "Bundle":
         """This bundle, or an XAIExplainError if it is not of ``role``."""
@@ -66,24 +103,28 @@ class Bundle:
 
     @property
     def patch_size(self) -> int:
-        """The side of the square patches the network reads, in pixels."""
-        return self.input_spec.get("patch_size", PATCH_SIZE)
+        """The rows of the patches the network reads, in pixels (their shape: ``input.patch_size``)."""
+        return self.input.patch_size[0]
+
+    @property
+    def patch_shape(self) -> tuple[int, ...]:
+        """The shape of one HU patch the network reads: (rows, columns), or (slices, rows, columns) for 2.5D."""
+        return self.input.patch_size if self.input.slices == 1 else self.input.shape
 
     def input_value(self, hu: float) -> float:
         """The network input value of ``hu`` (as ``to_tensor`` maps it): for baselines."""
-        low, high = self.input_spec["hu_window"]
-        return float(np.clip((hu - low) / (high - low), 0.0, 1.0))
+        return self.input.input_value(hu)
 
     def to_tensor(self, patches_hu: np.ndarray) -> torch.Tensor:
-        """(N, H, W) HU patches -> (N, 1, H, W) network input: the HU window mapped to [0, 1], HU clipped to
-        the window (a classifier) or to ``input.hu_range`` (cycle-am generators, which read and change values
-        beyond the window)."""
-        return torch.from_numpy(network_input(patches_hu, self.input_spec)[:, None]).to(self.device)
+        """(N, H, W) HU patches (or (N, slices, H, W) for 2.5D) -> (N, C, H, W) network input by the input spec
+        (the HU window mapped to [0, 1], or standardised), HU clipped to the window (a classifier) or to
+        ``input.hu_range`` (cycle-am generators, which read and change values beyond the window)."""
+        values = self.input.network_values(patches_hu)
+        return torch.from_numpy(values[:, None] if values.ndim == 3 else values).to(self.device)
 
     def to_hu(self, x: torch.Tensor) -> np.ndarray:
         """Inverse of ``to_tensor`` (within what it clips to)."""
-        low, high = self.input_spec["hu_window"]
-        return x[:, 0].detach().float().cpu().numpy() * (high - low) + low
+        return self.input.hu_values(x[:, 0].detach().float().cpu().numpy())
 
     @cached_property
     def fingerprint(self) -> str:
@@ -93,11 +134,10 @@ class Bundle:
 
     @torch.no_grad()
     def probability(self, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
-        """Malignancy probability of network inputs (N, 1, H, W)."""
-        self.require("classifier")
-        parts = [torch.softmax(self.model(x[n:n + batch_size]).float(), dim=1)[:, models.MALIGNANT]
-                 for n in range(0, len(x), batch_size)]
-        return torch.cat(parts).cpu().numpy()
+        """Probability of the positive class (malignant) of network inputs (N, C, H, W), by the output spec."""
+        output = self.require("classifier").contract.output
+        parts = [output.probability(self.model(x[n:n + batch_size])) for n in range(0, len(x), batch_size)]
+        return torch.cat(parts).cpu().numpy() if parts else np.zeros(0, np.float32)
 
     def predict(self, patches_hu: np.ndarray) -> np.ndarray:
         """Malignancy probability of HU patches (N, H, W)."""
@@ -110,17 +150,20 @@ class Bundle:
     def flat_probability(self, hu: float) -> float:
         """Malignancy probability of a flat patch at ``hu`` (kept: several methods check their references)."""
         if hu not in self._flat_probabilities:
-            flat = np.full((1, self.patch_size, self.patch_size), hu, np.float32)
+            flat = np.full((1, *self.patch_shape), hu, np.float32)
             self._flat_probabilities[hu] = float(self.predict(flat)[0])
         return self._flat_probabilities[hu]
 
 
 def network_input(patches_hu: np.ndarray, spec: dict) -> np.ndarray:
-    """HU -> network values (float32, same shape) by an input spec: ``hu_window`` mapped to [0, 1], HU
-    clipped to the window or to ``hu_range`` where the spec has one."""
-    low, high = spec["hu_window"]
-    clip_low, clip_high = spec.get("hu_range", (low, high))
-    return (np.clip(np.asarray(patches_hu, np.float32), clip_low, clip_high) - low) / (high - low)
+    """HU -> network values (float32, same shape) by an input spec (``InputSpec.network_values``)."""
+    return InputSpec.from_config(spec).network_values(patches_hu)
+
+
+def _role(config: dict) -> str:
+    if sources.source_of(config)["kind"] == "architecture":
+        return config.get("kind", models.ROLES[config["architecture"]])
+    return config.get("kind", "classifier")
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
@@ -167,6 +210,12 @@ def check_config(config, config_file) -> str:
 
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         refuse(f'is not an XAIExplain bundle configuration (a JSON object with "format": "{FORMAT}")')
+    if sources.check_source(sources.source_of(config), config_file) != "architecture":
+        if config.get("kind", "classifier") != "classifier":
+            refuse("says its kind is not classifier, but only classifiers come from a TorchScript file, a Python "
+                   "class or MONAI")
+        _check_contract(config, refuse)
+        return "classifier"
     architecture = config.get("architecture")
     if not isinstance(architecture, str) or architecture not in models.ARCHITECTURES:
         refuse(f'needs architecture to be one of {", ".join(sorted(models.ARCHITECTURES))}, not {architecture!r}')
@@ -182,20 +231,9 @@ def check_config(config, config_file) -> str:
             refuse(f'gives {architecture} an argument {key!r} it does not take (it takes {", ".join(parameters)})')
         if expected := _implausible(value, parameters[key].default):
             refuse(f"needs arguments.{key} to be {expected}, not {value!r}")
-    threshold = config.get("decision_threshold")
-    if (kind == "classifier" or threshold is not None) and not (_number(threshold) and 0 <= threshold <= 1):
-        refuse(f"needs decision_threshold to be a number from 0 to 1, not {threshold!r}")
+    _check_contract(config, refuse, kind)
     spec = config.get("input")
-    window = spec.get("hu_window") if isinstance(spec, dict) else None
-    if not (isinstance(window, list) and len(window) == 2 and all(map(_number, window)) and window[0] < window[1]):
-        refuse(f"needs input.hu_window to be two finite numbers [low, high] with low < high, not {window!r}")
-    if "patch_size" in spec and not (_positive_int(spec["patch_size"]) and spec["patch_size"] <= MAX_PATCH_SIZE):
-        refuse(f"needs input.patch_size to be a whole number of pixels from 1 to {MAX_PATCH_SIZE}, not "
-               f"{spec['patch_size']!r}")
-    field_of_view = spec.get("field_of_view_mm", 1.0)
-    if not (_number(field_of_view) and 0 < field_of_view <= MAX_FIELD_OF_VIEW_MM):
-        refuse(f"needs input.field_of_view_mm to be a number of millimetres above 0 and at most "
-               f"{MAX_FIELD_OF_VIEW_MM:g}, not {field_of_view!r}")
+    window = spec["hu_window"]
     if kind == "cycle-am":
         hu_range = spec.get("hu_range")
         if not (isinstance(hu_range, list) and len(hu_range) == 2 and all(map(_number, hu_range))
@@ -207,6 +245,36 @@ def check_config(config, config_file) -> str:
             refuse("does not record the weights_sha256 of the classifier it was trained against (classifier."
                    "weights_sha256); train it again with xaiexplain-train cycle-am")
     return kind
+
+
+def _check_contract(config: dict, refuse, kind: str = "classifier") -> None:
+    """The decision threshold, input and output specs of a config, each refused in one sentence."""
+    threshold = config.get("decision_threshold")
+    if (kind == "classifier" or threshold is not None) and not (_number(threshold) and 0 <= threshold <= 1):
+        refuse(f"needs decision_threshold to be a number from 0 to 1, not {threshold!r}")
+    spec = config.get("input")
+    window = spec.get("hu_window") if isinstance(spec, dict) else None
+    if not (isinstance(window, list) and len(window) == 2 and all(map(_number, window)) and window[0] < window[1]):
+        refuse(f"needs input.hu_window to be two finite numbers [low, high] with low < high, not {window!r}")
+    sizes = spec.get("patch_size", PATCH_SIZE)
+    for size in sizes if isinstance(sizes, list) and len(sizes) == 2 else [sizes]:
+        if not (_positive_int(size) and size <= MAX_PATCH_SIZE):
+            refuse(f"needs input.patch_size to be a whole number of pixels from 1 to {MAX_PATCH_SIZE} (or two), "
+                   f"not {sizes!r}")
+    fields = spec.get("field_of_view_mm", 1.0)
+    for field_of_view in fields if isinstance(fields, list) and len(fields) == 2 else [fields]:
+        if not (_number(field_of_view) and 0 < field_of_view <= MAX_FIELD_OF_VIEW_MM):
+            refuse(f"needs input.field_of_view_mm to be a number of millimetres above 0 and at most "
+                   f"{MAX_FIELD_OF_VIEW_MM:g} (or two), not {fields!r}")
+    try:
+        InputSpec.from_config(spec)
+        if kind == "classifier":
+            OutputSpec.from_config(config.get("output"))
+    except XAIExplainError as error:
+        refuse(f"does not fit the model contract: {error}")
+    layers = config.get("layers")
+    if layers is not None and not (isinstance(layers, dict) and isinstance(layers.get("named", {}), dict)):
+        refuse('needs layers to be {"named": {name: module path}, "default": name or module path}')
 
 
 def load_bundle(name_or_path=DEFAULT_CLASSIFIER, device: str | torch.device = "cpu",
@@ -252,18 +320,28 @@ def load_bundle(name_or_path=DEFAULT_CLASSIFIER, device: str | torch.device = "c
         else:
             raise XAIExplainError(f"no model bundle {name_or_path}: give a bundle folder or one of "
                                   f"{', '.join(bundled_names()) or '(none shipped)'}")
-    config_file, weights_file = path / "config.json", path / "model.safetensors"
-    if not config_file.is_file() or not weights_file.is_file():
+    config_file = path / "config.json"
+    if not config_file.is_file():
         raise XAIExplainError(f"{path} is not a model bundle: it needs config.json and model.safetensors")
     config = read_json(config_file)
     kind = check_config(config, config_file)
     if role is not None and kind != role:
         raise XAIExplainError(f"{name_or_path} is a {kind} bundle, not {ROLE_NAMES[role]}")
-    try:
-        model = models.build(config["architecture"], config.get("arguments", {}))
-    except (TypeError, ValueError, RuntimeError) as error:
-        raise XAIExplainError(f"the architecture in {config_file} cannot be built from its arguments "
-                              f"({error})") from None
+    source = sources.source_of(config)["kind"]
+    missing = [name for name in sources.weights_files(source) if not (path / name).is_file()]
+    if missing:
+        raise XAIExplainError(f"{path} is not a whole model bundle: {sources.SOURCES[source]} needs "
+                              f"{' and '.join(missing)} beside config.json")
+    model = sources.build_network(path, config, config_file)
+    if source != "torchscript":
+        _load_weights(model, path / sources.WEIGHTS_FILE, config_file)
+    model.eval()
+    _check_reads_its_patches(model, config, config_file, kind)
+    model.to(device)
+    return Bundle(path=path, config=config, model=model)
+
+
+def _load_weights(model: torch.nn.Module, weights_file: Path, config_file: Path) -> None:
     try:
         from safetensors.torch import load_file
 
@@ -278,25 +356,31 @@ def load_bundle(name_or_path=DEFAULT_CLASSIFIER, device: str | torch.device = "c
         model.load_state_dict(state)
     except RuntimeError:
         raise XAIExplainError(f"the weights in {weights_file} do not fit the architecture in {config_file}") from None
-    model.eval()
-    _check_reads_its_patches(model, config, config_file)
-    model.to(device)
-    return Bundle(path=path, config=config, model=model)
 
 
-def _check_reads_its_patches(model: torch.nn.Module, config: dict, config_file: Path) -> None:
-    """One forward pass on a blank patch of the bundle's input.patch_size: a network built for other
-    patches (a classifier whose linear layer expects another size) is refused here, not at inference."""
-    size = config["input"].get("patch_size", PATCH_SIZE)
+def _check_reads_its_patches(model: torch.nn.Module, config: dict, config_file: Path, kind: str) -> None:
+    """One forward pass on a blank patch of the bundle's input spec: a network built for other patches (a
+    classifier whose linear layer expects another size) or whose output does not fit its output spec is
+    refused here, not at inference."""
+    spec = InputSpec.from_config(config["input"])
+    shape = " x ".join(map(str, spec.patch_size))
+    channels = "one-channel" if spec.slices == 1 else f"{spec.slices}-channel"
     try:
         with torch.no_grad():
-            output = model(torch.zeros(1, 1, size, size))
-    except RuntimeError:
-        output = None
-    expected = (1, len(models.CLASS_NAMES)) if models.ROLES[config["architecture"]] == "classifier" else None
-    if output is None or (expected and tuple(output.shape) != expected):
-        raise XAIExplainError(f"the architecture in {config_file} does not read one-channel patches of its "
-                              f"input.patch_size, {size} x {size} px")
+            output = model(torch.zeros(1, *spec.shape))
+    except Exception:  # a user's network may raise anything on the wrong input
+        raise XAIExplainError(f"the network in {config_file.parent} does not read {channels} patches of its "
+                              f"input.patch_size, {shape} px") from None
+    if kind != "classifier":
+        return
+    try:
+        score = OutputSpec.from_config(config.get("output")).log_odds(output)
+    except XAIExplainError as error:
+        raise XAIExplainError(f"the output of the network in {config_file.parent} does not fit its output spec: "
+                              f"{error}") from None
+    if tuple(score.shape) != (1,):
+        raise XAIExplainError(f"the network in {config_file.parent} does not give one decision per {channels} "
+                              f"patch of its input.patch_size, {shape} px")
 
 
 def save_bundle(folder, model: torch.nn.Module, config: dict, extra_files: dict | None = None) -> Path:

@@ -299,7 +299,7 @@ def input_spec(classifier_input: dict) -> dict:
     """A cycle-am bundle's input spec: the classifier's HU window as the scale, clipped to the CT range
     instead of the window (``Bundle.to_tensor`` reads ``hu_range``)."""
     return {**classifier_input, "hu_range": list(CT_HU_RANGE),
-            "normalisation": "HU clipped to hu_range, hu_window mapped to [0, 1] (values beyond it kept)"}
+            "normalisation": "window"}
 
 
 def classifier_view(images: torch.Tensor) -> torch.Tensor:
