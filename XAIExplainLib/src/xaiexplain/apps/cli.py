@@ -10,6 +10,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from xaiexplain.apps.bundle_command import add_bundle_command, run_bundle
 from xaiexplain.apps.archive_commands import (
     add_archive_arguments,
     add_dataset_command,
@@ -186,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--out", required=True, type=Path, help="output folder")
 
     add_dataset_command(commands)
+    add_bundle_command(commands)
 
     benchmark = commands.add_parser(
         "benchmark", help="every method measured side by side on held-out phantom nodules",
@@ -371,7 +373,7 @@ def run_explain(args, command_line: str) -> int:
 
 
 COMMANDS = {"nodules": run_nodules, "phantom": run_phantom, "patches": run_patches, "explain": run_explain,
-            "dataset": run_dataset, "benchmark": run_benchmark, "demo": run_demo}
+            "dataset": run_dataset, "benchmark": run_benchmark, "demo": run_demo, "bundle": run_bundle}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,8 +17,9 @@ def explain(bundle, patches_hu: np.ndarray, method: str, return_details: bool = 
     ----------
     bundle : Bundle, str or path
         A classifier bundle, or the name of a shipped one / a bundle folder for ``load_bundle``.
-    patches_hu : array (N, H, W)
-        Patches in Hounsfield units, as ``xaiexplain.data.patches.extract_stack`` takes them.
+    patches_hu : array (N, H, W), or (N, S, H, W) for a model that reads S neighbouring slices
+        Patches in Hounsfield units of the model's input spec (``bundle.patch_shape``), as
+        ``xaiexplain.data.patches.extract_stack`` takes them.
     method : str
         A name from ``available_methods()``, e.g. ``"lrp"`` or ``"iterative:grad-cam"``.
     return_details : bool
@@ -52,13 +53,15 @@ def explain(bundle, patches_hu: np.ndarray, method: str, return_details: bool = 
     bundle = load_bundle(bundle)
     settings = record.prepared(bundle, options)
     patches_hu = np.asarray(patches_hu, np.float32)
-    if patches_hu.ndim != 3:
-        raise XAIExplainError(f"patches must be (N, H, W), not of shape {patches_hu.shape}")
+    shape = bundle.patch_shape
+    if patches_hu.ndim != len(shape) + 1:
+        raise XAIExplainError(f"patches must be (N, {', '.join('HW' if len(shape) == 2 else 'SHW')}), not of shape "
+                              f"{patches_hu.shape}")
     if not np.isfinite(patches_hu).all():
         raise XAIExplainError("the patches hold NaN or infinite values")
-    if patches_hu.shape[1:] != (bundle.patch_size,) * 2:
-        raise XAIExplainError(f"the classifier {shown_name(bundle.path)} reads patches of {bundle.patch_size} x "
-                              f"{bundle.patch_size} px, not {patches_hu.shape[1]} x {patches_hu.shape[2]}")
+    if patches_hu.shape[1:] != shape:
+        raise XAIExplainError(f"the classifier {shown_name(bundle.path)} reads patches of {' x '.join(map(str, shape))}"
+                              f" px, not {' x '.join(map(str, patches_hu.shape[1:]))}")
     maps, details = record.compute(bundle, patches_hu, settings)
     maps = record.map_kind.present(maps)  # e.g. a sensitivity's magnitude
     return (maps, details) if return_details else maps

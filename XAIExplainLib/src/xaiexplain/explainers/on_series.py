@@ -175,11 +175,15 @@ def load_series_classifier(bundle=None, device="cpu"):
     on (``extract_stack``'s PATCH_SIZE px across FIELD_OF_VIEW_MM); otherwise one sentence, before a series
     is read."""
     bundle = load_bundle(DEFAULT_CLASSIFIER if bundle is None else bundle, device=device)
-    size, field_of_view = bundle.patch_size, bundle.input_spec.get("field_of_view_mm", FIELD_OF_VIEW_MM)
-    if size != PATCH_SIZE or field_of_view != FIELD_OF_VIEW_MM:
-        raise XAIExplainError(f"the classifier {shown_name(bundle.path)} reads patches of {size} x {size} px across "
-                              f"{field_of_view:g} mm; series are explained on patches of {PATCH_SIZE} x {PATCH_SIZE} "
-                              f"px across {FIELD_OF_VIEW_MM:g} mm")
+    spec = bundle.input
+    if spec.patch_size != (PATCH_SIZE, PATCH_SIZE) or spec.field_of_view_mm != (FIELD_OF_VIEW_MM,) * 2 \
+            or spec.slices != 1:
+        slices = "" if spec.slices == 1 else f" of {spec.slices} slices"
+        raise XAIExplainError(f"the classifier {shown_name(bundle.path)} reads patches{slices} of "
+                              f"{' x '.join(map(str, spec.patch_size))} px across "
+                              f"{' x '.join(f'{v:g}' for v in spec.field_of_view_mm)} mm; series are explained on "
+                              f"one-slice patches of {PATCH_SIZE} x {PATCH_SIZE} px across {FIELD_OF_VIEW_MM:g} mm "
+                              f"(other input specs: not yet)")
     return bundle
 
 

@@ -38,7 +38,8 @@ PROBABILITY_MARGIN = 1e-6
 
 
 def _pair(value, name: str, kind=float) -> tuple:
-    values = list(value) if isinstance(value, (list, tuple)) else [value, value]
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    values = values * 2 if len(values) == 1 else values
     if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                                    and v > 0 for v in values):
         raise XAIExplainError(f"input.{name} must be a positive number or two of them (rows, columns), not {value!r}")

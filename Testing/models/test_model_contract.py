@@ -1,0 +1,223 @@
+"""Issue 26: the model contract. Models a user brings (a TorchScript file, a class of their own Python file, a
+MONAI network) become bundles that the methods explain through one contract; what a model cannot serve is
+refused in one sentence naming the reason."""
+import json
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import xaiexplain
+from helpers import assert_one_line_error, xaiexplain as run_cli
+from xaiexplain.errors import XAIExplainError
+from xaiexplain.explainers import lrp, registry
+from xaiexplain.models.contract import OutputSpec, layer_chain
+from xaiexplain.models.making import make_bundle
+
+HOOK_METHODS = ("guided-backprop", "grad-cam", "grad-cam-signed", "guided-grad-cam", "deep-shap", "lrp", "deep-taylor")
+
+
+def nodule_patches(count=4, size=64, slices=None, seed=0):
+    """Flat lung with a bright disc of random size and place: enough for the maps to differ."""
+    rng = np.random.default_rng(seed)
+    rows, columns = np.mgrid[:size, :size]
+    patches = rng.normal(-850, 20, (count, size, size)).astype(np.float32)
+    for patch in patches:
+        centre = rng.uniform(size * 0.3, size * 0.7, 2)
+        patch[(rows - centre[0]) ** 2 + (columns - centre[1]) ** 2 < rng.uniform(3, 8) ** 2] = 40
+    return patches if slices is None else np.repeat(patches[:, None], slices, axis=1)
+
+
+def save_weights(module, path):
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return xaiexplain.load_bundle("demo-classifier")
+
+
+@pytest.fixture(scope="module")
+def scripted(shipped, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("torchscript")
+    torch.jit.save(torch.jit.script(shipped.model), str(folder / "classifier.pt"))
+    return make_bundle(folder / "bundle", torchscript=folder / "classifier.pt", input_spec=shipped.input.to_config(),
+                       threshold=shipped.threshold)
+
+
+@pytest.mark.parametrize("method", ["saliency", "integrated-gradients", "cycle-am"])
+def test_torchscript_gives_the_modules_maps(shipped, scripted, method):
+    patches = nodule_patches()
+    theirs = xaiexplain.explain(scripted, patches, method)
+    ours = xaiexplain.explain(shipped, patches, method)
+    np.testing.assert_allclose(theirs, ours, atol=1e-5 * np.abs(ours).max())
+    np.testing.assert_allclose(scripted.predict(patches), shipped.predict(patches), atol=1e-6)
+
+
+@pytest.mark.parametrize("method", HOOK_METHODS)
+def test_torchscript_refuses_the_methods_that_need_hooks_in_one_sentence(scripted, method):
+    with pytest.raises(XAIExplainError) as refused:
+        xaiexplain.explain(scripted, nodule_patches(1), method)
+    message = str(refused.value)
+    assert "TorchScript" in message and "\n" not in message
+    assert message.endswith("methods that work with this model: saliency, integrated-gradients, cycle-am")
+
+
+USER_MODEL = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+    class Residual(nn.Module):
+        def __init__(self, width):
+            super().__init__()
+            self.conv = nn.Conv2d(width, width, 3, padding=1)
+            self.act = nn.GELU()
+
+        def forward(self, x):
+            return x + self.act(self.conv(x))
+
+    class UserNet(nn.Module):
+        """Three neighbouring slices in, a dict with one logit out."""
+        def __init__(self, width=8):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, width, 3, stride=2, padding=1), nn.ReLU())
+            self.blocks = nn.Sequential(Residual(width), nn.MaxPool2d(2), Residual(width))
+            self.head = nn.Linear(width, 1)
+
+        def forward(self, x):
+            features = self.blocks(self.stem(x))
+            return {"logit": self.head(features.mean(dim=(2, 3))), "features": features}
+''')
+
+
+@pytest.fixture(scope="module")
+def user_bundle(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("user")
+    (folder / "net.py").write_text(USER_MODEL)
+    namespace = {}
+    exec(compile(USER_MODEL, "net.py", "exec"), namespace)
+    torch.manual_seed(0)
+    save_weights(namespace["UserNet"](width=8), folder / "net.safetensors")
+    return make_bundle(folder / "bundle", python=folder / "net.py", class_name="UserNet", arguments={"width": 8},
+                       weights=folder / "net.safetensors",
+                       input_spec={"patch_size": 96, "field_of_view_mm": 60.0, "slices": 3},
+                       output_spec={"form": "logit", "entry": "logit"})
+
+
+def test_a_users_module_is_explained_at_its_input_spec(user_bundle):
+    assert user_bundle.patch_shape == (3, 96, 96) and user_bundle.config["source"]["kind"] == "python"
+    assert user_bundle.contract.default_layer == "blocks.2.act"  # the last layer with a map over the patch
+    patches = nodule_patches(2, size=96, slices=3)
+    for method in ("saliency", "integrated-gradients", "grad-cam"):
+        maps = xaiexplain.explain(user_bundle, patches, method)
+        assert np.isfinite(maps).all() and np.abs(maps).max() > 0, method
+        assert maps.shape[-2:] == (96, 96), method
+    with pytest.raises(XAIExplainError, match="reads patches of 3 x 96 x 96"):
+        xaiexplain.explain(user_bundle, nodule_patches(1, slices=3), "saliency")
+
+
+@pytest.mark.parametrize("method", ["lrp", "deep-taylor", "deep-shap"])
+def test_the_layer_wise_methods_refuse_the_gelu_by_name(user_bundle, method):
+    with pytest.raises(XAIExplainError) as refused:
+        xaiexplain.explain(user_bundle, nodule_patches(1, size=96, slices=3), method)
+    assert "no rule for GELU at blocks.0.act" in str(refused.value), str(refused.value)
+    assert "no rule for add at" in str(refused.value)  # the residual connection, named too
+
+
+def test_guided_backpropagation_refuses_a_network_that_is_not_relu(user_bundle):
+    with pytest.raises(XAIExplainError, match="GELU at blocks.0.act is not a ReLU"):
+        xaiexplain.explain(user_bundle, nodule_patches(1, size=96, slices=3), "guided-backprop")
+
+
+def test_a_bundle_of_a_python_file_refuses_the_file_once_it_changed(user_bundle):
+    import shutil
+
+    copy = user_bundle.path.parent / "changed"
+    shutil.copytree(user_bundle.path, copy)
+    (copy / "model.py").write_text(USER_MODEL + "\nprint('changed')\n")
+    with pytest.raises(XAIExplainError, match="not the file the bundle was made from"):
+        xaiexplain.load_bundle(copy)
+
+
+def test_the_bundle_command_says_which_methods_the_model_allows(tmp_path):
+    torch.jit.save(torch.jit.script(xaiexplain.load_bundle().model), str(tmp_path / "model.pt"))
+    result = run_cli("bundle", "--torchscript", tmp_path / "model.pt", "--threshold", "0.5", "--out",
+                     tmp_path / "bundle")
+    assert result.returncode == 0, result.stderr
+    assert "saliency: yes" in result.stdout and "grad-cam: no, needs hooks" in result.stdout
+    config = json.loads((tmp_path / "bundle" / "config.json").read_text())
+    assert config["source"] == {"kind": "torchscript", "file": "model.pt"}
+    assert config["check"]["methods"]["lrp"] and config["check"]["methods"]["saliency"] is None
+    bad = run_cli("bundle", "--torchscript", tmp_path / "model.pt", "--patch-size", "32", "--out", tmp_path / "bad")
+    assert_one_line_error(bad, "does not read one-channel patches of its input.patch_size, 32 x 32 px")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_monai_network_is_explained_by_every_method_it_allows(tmp_path):
+    monai = pytest.importorskip("monai.networks.nets")
+    arguments = {"spatial_dims": 2, "in_channels": 1, "out_channels": 2, "init_features": 8, "growth_rate": 4,
+                 "block_config": [2, 2], "bn_size": 2}
+    torch.manual_seed(0)
+    save_weights(monai.DenseNet(**arguments), tmp_path / "densenet.safetensors")
+    bundle = make_bundle(tmp_path / "bundle", monai="DenseNet", arguments=arguments,
+                         weights=tmp_path / "densenet.safetensors")
+    patches = nodule_patches(2)
+    allowed = [name for name in registry.base_methods() if name != "cycle-am" and not registry.get(name).refusal(bundle)]
+    assert {"saliency", "integrated-gradients", "grad-cam", "guided-backprop"} <= set(allowed)
+    for method in allowed:
+        maps = xaiexplain.explain(bundle, patches, method)
+        assert maps.shape == (2, 64, 64) and np.isfinite(maps).all(), method
+    # DenseNet concatenates its features: no chain of layers for the layer-wise rules, and they say so
+    assert "no rule for cat" in registry.get("lrp").refusal(bundle)
+
+
+class PoolingNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.LeakyReLU(0.1), nn.MaxPool2d(2),
+            nn.Sequential(nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2)),
+            nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Dropout(0.2), nn.Identity())
+        self.classifier = nn.Linear(8 * 4 * 4, 2)
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def test_deep_taylor_conserves_relevance_layer_by_layer_through_pooling_and_leaky_relu():
+    torch.manual_seed(0)
+    network = PoolingNet().eval()
+    with torch.no_grad():
+        network.features[1].running_mean.uniform_(-0.1, 0.1)
+        network.features[1].running_var.uniform_(0.5, 2)
+    x = torch.rand(3, 1, 32, 32)
+    per_layer = []
+    relevance, f = lrp.relevance(network, x, "deep-taylor", per_layer=per_layer)
+    logits = network(x)
+    np.testing.assert_allclose(f.numpy(), (logits[:, 1] - logits[:, 0]).detach().numpy(), rtol=1e-5, atol=1e-6)
+    names = [type(layer).__name__ for layer, _ in per_layer]
+    assert {"MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Conv2d", "Linear"} <= set(names)
+    for layer, total in per_layer:
+        np.testing.assert_allclose(total.numpy(), f.numpy(), rtol=1e-4, atol=1e-5, err_msg=type(layer).__name__)
+    np.testing.assert_allclose(relevance.flatten(1).sum(1).numpy(), f.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_layer_without_a_rule_is_refused_by_name_never_passed_through():
+    network = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Tanh(), nn.Upsample(scale_factor=2), nn.Flatten(), nn.LazyLinear(2))
+    network(torch.zeros(1, 1, 8, 8))
+    chain = layer_chain(network, OutputSpec())
+    assert chain.problems == ["no rule for Tanh at 1", "no rule for Upsample at 2"]
+    with pytest.raises(XAIExplainError, match="no rule for Tanh at 1; no rule for Upsample at 2"):
+        lrp.relevance(network, torch.zeros(1, 1, 8, 8))
+
+
+def test_a_series_is_not_yet_explained_at_another_input_spec_and_says_so(user_bundle):
+    from xaiexplain.explainers.on_series import load_series_classifier
+
+    with pytest.raises(XAIExplainError, match="reads patches of 3 slices of 96 x 96 px across 60 x 60 mm; .* not yet"):
+        load_series_classifier(user_bundle)
