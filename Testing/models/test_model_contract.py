@@ -221,3 +221,64 @@ def test_a_series_is_not_yet_explained_at_another_input_spec_and_says_so(user_bu
 
     with pytest.raises(XAIExplainError, match="reads patches of 3 slices of 96 x 96 px across 60 x 60 mm; .* not yet"):
         load_series_classifier(user_bundle)
+
+
+PROBE_MODEL = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+    class PointProbe(nn.Module):
+        """One logit: a fixed linear filter that weighs one pixel of the patch, (row, column)."""
+        def __init__(self, size=48, row=30, column=12):
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(1, 1, size, size))
+            with torch.no_grad():
+                self.weight[0, 0, row, column] = 1.0
+
+        def forward(self, x):
+            return (x * self.weight).sum(dim=(1, 2, 3))[:, None] - 0.5
+''')
+
+
+@pytest.mark.parametrize("pixel_mm, slice_mm, size, field_of_view", [(0.8, 2.0, 48, 60.0), (0.6, 2.5, 40, 30.0)])
+def test_the_map_of_an_analytic_model_lands_on_the_world_point_it_weighs(tmp_path, pixel_mm, slice_mm, size,
+                                                                         field_of_view):
+    """Any square one-slice contract: the patches are cut at the model's size and field of view, and its map goes
+    back where its pixels lie. The probe weighs patch pixel (row, column), i.e. the world point centre +
+    ((column - (size - 1) / 2) * pixel, (row - (size - 1) / 2) * pixel) in x, y: the saliency peak lands there
+    within half a voxel, on an anisotropic series."""
+    from xaiexplain.data.geometry import ScanGeometry
+    from xaiexplain.data.series import read_series
+    from xaiexplain.io.dicom import write_dicom_series
+
+    (tmp_path / "probe.py").write_text(PROBE_MODEL)
+    namespace = {}
+    exec(compile(PROBE_MODEL, "probe.py", "exec"), namespace)
+    row, column = 30, 12
+    save_weights(namespace["PointProbe"](size, row, column), tmp_path / "probe.safetensors")
+    bundle = make_bundle(tmp_path / "bundle", python=tmp_path / "probe.py", class_name="PointProbe",
+                         arguments={"size": size, "row": row, "column": column}, weights=tmp_path / "probe.safetensors",
+                         input_spec={"patch_size": size, "field_of_view_mm": field_of_view},
+                         output_spec={"form": "logit"})
+    geometry = ScanGeometry(patient_id="PROBE", study_instance_uid="1.2.826.0.1.3680043.8.498.70",
+                            series_instance_uid="1.2.826.0.1.3680043.8.498.71", pixel_spacing=pixel_mm,
+                            slice_thickness=slice_mm, slice_z=tuple(-100.0 + slice_mm * k for k in range(7)),
+                            rows=96, columns=96)
+    folder = write_dicom_series(np.full(geometry.shape, -850, np.int16), geometry, tmp_path / "series")
+    ct = read_series(folder)
+    centre = np.asarray(ct.image.TransformContinuousIndexToPhysicalPoint((47.3, 44.6, 3.0)))
+    result = xaiexplain.explain_series(ct, [tuple(centre)], bundle, ["saliency"])
+    assert result.stacks[0].patches.shape[1:] == (size, size)
+    volume = sitk_array(result.relevance["saliency"])
+    peak = np.unravel_index(np.argmax(volume), volume.shape)  # (slice, row, column)
+    peak_lps = np.asarray(result.relevance["saliency"].TransformIndexToPhysicalPoint(
+        [int(peak[2]), int(peak[1]), int(peak[0])]))
+    patch_pixel = field_of_view / size
+    expected = centre[:2] + (np.array([column, row]) - (size - 1) / 2) * patch_pixel
+    assert np.all(np.abs(peak_lps[:2] - expected) <= pixel_mm / 2 + 1e-6), (peak_lps, expected)
+
+
+def sitk_array(image):
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(image)

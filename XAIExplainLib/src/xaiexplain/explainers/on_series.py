@@ -10,8 +10,6 @@ import SimpleITK as sitk
 from xaiexplain.data.nodule_sites import NoduleSite, consensus_distance_mm, lidc_sites, point_sites
 from xaiexplain.data.patches import (
     DEFAULT_HALF_HEIGHT_MM,
-    FIELD_OF_VIEW_MM,
-    PATCH_SIZE,
     PatchStack,
     backproject,
     covered_region,
@@ -110,7 +108,8 @@ def explain_series(image, points, bundle=None, methods=("saliency",), progress=N
         sites = point_sites(sitk_image, points, half_height_mm)
     if not sites:
         raise XAIExplainError("there is no nodule to explain")
-    stacks = [extract_stack(sitk_image, site.center_lps, site.z_range) for site in sites]
+    size, field_of_view = bundle.input.patch_size[0], bundle.input.field_of_view_mm[0]  # square (load_series_classifier)
+    stacks = [extract_stack(sitk_image, site.center_lps, site.z_range, size, field_of_view) for site in sites]
     all_patches = np.concatenate([s.patches for s in stacks])
     bounds = np.cumsum([0] + [len(s.patches) for s in stacks])
     probabilities = bundle.predict(all_patches)
@@ -171,19 +170,18 @@ def explain_series(image, points, bundle=None, methods=("saliency",), progress=N
 
 
 def load_series_classifier(bundle=None, device="cpu"):
-    """The classifier bundle (default the shipped one) loaded, if it reads the patches series are explained
-    on (``extract_stack``'s PATCH_SIZE px across FIELD_OF_VIEW_MM); otherwise one sentence, before a series
-    is read."""
+    """The classifier bundle (default the shipped one) loaded, if its input spec is one series can be explained
+    with: square patches of one slice, of any size and field of view (``extract_stack`` cuts them at the
+    spec's); otherwise one sentence, before a series is read."""
     bundle = load_bundle(DEFAULT_CLASSIFIER if bundle is None else bundle, device=device)
     spec = bundle.input
-    if spec.patch_size != (PATCH_SIZE, PATCH_SIZE) or spec.field_of_view_mm != (FIELD_OF_VIEW_MM,) * 2 \
+    if spec.patch_size[0] != spec.patch_size[1] or spec.field_of_view_mm[0] != spec.field_of_view_mm[1] \
             or spec.slices != 1:
         slices = "" if spec.slices == 1 else f" of {spec.slices} slices"
         raise XAIExplainError(f"the classifier {shown_name(bundle.path)} reads patches{slices} of "
                               f"{' x '.join(map(str, spec.patch_size))} px across "
-                              f"{' x '.join(f'{v:g}' for v in spec.field_of_view_mm)} mm; series are explained on "
-                              f"one-slice patches of {PATCH_SIZE} x {PATCH_SIZE} px across {FIELD_OF_VIEW_MM:g} mm "
-                              f"(other input specs: not yet)")
+                              f"{' x '.join(f'{v:g}' for v in spec.field_of_view_mm)} mm; series are explained with "
+                              f"square one-slice patches (other input specs: not yet)")
     return bundle
 
 
