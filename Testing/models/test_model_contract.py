@@ -282,3 +282,40 @@ def sitk_array(image):
     import SimpleITK as sitk
 
     return sitk.GetArrayFromImage(image)
+
+
+SMALL_MODEL = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+    class SmallNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                                          nn.Conv2d(8, 8, 3, padding=1), nn.GELU(), nn.AdaptiveAvgPool2d(2))
+            self.head = nn.Linear(32, 2)
+
+        def forward(self, x):
+            return self.head(self.features(x).flatten(1))
+''')
+
+
+def test_the_benchmark_runs_on_a_users_bundle_at_its_input_spec(tmp_path):
+    from xaiexplain.evaluate.benchmark import run_benchmark
+
+    (tmp_path / "small.py").write_text(SMALL_MODEL)
+    namespace = {}
+    exec(compile(SMALL_MODEL, "small.py", "exec"), namespace)
+    torch.manual_seed(0)
+    save_weights(namespace["SmallNet"]().eval(), tmp_path / "small.safetensors")
+    bundle = make_bundle(tmp_path / "bundle", python=tmp_path / "small.py", class_name="SmallNet",
+                         weights=tmp_path / "small.safetensors", input_spec={"patch_size": 48, "field_of_view_mm": 60})
+    summary = run_benchmark(tmp_path / "out", quick=True, nodules=2, model=bundle.path, progress=False,
+                            methods=["saliency", "grad-cam", "lrp", "cycle-am"])
+    assert summary["patches"] == 2 and set(summary["methods"]) == {"saliency", "grad-cam"}
+    assert "no rule for GELU at features.5" in summary["skipped"]["lrp"]
+    assert "trained against" in summary["skipped"]["cycle-am"] or "classifier" in summary["skipped"]["cycle-am"]
+    for method in ("saliency", "grad-cam"):
+        entry = summary["methods"][method]
+        assert entry["seconds_per_patch"] > 0 and entry.get("randomization_spearman") is not None, method
+    assert (tmp_path / "out" / "benchmark.md").is_file()

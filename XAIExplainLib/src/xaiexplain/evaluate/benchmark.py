@@ -21,6 +21,7 @@ It writes ``benchmark.json``, ``benchmark.md`` (one table, methods as rows) and 
 """
 from __future__ import annotations
 
+import copy
 import os
 import platform
 import sys
@@ -51,7 +52,9 @@ from xaiexplain.explainers.iterative import IterativeResult
 from xaiexplain.explainers.on_patches import explain
 from xaiexplain.io.files import output_set
 from xaiexplain.models.architectures import build
-from xaiexplain.models.bundles import Bundle, load_bundle
+from xaiexplain.models.bundles import Bundle, load_bundle, shown_name
+from xaiexplain.models.contract import is_torchscript
+from xaiexplain.data.patches import FIELD_OF_VIEW_MM, PATCH_SIZE
 
 QUICK_NODULES = 8
 FULL_NODULES = 60
@@ -73,8 +76,10 @@ def cost_targets() -> tuple[dict, dict]:
             {r.name: r.reference_passes for r in records if r.reference_passes != 1})
 
 
-def held_out_patches(nodules: int, seed: int = 0, progress: bool = False) -> dict:
-    """One patch per held-out nodule (its largest consensus slice), with masks and the LIDC labels."""
+def held_out_patches(nodules: int, seed: int = 0, progress: bool = False, size: int = PATCH_SIZE,
+                     field_of_view_mm: float = FIELD_OF_VIEW_MM) -> dict:
+    """One patch per held-out nodule (its largest consensus slice), with masks and the LIDC labels, of ``size``
+    px across ``field_of_view_mm`` (a model's input spec)."""
     patients, chosen = [], 0
     by_scan = labelled_scans(held_out_patients(seed))
     for (patient, _), scan_nodules in sorted(by_scan.items()):
@@ -83,7 +88,8 @@ def held_out_patches(nodules: int, seed: int = 0, progress: bool = False) -> dic
         patients.append(patient)
         chosen += sum(n.label is not None for n in scan_nodules)
     with tempfile.TemporaryDirectory() as folder:
-        render_patch_set(Path(folder) / "patches", seed=seed, patient_ids=patients, progress=progress)
+        render_patch_set(Path(folder) / "patches", seed=seed, patient_ids=patients, progress=progress, size=size,
+                         field_of_view_mm=field_of_view_mm)
         arrays, rows, _ = load_patch_set(Path(folder) / "patches")
         lung = load_lung_patches(Path(folder) / "patches")
     picked = []
@@ -99,10 +105,24 @@ def held_out_patches(nodules: int, seed: int = 0, progress: bool = False) -> dic
 
 
 def randomized(bundle: Bundle, seed: int) -> Bundle:
-    """The classifier with every parameter re-initialized (same architecture and input spec)."""
+    """The classifier with every parameter re-initialized (same network and input spec): each layer's own
+    initialization (``reset_parameters``) where the network is a module; for TorchScript, whose layers' Python
+    methods are gone, every parameter drawn from a normal distribution with its trained standard deviation."""
     torch.manual_seed(seed)
-    model = build(bundle.config["architecture"], bundle.config.get("arguments", {})).eval()
-    return Bundle(path=bundle.path, config=bundle.config, model=model)
+    if bundle.source["kind"] == "architecture":
+        model = build(bundle.config["architecture"], bundle.config.get("arguments", {}))
+    else:
+        model = copy.deepcopy(bundle.model)
+        if is_torchscript(model):
+            with torch.no_grad():
+                for parameter in model.parameters():
+                    spread = parameter.std() if parameter.numel() > 1 else parameter.abs().mean()
+                    parameter.copy_(torch.randn_like(parameter) * (spread if spread > 0 else 1.0))
+        else:
+            for module in model.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+    return Bundle(path=bundle.path, config=bundle.config, model=model.eval().to(bundle.device))
 
 
 # -- one method --------------------------------------------------------------------------------------------
@@ -194,10 +214,15 @@ def run_benchmark(out, quick: bool = False, methods=None, model=None, cycle_am=N
     """``data``: the ``held_out_patches`` to use when the caller has them already."""
     started = time.time()
     bundle = load_bundle(model) if model else load_bundle()
+    spec = bundle.input
+    if spec.slices != 1 or spec.patch_size[0] != spec.patch_size[1] or spec.field_of_view_mm[0] != spec.field_of_view_mm[1]:
+        raise XAIExplainError(f"the benchmark renders square one-slice patches; {shown_name(bundle.path)} reads "
+                              f"{' x '.join(map(str, bundle.patch_shape))} (other input specs: not yet)")
     with output_set(out, "benchmark.json") as written:  # checks that out is writable before measuring
         methods = list(methods or all_methods())
         count = nodules or (QUICK_NODULES if quick else FULL_NODULES)
-        data = data or held_out_patches(count, seed, progress=progress)
+        data = data or held_out_patches(count, seed, progress=progress, size=spec.patch_size[0],
+                                        field_of_view_mm=spec.field_of_view_mm[0])
         images = data["images"]
         probabilities = bundle.predict(images)
         decisions = probabilities >= bundle.threshold
@@ -213,6 +238,10 @@ def run_benchmark(out, quick: bool = False, methods=None, model=None, cycle_am=N
             except XAIExplainError as refusal:
                 skipped = {m: str(refusal) for m in needing_generators}
                 methods = [m for m in methods if m not in skipped]
+        for method in list(methods):  # what the model cannot serve is skipped with the reason
+            if refusal := registry.get(method).refusal(bundle):
+                skipped[method] = refusal
+                methods.remove(method)
         random_bundle = randomized(bundle, seed)
         targets, reference_passes = cost_targets()
         randomization_patches = QUICK_RANDOMIZATION_PATCHES if quick else FULL_RANDOMIZATION_PATCHES

@@ -81,7 +81,8 @@ def nodule_patches(geometry: ScanGeometry, nodule: lidc.LidcNodule, scan_nodules
 
 
 def scan_lung_patches(geometry: ScanGeometry, scan_nodules: list[lidc.LidcNodule], seed: int, scan_number: int,
-                      count: int = LUNG_PATCHES_PER_SCAN) -> tuple[np.ndarray, np.ndarray]:
+                      count: int = LUNG_PATCHES_PER_SCAN, size: int = PATCH_SIZE,
+                      field_of_view_mm: float = FIELD_OF_VIEW_MM) -> tuple[np.ndarray, np.ndarray]:
     """Up to ``count`` nodule-free lung patches of a phantom scan and their centres (``sample_lung_patches``)."""
     rng = np.random.default_rng([seed, LUNG_STREAM, scan_number])
     chosen = rng.choice(geometry.shape[0], size=min(LUNG_SLICES_PER_SCAN, geometry.shape[0]), replace=False)
@@ -98,27 +99,32 @@ def scan_lung_patches(geometry: ScanGeometry, scan_nodules: list[lidc.LidcNodule
             planes[k] = (plane, geometry.slice_z[k])
         return planes[k]
 
-    return sample_lung_patches(plane_of, len(chosen), nodule_boxes_lps(scan_nodules, geometry), count, rng)
+    return sample_lung_patches(plane_of, len(chosen), nodule_boxes_lps(scan_nodules, geometry), count, rng, size,
+                               field_of_view_mm)
 
 
 def render_patch_set(out_dir, seed: int = 0, patient_ids: list[str] | None = None, progress: bool = True,
-                     command: str | None = None, lung_patches_per_scan: int = LUNG_PATCHES_PER_SCAN) -> dict:
+                     command: str | None = None, lung_patches_per_scan: int = LUNG_PATCHES_PER_SCAN,
+                     size: int = PATCH_SIZE, field_of_view_mm: float = FIELD_OF_VIEW_MM) -> dict:
     """Render the patch set into ``out_dir`` (one output set, ``dataset.json`` its manifest) and return its
-    summary; ``lung_patches_per_scan`` nodule-free lung patches of each scan beside the nodules' (0: none)."""
+    summary; ``lung_patches_per_scan`` nodule-free lung patches of each scan beside the nodules' (0: none);
+    patches of ``size`` px across ``field_of_view_mm`` (a model's input spec; default 64 px / 45 mm)."""
     started = time.time()
     lidc.nodule_table(progress=progress)  # build the cache with a progress bar on the first run
     labelled_series = labelled_scans(patient_ids)
     if not labelled_series:
         raise lidc.LidcError("none of the requested scans has a nodule with a benign or malignant label")
     with output_set(out_dir, PATCH_SET_MANIFEST) as written:  # checks that out_dir is writable before rendering
-        summary = _render_patch_set(written, labelled_series, seed, progress, command, started, lung_patches_per_scan)
+        summary = _render_patch_set(written, labelled_series, seed, progress, command, started, lung_patches_per_scan,
+                                    size, field_of_view_mm)
     return summary
 
 
-def _render_patch_set(written, labelled_series, seed, progress, command, started, lung_patches_per_scan) -> dict:
+def _render_patch_set(written, labelled_series, seed, progress, command, started, lung_patches_per_scan, size,
+                      field_of_view_mm) -> dict:
     split_of = full_set_split(seed)
     assembled = PatchSetRows()
-    lung = LungPatchRows()
+    lung = LungPatchRows(size)
     series_items = sorted(labelled_series.items())
     if progress:
         from tqdm import tqdm
@@ -130,10 +136,12 @@ def _render_patch_set(written, labelled_series, seed, progress, command, started
             lidc.load_consensus(nodule)
         for nodule in nodules:
             if nodule.label is not None:
-                assembled.add(nodule.to_json(), split_of[patient_id], nodule_patches(geometry, nodule, nodules, seed))
+                assembled.add(nodule.to_json(), split_of[patient_id], nodule_patches(geometry, nodule, nodules, seed, size,
+                                                                                      field_of_view_mm))
         if lung_patches_per_scan:
             lung.add(patient_id, SPLITS.index(split_of[patient_id]),
-                     *scan_lung_patches(geometry, nodules, seed, scan_number, lung_patches_per_scan))
+                     *scan_lung_patches(geometry, nodules, seed, scan_number, lung_patches_per_scan, size,
+                                        field_of_view_mm))
     rows = assembled.rows
     summary = {
         "format": "xaiexplain-patch-set",
@@ -141,8 +149,8 @@ def _render_patch_set(written, labelled_series, seed, progress, command, started
         "library_version": __version__,
         "command": command,
         "seed": seed,
-        "patch_size": PATCH_SIZE,
-        "field_of_view_mm": FIELD_OF_VIEW_MM,
+        "patch_size": size,
+        "field_of_view_mm": field_of_view_mm,
         "patients": len({r["patient_id"] for r in rows}),
         "nodules": len(rows),
         "patches": assembled.patches,
