@@ -182,13 +182,15 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             import xaiexplain.slicer as xs
 
             entries = [(r["name"], f"{r['kind']}: {r['summary']}. {r['reference']}") for r in xs.method_table()]
+            refused = xs.refused_methods(self._parameterNode.modelBundle if self._parameterNode else None)
         except (ImportError, OSError, ValueError) as error:  # a damaged installation: the defaults
             logging.error(f"XAIExplain's method table cannot be read ({error}); reinstall the extension")
-            entries = [(m, "") for m in DEFAULT_METHODS]
+            entries, refused = [(m, "") for m in DEFAULT_METHODS], {}
         for method, tip in entries:
             item = qt.QListWidgetItem(method, self.ui.methodsList)
-            item.setToolTip(tip)
-            item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
+            item.setToolTip(refused.get(method, tip))  # greyed out with the reason: what the model cannot serve
+            flags = item.flags() | qt.Qt.ItemIsUserCheckable
+            item.setFlags(flags & ~qt.Qt.ItemIsEnabled if method in refused else flags)
             item.setCheckState(qt.Qt.Unchecked)
         self.ui.methodsList.blockSignals(False)
         if self._parameterNode:
@@ -261,7 +263,8 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         chosen = set(filter(None, self._parameterNode.methods.split(",")))
         for row in range(self.ui.methodsList.count):
             item = self.ui.methodsList.item(row)
-            item.setCheckState(qt.Qt.Checked if item.text() in chosen else qt.Qt.Unchecked)
+            usable = bool(item.flags() & qt.Qt.ItemIsEnabled)  # a method the model cannot serve stays unchecked
+            item.setCheckState(qt.Qt.Checked if usable and item.text() in chosen else qt.Qt.Unchecked)
 
     def _lidcToggled(self, checked):
         if self._parameterNode:
@@ -270,6 +273,7 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _modelBundleChanged(self, path):
         if self._parameterNode:
             self._parameterNode.modelBundle = path
+            self._fillMethodList()  # grey out what the chosen model cannot serve
 
     def _deviceChanged(self, device):
         if self._parameterNode and device:

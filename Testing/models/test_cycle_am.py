@@ -6,13 +6,14 @@ import torch
 import xaiexplain
 from xaiexplain.models import cycle_am
 from xaiexplain.models.architectures import MALIGNANT
+from xaiexplain.models.contract import DecisionScore, OutputSpec
 
 
 def frozen_shipped_classifier():
     bundle = xaiexplain.load_bundle()
     for parameter in bundle.model.parameters():
         parameter.requires_grad_(False)
-    return bundle, bundle.model
+    return bundle, cycle_am.WindowScaleScore(bundle)
 
 
 def lung_patches_with_a_nodule(count: int, start: int, stop: int) -> np.ndarray:
@@ -267,6 +268,7 @@ def test_read_flipped_and_turned_a_change_in_one_corner_pays_a_quarter():
         corner[1].weight.zero_()
         corner[1].weight[MALIGNANT, 64 * 64 - 1] = 1.0  # the classifier looks at the bottom right pixel only
     change = torch.full((512, 1, 64, 64), 0.5, requires_grad=True)
+    corner = DecisionScore(corner, OutputSpec())  # malignant minus benign logit, as every classifier is read
     cycle_am.activation_maximization_loss(corner, change, MALIGNANT, symmetries=torch.Generator().manual_seed(1)).backward()
     reached = (change.grad[:, 0, -1, -1] != 0).float().mean().item()
     assert reached == pytest.approx(0.25, abs=0.06)

@@ -37,6 +37,19 @@ def save_weights(module, path):
     return path
 
 
+def module_bundle(folder, source: str, class_name: str, arguments=None, **contract):
+    """A bundle of the class ``class_name`` of the Python ``source`` (written as a file, as a user gives it),
+    weights from its own initialization (seed 0)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model_source.py").write_text(source)
+    namespace = {}
+    exec(compile(source, "model_source.py", "exec"), namespace)
+    torch.manual_seed(0)
+    save_weights(namespace[class_name](**(arguments or {})).eval(), folder / "weights.safetensors")
+    return make_bundle(folder / "bundle", python=folder / "model_source.py", class_name=class_name,
+                       arguments=arguments, weights=folder / "weights.safetensors", **contract)
+
+
 @pytest.fixture(scope="module")
 def shipped():
     return xaiexplain.load_bundle("demo-classifier")
@@ -97,16 +110,9 @@ USER_MODEL = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def user_bundle(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("user")
-    (folder / "net.py").write_text(USER_MODEL)
-    namespace = {}
-    exec(compile(USER_MODEL, "net.py", "exec"), namespace)
-    torch.manual_seed(0)
-    save_weights(namespace["UserNet"](width=8), folder / "net.safetensors")
-    return make_bundle(folder / "bundle", python=folder / "net.py", class_name="UserNet", arguments={"width": 8},
-                       weights=folder / "net.safetensors",
-                       input_spec={"patch_size": 96, "field_of_view_mm": 60.0, "slices": 3},
-                       output_spec={"form": "logit", "entry": "logit"})
+    return module_bundle(tmp_path_factory.mktemp("user"), USER_MODEL, "UserNet", {"width": 8},
+                         input_spec={"patch_size": 96, "field_of_view_mm": 60.0, "slices": 3},
+                         output_spec={"form": "logit", "entry": "logit"})
 
 
 def test_a_users_module_is_explained_at_its_input_spec(user_bundle):
@@ -251,15 +257,10 @@ def test_the_map_of_an_analytic_model_lands_on_the_world_point_it_weighs(tmp_pat
     from xaiexplain.data.series import read_series
     from xaiexplain.io.dicom import write_dicom_series
 
-    (tmp_path / "probe.py").write_text(PROBE_MODEL)
-    namespace = {}
-    exec(compile(PROBE_MODEL, "probe.py", "exec"), namespace)
     row, column = 30, 12
-    save_weights(namespace["PointProbe"](size, row, column), tmp_path / "probe.safetensors")
-    bundle = make_bundle(tmp_path / "bundle", python=tmp_path / "probe.py", class_name="PointProbe",
-                         arguments={"size": size, "row": row, "column": column}, weights=tmp_path / "probe.safetensors",
-                         input_spec={"patch_size": size, "field_of_view_mm": field_of_view},
-                         output_spec={"form": "logit"})
+    bundle = module_bundle(tmp_path, PROBE_MODEL, "PointProbe", {"size": size, "row": row, "column": column},
+                           input_spec={"patch_size": size, "field_of_view_mm": field_of_view},
+                           output_spec={"form": "logit"})
     geometry = ScanGeometry(patient_id="PROBE", study_instance_uid="1.2.826.0.1.3680043.8.498.70",
                             series_instance_uid="1.2.826.0.1.3680043.8.498.71", pixel_spacing=pixel_mm,
                             slice_thickness=slice_mm, slice_z=tuple(-100.0 + slice_mm * k for k in range(7)),
@@ -300,16 +301,10 @@ SMALL_MODEL = textwrap.dedent('''
 ''')
 
 
-def test_the_benchmark_runs_on_a_users_bundle_at_its_input_spec(tmp_path):
+def test_the_benchmark_runs_on_a_users_bundle_at_its_input_spec(small_bundle, tmp_path):
     from xaiexplain.evaluate.benchmark import run_benchmark
 
-    (tmp_path / "small.py").write_text(SMALL_MODEL)
-    namespace = {}
-    exec(compile(SMALL_MODEL, "small.py", "exec"), namespace)
-    torch.manual_seed(0)
-    save_weights(namespace["SmallNet"]().eval(), tmp_path / "small.safetensors")
-    bundle = make_bundle(tmp_path / "bundle", python=tmp_path / "small.py", class_name="SmallNet",
-                         weights=tmp_path / "small.safetensors", input_spec={"patch_size": 48, "field_of_view_mm": 60})
+    bundle = small_bundle
     summary = run_benchmark(tmp_path / "out", quick=True, nodules=2, model=bundle.path, progress=False,
                             methods=["saliency", "grad-cam", "lrp", "cycle-am"])
     assert summary["patches"] == 2 and set(summary["methods"]) == {"saliency", "grad-cam"}
@@ -319,3 +314,75 @@ def test_the_benchmark_runs_on_a_users_bundle_at_its_input_spec(tmp_path):
         entry = summary["methods"][method]
         assert entry["seconds_per_patch"] > 0 and entry.get("randomization_spearman") is not None, method
     assert (tmp_path / "out" / "benchmark.md").is_file()
+
+
+@pytest.fixture(scope="module")
+def small_bundle(tmp_path_factory):
+    """A user's 2D module (batch norm, max pooling, GELU, two logits) at 48 px / 60 mm, random weights."""
+    return module_bundle(tmp_path_factory.mktemp("small"), SMALL_MODEL, "SmallNet",
+                         input_spec={"patch_size": 48, "field_of_view_mm": 60})
+
+
+def test_cycle_am_trains_for_a_users_classifier_and_explains_that_classifier_only(small_bundle, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from xaiexplain.data.sources.phantom_patches import render_patch_set
+
+    render_patch_set(tmp_path / "patches", patient_ids=["LIDC-IDRI-0078", "LIDC-IDRI-0001", "LIDC-IDRI-0003"],
+                     progress=False, lung_patches_per_scan=0, size=48, field_of_view_mm=60.0)
+    command = [sys.executable, "-m", "xaiexplain_train.cli", "cycle-am", "--widths", "4,8,8,16", "--batch-size", "2",
+               "--device", "cpu", "--classifier", small_bundle.path, "--data", tmp_path / "patches", "--steps", "2",
+               "--checkpoint-every", "2", "--sample-every", "2", "--out", tmp_path / "generators"]
+    result = subprocess.run(list(map(str, command)), capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    generators = xaiexplain.load_bundle(tmp_path / "generators", role="cycle-am")
+    assert generators.config["classifier"]["weights_sha256"] == small_bundle.fingerprint
+    patches = nodule_patches(2, size=48)
+    change = xaiexplain.explain(small_bundle, patches, "cycle-am", cycle_am=generators)
+    assert change.shape == (2, 48, 48) and np.isfinite(change).all()
+    with pytest.raises(XAIExplainError, match="trained against"):
+        xaiexplain.explain("demo-classifier", nodule_patches(1), "cycle-am", cycle_am=generators)
+    # a patch set of the shipped classifier's 64 px patches is refused for it, in one sentence
+    render_patch_set(tmp_path / "patches-64", patient_ids=["LIDC-IDRI-0078"], progress=False, lung_patches_per_scan=0)
+    wrong = [str(part) for part in command[:-1]] + [str(tmp_path / "wrong")]
+    wrong[wrong.index(str(tmp_path / "patches"))] = str(tmp_path / "patches-64")
+    refused = subprocess.run(wrong, capture_output=True, text=True)
+    assert_one_line_error(refused, "holds patches of 64 x 64 px, but the classifier")
+
+
+def test_phantom_patches_at_a_models_spec_and_a_threshold_chosen_on_a_patch_set(tmp_path, tiny_patch_set, shipped):
+    from xaiexplain.data.patch_set import load_patch_set
+
+    result = run_cli("phantom", "--patches", "--scans", "LIDC-IDRI-0078", "--lung-patches", "2", "--patch-size", "48",
+                     "--field-of-view-mm", "60", "--out", tmp_path / "patches")
+    assert result.returncode == 0, result.stderr
+    arrays, _, summary = load_patch_set(tmp_path / "patches")
+    assert arrays["images"].shape[1:] == (48, 48) and arrays["nodule_mask"].shape[1:] == (48, 48)
+    assert (summary["patch_size"], summary["field_of_view_mm"]) == (48, 60.0)
+
+    torch.jit.save(torch.jit.script(shipped.model), str(tmp_path / "model.pt"))
+    chosen = make_bundle(tmp_path / "bundle", torchscript=tmp_path / "model.pt", threshold_from=tiny_patch_set)
+    assert 0 < chosen.threshold < 1 and "validation ROC point" in chosen.config["threshold_rule"]
+    with pytest.raises(XAIExplainError, match="holds patches of 48 x 48 px, but the model reads 64 x 64"):
+        make_bundle(tmp_path / "other", torchscript=tmp_path / "model.pt", threshold_from=tmp_path / "patches")
+    assert not (tmp_path / "other").exists()
+
+
+def test_the_slicer_panel_greys_out_what_the_chosen_model_cannot_serve_without_torch(scripted):
+    """The panel's method list reads the bundle's recorded check (Slicer's process never imports torch)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, json; import xaiexplain.slicer as xs; "
+            f"refused = xs.refused_methods({str(scripted.path)!r}); "
+            "assert 'torch' not in sys.modules; print(json.dumps(refused))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    refused = json.loads(result.stdout)
+    assert set(refused) == {*HOOK_METHODS, *(f"iterative:{m}" for m in HOOK_METHODS)}
+    assert "TorchScript" in refused["iterative:grad-cam"]
+    assert json.loads(subprocess.run([sys.executable, "-c", code.replace(str(scripted.path), "demo-classifier")],
+                                     capture_output=True, text=True).stdout) == {}

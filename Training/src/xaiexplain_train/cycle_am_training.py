@@ -220,11 +220,16 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
         raise XAIExplainError(f"--lr-decay-from {settings.lr_decay_from} must be a step from 0 to {settings.steps - 1}")
     device, rank, world = start_run(settings.device, settings.seed)
     classifier_bundle = load_bundle(settings.classifier, device=device)
-    classifier = classifier_bundle.model.eval()
-    _set_trainable(classifier, False)
+    _set_trainable(classifier_bundle.model.eval(), False)
+    # the classifier read through its model contract: its decision's log-odds for window-scale images
+    classifier = cycle_am.WindowScaleScore(classifier_bundle).eval()
     arrays, nodules, summary = load_patch_set(settings.data, ("images",) + protocol_array_names(settings.slices))
     rows, row_splits = select_protocol(arrays, nodules, summary, settings.slices, settings.split)
     train_index = rows[row_splits == SPLITS.index("train")]
+    if tuple(arrays["images"].shape[1:]) != classifier_bundle.patch_shape:
+        raise XAIExplainError(f"the patch set in {settings.data} holds patches of "
+                              f"{' x '.join(map(str, arrays['images'].shape[1:]))} px, but the classifier "
+                              f"{settings.classifier} reads {' x '.join(map(str, classifier_bundle.patch_shape))}")
     if len(train_index) < 2 * settings.batch_size:
         raise XAIExplainError(f"the patch set in {settings.data} has too few training patches "
                               f"({len(train_index)}) for batches of {settings.batch_size} pairs")

@@ -90,6 +90,12 @@ def methods_help() -> str:
     return "\n".join(lines)
 
 
+def positive_pixels(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 2048:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of pixels from 1 to 2048")
+    return int(text)
+
+
 def positive_millimetres(text: str) -> float:
     try:
         value = float(text)
@@ -141,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--lung-patches", type=whole_number_from_0, default=None, metavar="N",
                          help="with --patches: N nodule-free lung patches of each scan beside the nodules' "
                               "(lung_patches.npz; default 8, 0 for none)")
+    phantom.add_argument("--patch-size", type=positive_pixels, default=64, metavar="PX",
+                         help="with --patches: the side of the patches (a model's input spec; default 64)")
+    phantom.add_argument("--field-of-view-mm", type=positive_millimetres, default=45.0, metavar="MM",
+                         help="with --patches: the millimetres they cover (default 45)")
     phantom.add_argument("--seed", type=parse_seed, default=0, help="seed of all random choices (default 0)")
     phantom.add_argument("--out", required=True, type=Path, help="output folder")
 
@@ -282,7 +292,8 @@ def run_phantom(args, command_line: str) -> int:
 
         summary = render_patch_set(args.out, seed=args.seed, patient_ids=args.scans, command=command_line,
                                    lung_patches_per_scan=LUNG_PATCHES_PER_SCAN if args.lung_patches is None
-                                   else args.lung_patches)
+                                   else args.lung_patches, size=args.patch_size,
+                                   field_of_view_mm=args.field_of_view_mm)
         print(f"{summary['patches']} patches of {summary['nodules']} nodules from {summary['patients']} patients "
               f"in {summary['seconds']} s")
         lung = summary["lung_patches"]["counts"]

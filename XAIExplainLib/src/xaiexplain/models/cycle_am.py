@@ -307,9 +307,33 @@ def classifier_view(images: torch.Tensor) -> torch.Tensor:
     return images.clamp(0.0, 1.0)
 
 
-def class_probabilities(classifier: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """The classifier's class probabilities (N, 2) for generator-scale images, read through its window."""
-    return torch.softmax(classifier(classifier_view(images)).float(), dim=1)
+class WindowScaleScore(nn.Module):
+    """A classifier bundle's decision score (its contract's log-odds of the positive class, (N, 1)) for images
+    on the window's [0, 1] scale, the scale the generators' images are read on: an affine map to the network's
+    own input values first where its contract standardises instead (``InputSpec.normalisation``)."""
+
+    def __init__(self, bundle):
+        super().__init__()
+        spec = bundle.input
+        if spec.slices != 1:
+            from xaiexplain.errors import XAIExplainError
+
+            raise XAIExplainError(f"cycle-am generators are 2D: {bundle.path} reads {spec.slices} slices")
+        self.score = bundle.score_model()
+        low, high = spec.hu_window
+        # window scale v -> HU = low + v (high - low) -> the network's value
+        self.scale = spec.input_value(high) - spec.input_value(low) if spec.normalisation != "window" else 1.0
+        self.offset = spec.input_value(low) if spec.normalisation != "window" else 0.0
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.score(images * self.scale + self.offset)
+
+
+def class_probabilities(score: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """(p(negative), p(positive)), (N, 2), of a decision score (``WindowScaleScore``: log-odds (N, 1)) for
+    generator-scale images, read through the window."""
+    positive = torch.sigmoid(score(classifier_view(images)).float()[:, 0])
+    return torch.stack([1 - positive, positive], dim=1)
 
 
 class _ClipIntoWindow(torch.autograd.Function):
@@ -360,10 +384,12 @@ def random_dihedral(images: torch.Tensor, generator: torch.Generator) -> torch.T
     return turned[turns, torch.arange(len(images), device=images.device)]
 
 
-def activation_maximization_loss(classifier: nn.Module, generated, target_class: int,
+def activation_maximization_loss(score: nn.Module, generated, target_class: int,
                                  blur_sigma: float = 0.0, symmetries: torch.Generator | None = None) -> torch.Tensor:
-    """Cross entropy of the frozen classifier's output towards the generator's class (no image labels);
-    ``generated`` on the generators' scale, read through the window with a straight-through gradient.
+    """Cross entropy of the frozen classifier's decision towards the generator's class (1: positive, 0:
+    negative; no image labels): -log sigmoid(+/- s) of its log-odds s (``WindowScaleScore``), which for two
+    class logits is the softmax cross entropy; ``generated`` on the generators' scale, read through the window
+    with a straight-through gradient.
 
     With ``blur_sigma`` > 0 the classifier reads the generated image through a Gaussian blur of that many
     pixels. A 1 px blur keeps what a nodule looks like; a change that works only unblurred is a pixel-level
@@ -377,5 +403,5 @@ def activation_maximization_loss(classifier: nn.Module, generated, target_class:
     (up to 315 HU, away from every nodule; erasing it raised p(malignant) on G-(x) from 0.08 to 0.12): the
     classifier's flattened last layer weighs each place of the patch on its own."""
     read = gaussian_blur(straight_through_classifier_view(generated), blur_sigma)
-    logits = classifier(read if symmetries is None else random_dihedral(read, symmetries)).float()
-    return functional.cross_entropy(logits, torch.full((len(generated),), target_class, device=logits.device))
+    log_odds = score(read if symmetries is None else random_dihedral(read, symmetries)).float()[:, 0]
+    return functional.softplus(log_odds if target_class == 0 else -log_odds).mean()

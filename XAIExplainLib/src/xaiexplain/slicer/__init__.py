@@ -39,7 +39,7 @@ _NAMES = {
     "views": ["jump_to_nodule", "set_overlay_opacity", "table_row_of_view_row"],
     "request": ["ExplanationOutput", "ExplanationRequest", "VolumeExplanation", "compute", "prepare"],
     "inputs": ["POINT_LIST_EVENTS", "apply_problem", "defined_points_ras", "not_inputs"],
-    "methods": ["map_kind", "method_names", "method_table"],
+    "methods": ["map_kind", "method_names", "method_table", "refused_methods"],
     "job_files": ["read_request", "read_results", "write_request", "write_results"],
     "job": ["ExplanationJob", "usable_devices"],
     "scene_files": ["explain_series_folder", "load_scene", "save_scene", "series_output_name"],

@@ -57,6 +57,27 @@ def check_methods_and_options(methods, options) -> dict:
     return parsed
 
 
+def refused_methods(bundle) -> dict[str, str]:
+    """The methods a classifier bundle cannot serve, each with its reason, from what ``xaiexplain bundle``
+    recorded in its ``config.json`` (``check.methods``), without torch: for the panel's method list. A shipped
+    name, no bundle or a bundle without that record: none. ``iterative:<m>`` is refused as ``<m>`` is."""
+    path = Path(bundle) / "config.json" if bundle else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        checked = json.loads(path.read_text(encoding="utf-8")).get("check", {}).get("methods", {})
+    except (OSError, ValueError, AttributeError):
+        return {}  # the worker refuses a damaged bundle in one sentence
+    if not isinstance(checked, dict):
+        return {}
+    refused = {}
+    for name in method_names():
+        reason = checked.get(name.removeprefix("iterative:"))
+        if isinstance(reason, str) and reason:
+            refused[name] = reason
+    return refused
+
+
 def table_from_registry() -> list[dict]:
     """The table as the registry says it is now (imports torch)."""
     from xaiexplain.explainers import registry
