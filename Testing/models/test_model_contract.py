@@ -222,11 +222,14 @@ def test_a_layer_without_a_rule_is_refused_by_name_never_passed_through():
         lrp.relevance(network, torch.zeros(1, 1, 8, 8))
 
 
-def test_a_series_is_not_yet_explained_at_another_input_spec_and_says_so(user_bundle):
+def test_a_series_is_not_yet_explained_with_non_square_patches_and_says_so(tmp_path):
     from xaiexplain.explainers.on_series import load_series_classifier
 
-    with pytest.raises(XAIExplainError, match="reads patches of 3 slices of 96 x 96 px across 60 x 60 mm; .* not yet"):
-        load_series_classifier(user_bundle)
+    oblong = module_bundle(tmp_path, SMALL_MODEL, "SmallNet", input_spec={"patch_size": [48, 64],
+                                                                          "field_of_view_mm": [60, 80]})
+    assert xaiexplain.explain(oblong, nodule_patches(1, size=64)[:, :48], "saliency").shape == (1, 48, 64)
+    with pytest.raises(XAIExplainError, match="reads patches of 48 x 64 px across 60 x 80 mm; .* not yet"):
+        load_series_classifier(oblong)
 
 
 PROBE_MODEL = textwrap.dedent('''
@@ -386,3 +389,62 @@ def test_the_slicer_panel_greys_out_what_the_chosen_model_cannot_serve_without_t
     assert "TorchScript" in refused["iterative:grad-cam"]
     assert json.loads(subprocess.run([sys.executable, "-c", code.replace(str(scripted.path), "demo-classifier")],
                                      capture_output=True, text=True).stdout) == {}
+
+
+PROBE_25D_MODEL = PROBE_MODEL.replace("torch.zeros(1, 1, size, size)", "torch.zeros(1, 3, size, size)").replace(
+    "def __init__(self, size=48, row=30, column=12):", "def __init__(self, size=48, row=30, column=12, channel=0):").replace(
+    "self.weight[0, 0, row, column] = 1.0", "self.weight[0, channel, row, column] = 1.0")
+
+
+@pytest.mark.parametrize("channel", [0, 1, 2])
+def test_a_2_5d_models_channel_maps_go_back_on_the_slices_they_were_read_from(tmp_path, channel):
+    """Three neighbouring slices as channels: the probe weighs one pixel of one channel, and the series is flat
+    lung but for a bright spot at one world point P. Integrated gradients (from flat lung) is non-zero only where
+    the weighed pixel reads P: its peak lands on P, on P's slice, within half a voxel in x and y."""
+    import SimpleITK as sitk
+
+    from xaiexplain.data.geometry import ScanGeometry
+    from xaiexplain.data.series import read_series
+    from xaiexplain.io.dicom import write_dicom_series
+
+    size, field_of_view, row, column = 40, 40.0, 24, 14
+    bundle = module_bundle(tmp_path, PROBE_25D_MODEL, "PointProbe",
+                           {"size": size, "row": row, "column": column, "channel": channel},
+                           input_spec={"patch_size": size, "field_of_view_mm": field_of_view, "slices": 3},
+                           output_spec={"form": "logit"})
+    assert registry.get("iterative:saliency").refusal(bundle).endswith("it reads 3 slices as channels")
+    geometry = ScanGeometry(patient_id="PROBE3", study_instance_uid="1.2.826.0.1.3680043.8.498.80",
+                            series_instance_uid="1.2.826.0.1.3680043.8.498.81", pixel_spacing=1.0,
+                            slice_thickness=2.5, slice_z=tuple(-100.0 + 2.5 * k for k in range(9)), rows=80, columns=80)
+    hu = np.full(geometry.shape, -850, np.int16)
+    spot = (4, 40 + row - 20, 40 + column - 20)  # (slice, row, column) of P
+    hu[spot[0], spot[1] - 1:spot[1] + 2, spot[2] - 1:spot[2] + 2] = 400
+    ct = read_series(write_dicom_series(hu, geometry, tmp_path / "series"))
+    p_lps = np.asarray(ct.image.TransformIndexToPhysicalPoint([spot[2], spot[1], spot[0]]))
+    # the site: centred so that pixel (row, column) of channel `channel` of the patch at slice 4 - (channel - 1) is P
+    site = ct.image.TransformContinuousIndexToPhysicalPoint((39.5, 39.5, 4 - (channel - 1)))
+    result = xaiexplain.explain_series(ct, [tuple(site)], bundle, ["integrated-gradients"], half_height_mm=6.0)
+    stack = result.stacks[0]
+    assert stack.channels.shape[1:] == (3, size, size) and stack.patches.shape[1:] == (size, size)
+    volume = sitk.GetArrayFromImage(result.relevance["integrated-gradients"])
+    peak = np.unravel_index(np.argmax(np.abs(volume)), volume.shape)
+    peak_lps = np.asarray(result.relevance["integrated-gradients"].TransformIndexToPhysicalPoint(
+        [int(peak[2]), int(peak[1]), int(peak[0])]))
+    assert peak[0] == spot[0], (peak, spot)  # P's slice
+    assert np.all(np.abs(peak_lps[:2] - p_lps[:2]) <= 0.5 + 1e-6), (peak_lps, p_lps)
+
+
+def test_explain_series_runs_a_users_2_5d_module_from_the_command_line(user_bundle, tmp_path):
+    from helpers import CENTRE, small_series
+
+    series, _ = small_series(tmp_path / "series", slices=8)
+    result = run_cli("explain", "--series", series, "--point", CENTRE, "--model", user_bundle.path, "--method",
+                     "saliency", "--method", "grad-cam", "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    written = json.loads((tmp_path / "out" / "nodules.json").read_text())
+    assert {"saliency", "grad-cam"} <= set(written["nodules"][0]["methods"])
+    refused = run_cli("explain", "--series", series, "--point", CENTRE, "--model", user_bundle.path, "--method",
+                      "lrp", "--out", tmp_path / "refused")
+    assert_one_line_error(refused, "lrp needs a chain of layers the LRP rules cover", "GELU at blocks.0.act",
+                          "methods that work with this model: saliency, integrated-gradients, grad-cam")
+    assert not (tmp_path / "refused").exists()

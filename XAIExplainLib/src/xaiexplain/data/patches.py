@@ -38,6 +38,29 @@ class PatchStack:
     slab_mm: np.ndarray  # (N,)
     size: int = PATCH_SIZE
     field_of_view_mm: float = FIELD_OF_VIEW_MM
+    # for a model that reads S neighbouring slices as channels (2.5D): its input (N, S, size, size), centred on
+    # each patch's slice (the series' own neighbours, the edge slice repeated beyond the series), and which of
+    # this stack's patches each channel's slice is (N, S; -1 for a slice outside the stack)
+    channels: np.ndarray | None = None
+    channel_slices: np.ndarray | None = None
+
+    @property
+    def network_patches(self) -> np.ndarray:
+        """What the model reads: ``channels`` for a 2.5D model, else ``patches``."""
+        return self.patches if self.channels is None else self.channels
+
+    def maps_on_slices(self, maps: np.ndarray) -> np.ndarray:
+        """Per-channel maps (N, S, size, size) of a 2.5D model -> (N, size, size) on this stack's slices: each
+        channel's map on the slice it was read from, averaged where several land on one; channels read from a
+        slice outside the stack are left out."""
+        total = np.zeros((len(self.patches),) + maps.shape[2:], np.float64)
+        count = np.zeros(len(self.patches))
+        for n, slices in enumerate(self.channel_slices):
+            for j, m in enumerate(slices):
+                if m >= 0:
+                    total[m] += maps[n, j]
+                    count[m] += 1
+        return (total / np.maximum(count, 1)[:, None, None]).astype(np.float32)
 
     @property
     def pixel_mm(self) -> float:
@@ -106,11 +129,12 @@ def slice_positions(image: sitk.Image, center_lps, z_min: float, z_max: float) -
 
 
 def extract_stack(image: sitk.Image, center_lps, z_range: tuple[float, float] | None = None,
-                  size: int = PATCH_SIZE, field_of_view_mm: float = FIELD_OF_VIEW_MM) -> PatchStack:
+                  size: int = PATCH_SIZE, field_of_view_mm: float = FIELD_OF_VIEW_MM, slices: int = 1) -> PatchStack:
     """Axial patches centred on the point's x, y at every image slice within ``z_range`` (LPS mm).
 
     Without ``z_range`` the slab is the point's z +/- ``DEFAULT_HALF_HEIGHT_MM``; the slice nearest to
-    the point is always included."""
+    the point is always included. ``slices`` > 1 (odd): also the 2.5D input of each patch, the image's
+    neighbouring slices as channels (``PatchStack.channels``)."""
     check_point_inside(image, center_lps)
     center = np.asarray(center_lps, dtype=float)
     if z_range is None:
@@ -122,8 +146,28 @@ def extract_stack(image: sitk.Image, center_lps, z_range: tuple[float, float] | 
     centers = np.repeat(center[None], len(z_positions), axis=0)
     centers[:, 2] = z_positions
     patches = np.stack([_resample_plane(image, c, size, field_of_view_mm) for c in centers])
-    return PatchStack(patches=patches, centers_lps=centers, slab_mm=_slab_heights(z_positions, image),
-                      size=size, field_of_view_mm=field_of_view_mm)
+    stack = PatchStack(patches=patches, centers_lps=centers, slab_mm=_slab_heights(z_positions, image),
+                       size=size, field_of_view_mm=field_of_view_mm)
+    if slices > 1:
+        stack.channels, stack.channel_slices = _neighbour_channels(image, center, z_positions, slices, size,
+                                                                   field_of_view_mm)
+    return stack
+
+
+def _neighbour_channels(image, center, z_positions, slices, size, field_of_view_mm):
+    """(N, S, size, size) planes at each position's neighbouring image slices, and each one's patch index."""
+    every = slice_positions(image, center, -np.inf, np.inf)
+    half = slices // 2
+    channels = np.empty((len(z_positions), slices, size, size), np.float32)
+    patch_of = np.full((len(z_positions), slices), -1, int)
+    for n, z in enumerate(z_positions):
+        k = int(np.argmin(np.abs(every - z)))
+        for j in range(slices):
+            neighbour = every[int(np.clip(k + j - half, 0, len(every) - 1))]
+            channels[n, j] = _resample_plane(image, (center[0], center[1], neighbour), size, field_of_view_mm)
+            matches = np.flatnonzero(np.abs(z_positions - neighbour) < 1e-3)
+            patch_of[n, j] = int(matches[0]) if len(matches) else -1
+    return channels, patch_of
 
 
 def _slab_heights(z_positions: np.ndarray, image: sitk.Image) -> np.ndarray:

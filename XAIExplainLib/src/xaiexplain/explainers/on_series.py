@@ -109,8 +109,9 @@ def explain_series(image, points, bundle=None, methods=("saliency",), progress=N
     if not sites:
         raise XAIExplainError("there is no nodule to explain")
     size, field_of_view = bundle.input.patch_size[0], bundle.input.field_of_view_mm[0]  # square (load_series_classifier)
-    stacks = [extract_stack(sitk_image, site.center_lps, site.z_range, size, field_of_view) for site in sites]
-    all_patches = np.concatenate([s.patches for s in stacks])
+    stacks = [extract_stack(sitk_image, site.center_lps, site.z_range, size, field_of_view, bundle.input.slices)
+              for site in sites]
+    all_patches = np.concatenate([s.network_patches for s in stacks])
     bounds = np.cumsum([0] + [len(s.patches) for s in stacks])
     probabilities = bundle.predict(all_patches)
     if not np.isfinite(probabilities).all():  # finite weights and inputs can still overflow
@@ -130,7 +131,9 @@ def explain_series(image, points, bundle=None, methods=("saliency",), progress=N
     relevance, labels, per_method_maps, series_counterfactuals = {}, {}, {}, {}
     for method in methods:
         maps, details = explain(bundle, all_patches, method, return_details=True, **options_of[method])
-        per_nodule = [maps[bounds[n]:bounds[n + 1]] for n in range(len(sites))]
+        # a 2.5D model's per-channel maps go back on the slices their channels were read from
+        per_nodule = [stacks[n].maps_on_slices(maps[bounds[n]:bounds[n + 1]]) if maps.ndim == 4
+                      else maps[bounds[n]:bounds[n + 1]] for n in range(len(sites))]
         per_method_maps[method] = per_nodule
         volume = backproject(stacks, per_nodule, sitk_image)
         relevance[method] = volume
@@ -171,17 +174,15 @@ def explain_series(image, points, bundle=None, methods=("saliency",), progress=N
 
 def load_series_classifier(bundle=None, device="cpu"):
     """The classifier bundle (default the shipped one) loaded, if its input spec is one series can be explained
-    with: square patches of one slice, of any size and field of view (``extract_stack`` cuts them at the
-    spec's); otherwise one sentence, before a series is read."""
+    with: square patches, of any size and field of view, of one slice or of neighbouring slices as channels
+    (``extract_stack`` cuts them at the spec's); otherwise one sentence, before a series is read."""
     bundle = load_bundle(DEFAULT_CLASSIFIER if bundle is None else bundle, device=device)
     spec = bundle.input
-    if spec.patch_size[0] != spec.patch_size[1] or spec.field_of_view_mm[0] != spec.field_of_view_mm[1] \
-            or spec.slices != 1:
-        slices = "" if spec.slices == 1 else f" of {spec.slices} slices"
-        raise XAIExplainError(f"the classifier {shown_name(bundle.path)} reads patches{slices} of "
+    if spec.patch_size[0] != spec.patch_size[1] or spec.field_of_view_mm[0] != spec.field_of_view_mm[1]:
+        raise XAIExplainError(f"the classifier {shown_name(bundle.path)} reads patches of "
                               f"{' x '.join(map(str, spec.patch_size))} px across "
                               f"{' x '.join(f'{v:g}' for v in spec.field_of_view_mm)} mm; series are explained with "
-                              f"square one-slice patches (other input specs: not yet)")
+                              f"square patches (other input specs: not yet)")
     return bundle
 
 

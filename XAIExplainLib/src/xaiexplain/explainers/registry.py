@@ -268,7 +268,8 @@ def _iterative(base: Method) -> Method:
                   reference=f"{PAPER_2}; around {base.reference}", compute=compute,
                   defaults=MappingProxyType({**base.defaults, **ITERATIVE_DEFAULTS}),
                   ranges=MappingProxyType({**base.ranges, **ITERATIVE_RANGES}), needs=base.needs,
-                  figure_rank=base.figure_rank + 100, prepare=base.prepare, requires=base.requires,
+                  figure_rank=base.figure_rank + 100, prepare=base.prepare,
+                  requires=tuple(dict.fromkeys(base.requires + ("one slice",))),
                   randomization_not_applicable=base.randomization_not_applicable)
 
 
@@ -322,7 +323,7 @@ for _record in (
            requires=("layer chain",)),
     Method("cycle-am", "change", "cycle-consistent activation maximization: G+(x) - G-(x) in HU", PAPER_1,
            _cycle_am, defaults=MappingProxyType({"generators": DEFAULT_CYCLE_AM, "allow_other_classifier": False}),
-           needs=("generators",), figure_rank=0, cost_target=1.5, prepare=_cycle_am_generators,
+           needs=("generators",), figure_rank=0, cost_target=1.5, prepare=_cycle_am_generators, requires=("one slice",),
            randomization_not_applicable="its generators belong to the trained classifier"),
 ):
     register(_record)

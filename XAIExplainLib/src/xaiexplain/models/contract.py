@@ -361,6 +361,7 @@ REQUIREMENTS = {
     "ReLU activations": "ReLU activations only",
     "layer chain": "a chain of layers the LRP rules cover",
     "DeepLIFT chain": "a chain of layers DeepLIFT's rules cover",
+    "one slice": "one-slice patches (2D inpainting, 2D generators)",
 }
 
 
@@ -370,9 +371,10 @@ def requirement_reasons(network: nn.Module, contract: Contract, device="cpu") ->
     from xaiexplain.explainers.deep_lift import DEEP_LIFT_REFUSED
     from xaiexplain.explainers.lrp import linear_output_reason
 
+    one_slice = None if contract.input.slices == 1 else f"it reads {contract.input.slices} slices as channels"
     if is_torchscript(network):
         reason = "a TorchScript model takes no hooks and its layers cannot be traced"
-        return {name: reason for name in REQUIREMENTS}
+        return {**{name: reason for name in REQUIREMENTS}, "one slice": one_slice}
     chain = layer_chain(network, contract.output)
     chain_reason = chain.reason or linear_output_reason(contract.output)
     max_pools = [path for path, module in chain.layers if isinstance(module, DEEP_LIFT_REFUSED)]
@@ -389,4 +391,5 @@ def requirement_reasons(network: nn.Module, contract: Contract, device="cpu") ->
         "layer chain": chain_reason,
         "DeepLIFT chain": chain_reason or (f"there is no DeepLIFT rule for max pooling at {max_pools[0]}"
                                            if max_pools else None),
+        "one slice": one_slice,
     }
