@@ -337,3 +337,26 @@ def test_results_name_only_files_of_their_folder(name, tmp_path):
          "nodules": [], "lidc_nodules": []}))
     with pytest.raises(XAIExplainError, match="not a file of its results folder"):
         job_files.read_results(job)
+
+
+def test_the_worker_explains_a_users_2_5d_module_through_the_same_protocol(tmp_path):
+    """Issue 26: a user's module (residual blocks with GELU, a dict with one logit, 96 px / 60 mm, three slices)
+    through the panel's protocol; a method it cannot serve is one sentence from the worker."""
+    from user_models import USER_MODEL, module_bundle
+
+    bundle = module_bundle(tmp_path / "user", USER_MODEL, "UserNet", {"width": 8},
+                           input_spec={"patch_size": 96, "field_of_view_mm": 60.0, "slices": 3},
+                           output_spec={"form": "logit", "entry": "logit"})
+    asked = request(["saliency", "grad-cam"], classifier=str(bundle.path))
+    job = ExplanationJob(asked, launch, temporary_root=tmp_path)
+    run_to_end(job)
+    assert job.state == "finished", (job.error, job.log)
+    output = job.results()
+    assert set(output.relevance) == {"saliency", "grad-cam"}
+    assert all(image.GetSize() == asked.image.GetSize() for image in output.relevance.values())
+    job.close()
+    refused = ExplanationJob(request(["lrp"], classifier=str(bundle.path)), launch, temporary_root=tmp_path)
+    events = run_to_end(refused)
+    [error] = [e for e in events if e["xaiexplain"] == "error"]
+    assert refused.state == "failed" and "no rule for GELU at blocks.0.act" in error["message"]
+    assert "\n" not in error["message"]

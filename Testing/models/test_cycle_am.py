@@ -5,6 +5,7 @@ import pytest
 import torch
 import xaiexplain
 from xaiexplain.models import cycle_am
+from xaiexplain.models.ssim import dssim, ms_dssim
 from xaiexplain.models.architectures import MALIGNANT
 from xaiexplain.models.contract import DecisionScore, OutputSpec
 
@@ -44,17 +45,17 @@ def test_shapes_at_paper_widths():
 def test_losses_are_finite_and_zero_where_they_must_be():
     x = torch.rand(3, 1, 64, 64)
     other = torch.rand(3, 1, 64, 64)
-    for loss in (cycle_am.dssim, cycle_am.ms_dssim, cycle_am.cycle_loss, cycle_am.similarity_loss):
+    for loss in (dssim, ms_dssim, cycle_am.cycle_loss, cycle_am.similarity_loss):
         assert float(loss(x, x)) == pytest.approx(0.0, abs=1e-6), loss.__name__
         assert torch.isfinite(loss(x, other)) and float(loss(x, other)) > 0, loss.__name__
-    for loss in (cycle_am.dssim, cycle_am.ms_dssim, cycle_am.cycle_loss):
+    for loss in (dssim, ms_dssim, cycle_am.cycle_loss):
         assert float(loss(x, other)) <= 1, loss.__name__
     # the cycle loss is the mean of L1 and MS-DSSIM (eq. 2); the similarity loss weights its L1 term
     l1 = torch.mean(torch.abs(x - other))
-    torch.testing.assert_close(cycle_am.cycle_loss(x, other), (l1 + cycle_am.ms_dssim(x, other)) / 2)
+    torch.testing.assert_close(cycle_am.cycle_loss(x, other), (l1 + ms_dssim(x, other)) / 2)
     torch.testing.assert_close(cycle_am.similarity_loss(x, other, l1_weight=20.0),
-                               20.0 * l1 + cycle_am.dssim(x, other) / 2)
-    torch.testing.assert_close(cycle_am.similarity_loss(x, other, "dssim"), cycle_am.dssim(x, other))
+                               20.0 * l1 + dssim(x, other) / 2)
+    torch.testing.assert_close(cycle_am.similarity_loss(x, other, "dssim"), dssim(x, other))
 
 
 def test_the_similarity_prices_a_change_of_the_context_above_one_of_the_nodule():
@@ -67,8 +68,8 @@ def test_the_similarity_prices_a_change_of_the_context_above_one_of_the_nodule()
     at_centre[..., 28:36, 28:36] = 0.5
     at_edge[..., 28:36, 0:8] = 0.5  # the same change beside the middle of the left edge
     l1_only = {"l1_weight": 20.0, "context_factor": 3.0}
-    centre_cost = cycle_am.similarity_loss(x, at_centre, **l1_only) - cycle_am.dssim(x, at_centre) / 2
-    edge_cost = cycle_am.similarity_loss(x, at_edge, **l1_only) - cycle_am.dssim(x, at_edge) / 2
+    centre_cost = cycle_am.similarity_loss(x, at_centre, **l1_only) - dssim(x, at_centre) / 2
+    edge_cost = cycle_am.similarity_loss(x, at_edge, **l1_only) - dssim(x, at_edge) / 2
     assert 2.2 < float(edge_cost / centre_cost) < 3.0, (centre_cost, edge_cost)
     # a factor of 1 is the plain L1
     torch.testing.assert_close(cycle_am.similarity_loss(x, at_edge, l1_weight=20.0, context_factor=1.0),

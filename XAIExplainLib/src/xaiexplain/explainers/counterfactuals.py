@@ -15,6 +15,7 @@ import torch
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.models import cycle_am
 from xaiexplain.models.bundles import Bundle, load_bundle, shown_name
+from xaiexplain.models.ssim import ssim_per_image
 
 DEFAULT_CYCLE_AM = "demo-cycle-am"
 BATCH = 256
@@ -53,9 +54,10 @@ def counterfactuals(bundle: Bundle, patches_hu: np.ndarray, generators=None,
     with torch.no_grad():
         plus = torch.cat([generators.model.plus(x[n:n + BATCH]) for n in range(0, len(x), BATCH)])
         minus = torch.cat([generators.model.minus(x[n:n + BATCH]) for n in range(0, len(x), BATCH)])
-    return Counterfactuals(malignant=generators.to_hu(plus), benign=generators.to_hu(minus),
-                           malignant_probability=bundle.probability(cycle_am.classifier_view(plus)),
-                           benign_probability=bundle.probability(cycle_am.classifier_view(minus)))
+    malignant, benign = generators.to_hu(plus), generators.to_hu(minus)
+    # the classifier reads them as it reads any HU patch: clipped to its window, by its input spec
+    return Counterfactuals(malignant=malignant, benign=benign, malignant_probability=bundle.predict(malignant),
+                           benign_probability=bundle.predict(benign))
 
 
 BLUR_CHECK_SIGMA = 1.0  # px
@@ -76,14 +78,11 @@ def proximity(bundle: Bundle, patches_hu: np.ndarray, pair: Counterfactuals,
     """SSIM(x, G+(x)) and SSIM(x, G-(x)) per patch, on the images as the classifier reads them (its window:
     blind to every change above and below it), or, ``on_ct_range``, on the whole CT range (-1024 to 3071 HU
     mapped to [0, 1]), which sees a generator's changes of calcification above the window."""
-    if on_ct_range:
-        low, high = cycle_am.CT_HU_RANGE
+    low, high = cycle_am.CT_HU_RANGE if on_ct_range else bundle.input.hu_window
 
-        def scaled(images):
-            return torch.from_numpy((np.clip(images, low, high)[:, None] - low) / (high - low)).float()
-    else:
-        scaled = bundle.to_tensor
+    def scaled(images):  # [0, 1], as SSIM's constants assume
+        return torch.from_numpy((np.clip(images, low, high)[:, None] - low) / (high - low)).float()
     x = scaled(patches_hu)
     with torch.no_grad():
-        return (cycle_am.ssim_per_image(x, scaled(pair.malignant)).cpu().numpy(),
-                cycle_am.ssim_per_image(x, scaled(pair.benign)).cpu().numpy())
+        return (ssim_per_image(x, scaled(pair.malignant)).cpu().numpy(),
+                ssim_per_image(x, scaled(pair.benign)).cpu().numpy())

@@ -1,0 +1,82 @@
+"""Models a user brings, as the model-contract tests make them: Python sources written as files, their own
+initialization as weights (safetensors), made bundles by ``xaiexplain.models.making.make_bundle``."""
+import textwrap
+
+import numpy as np
+import torch
+
+from xaiexplain.models.making import make_bundle
+
+
+def nodule_patches(count=4, size=64, slices=None, seed=0):
+    """Flat lung with a bright disc of random size and place: enough for the maps to differ."""
+    rng = np.random.default_rng(seed)
+    rows, columns = np.mgrid[:size, :size]
+    patches = rng.normal(-850, 20, (count, size, size)).astype(np.float32)
+    for patch in patches:
+        centre = rng.uniform(size * 0.3, size * 0.7, 2)
+        patch[(rows - centre[0]) ** 2 + (columns - centre[1]) ** 2 < rng.uniform(3, 8) ** 2] = 40
+    return patches if slices is None else np.repeat(patches[:, None], slices, axis=1)
+
+
+def save_weights(module, path):
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(path))
+    return path
+
+
+def module_bundle(folder, source: str, class_name: str, arguments=None, **contract):
+    """A bundle of the class ``class_name`` of the Python ``source`` (written as a file, as a user gives it),
+    weights from its own initialization (seed 0)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model_source.py").write_text(source)
+    namespace = {}
+    exec(compile(source, "model_source.py", "exec"), namespace)
+    torch.manual_seed(0)
+    save_weights(namespace[class_name](**(arguments or {})).eval(), folder / "weights.safetensors")
+    return make_bundle(folder / "bundle", python=folder / "model_source.py", class_name=class_name,
+                       arguments=arguments, weights=folder / "weights.safetensors", **contract)
+
+
+USER_MODEL = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+    class Residual(nn.Module):
+        def __init__(self, width):
+            super().__init__()
+            self.conv = nn.Conv2d(width, width, 3, padding=1)
+            self.act = nn.GELU()
+
+        def forward(self, x):
+            return x + self.act(self.conv(x))
+
+    class UserNet(nn.Module):
+        """Three neighbouring slices in, a dict with one logit out."""
+        def __init__(self, width=8):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, width, 3, stride=2, padding=1), nn.ReLU())
+            self.blocks = nn.Sequential(Residual(width), nn.MaxPool2d(2), Residual(width))
+            self.head = nn.Linear(width, 1)
+
+        def forward(self, x):
+            features = self.blocks(self.stem(x))
+            return {"logit": self.head(features.mean(dim=(2, 3))), "features": features}
+''')
+
+
+SMALL_MODEL = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+    class SmallNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                                          nn.Conv2d(8, 8, 3, padding=1), nn.GELU(), nn.AdaptiveAvgPool2d(2))
+            self.head = nn.Linear(32, 2)
+
+        def forward(self, x):
+            return self.head(self.features(x).flatten(1))
+''')
