@@ -213,3 +213,21 @@ def test_the_slicer_batch_script_explains_with_a_users_2_5d_module(user_bundle, 
     assert result.returncode == 0, result.stderr[-2000:]
     [folder] = (tmp_path / "out").iterdir()
     assert (folder / "scene.mrml").is_file() and any("relevance_saliency" in p.name for p in folder.iterdir())
+
+
+def test_a_2_5d_patch_set_holds_each_patchs_neighbouring_slices_as_channels(tmp_path):
+    from xaiexplain.data.patch_set import load_patch_set
+    from xaiexplain.data.sources.phantom_patches import render_patch_set
+
+    for slices in (1, 3):
+        render_patch_set(tmp_path / f"set-{slices}", patient_ids=["LIDC-IDRI-0078"], progress=False,
+                         lung_patches_per_scan=0, size=48, field_of_view_mm=60.0, slices=slices)
+    one, rows, _ = load_patch_set(tmp_path / "set-1")
+    three, _, summary = load_patch_set(tmp_path / "set-3")
+    assert summary["slices"] == 3 and three["images"].shape == (len(one["images"]), 3, 48, 48)
+    np.testing.assert_array_equal(three["images"][:, 1], one["images"])  # the patch's own slice in the middle
+    first = rows[0]["first_patch"]
+    np.testing.assert_array_equal(three["images"][first + 1, 0], one["images"][first])  # the slice below it
+    np.testing.assert_array_equal(three["nodule_mask"], one["nodule_mask"])
+    with pytest.raises(XAIExplainError, match="no nodule-free lung patches yet"):
+        render_patch_set(tmp_path / "lung", patient_ids=["LIDC-IDRI-0078"], progress=False, slices=3)

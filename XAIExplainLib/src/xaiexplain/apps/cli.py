@@ -151,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="with --patches: the side of the patches (a model's input spec; default 64)")
     phantom.add_argument("--field-of-view-mm", type=positive_millimetres, default=45.0, metavar="MM",
                          help="with --patches: the millimetres they cover (default 45)")
+    phantom.add_argument("--slices", type=positive_pixels, default=1, metavar="S",
+                         help="with --patches: neighbouring slices as channels, for a 2.5D model (odd; default 1)")
     phantom.add_argument("--seed", type=parse_seed, default=0, help="seed of all random choices (default 0)")
     phantom.add_argument("--out", required=True, type=Path, help="output folder")
 
@@ -293,7 +295,7 @@ def run_phantom(args, command_line: str) -> int:
         summary = render_patch_set(args.out, seed=args.seed, patient_ids=args.scans, command=command_line,
                                    lung_patches_per_scan=LUNG_PATCHES_PER_SCAN if args.lung_patches is None
                                    else args.lung_patches, size=args.patch_size,
-                                   field_of_view_mm=args.field_of_view_mm)
+                                   field_of_view_mm=args.field_of_view_mm, slices=args.slices)
         print(f"{summary['patches']} patches of {summary['nodules']} nodules from {summary['patients']} patients "
               f"in {summary['seconds']} s")
         lung = summary["lung_patches"]["counts"]

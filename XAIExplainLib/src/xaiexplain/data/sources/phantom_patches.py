@@ -29,6 +29,7 @@ from xaiexplain.data.patch_set import (
 )
 from xaiexplain.data.patches import FIELD_OF_VIEW_MM, PATCH_SIZE, extract_patch
 from xaiexplain.data.sources import phantom
+from xaiexplain.errors import XAIExplainError
 from xaiexplain.io.files import output_set
 
 # Extra pixels rendered around the patch's field of view so bilinear sampling at its border has data.
@@ -51,10 +52,15 @@ def nodule_region(geometry: ScanGeometry, nodule: lidc.LidcNodule, field_of_view
 
 
 def nodule_patches(geometry: ScanGeometry, nodule: lidc.LidcNodule, scan_nodules: list[lidc.LidcNodule],
-                   seed: int, size: int = PATCH_SIZE, field_of_view_mm: float = FIELD_OF_VIEW_MM) -> dict:
-    """The patches of one nodule, rendered from the phantom region around it (all arrays (N, size, size))."""
+                   seed: int, size: int = PATCH_SIZE, field_of_view_mm: float = FIELD_OF_VIEW_MM,
+                   slices: int = 1) -> dict:
+    """The patches of one nodule, rendered from the phantom region around it (all arrays (N, size, size));
+    ``slices`` > 1: ``images`` (N, slices, size, size), each patch with its neighbouring slices as channels (the
+    scan's edge slice repeated beyond it), the masks those of the patch's own slice."""
     k_range, i_range, j_range = nodule_region(geometry, nodule, field_of_view_mm)
-    volume = phantom.render_region(geometry, scan_nodules, seed, k_range, i_range, j_range)
+    half = slices // 2
+    rendered = (max(k_range[0] - half, 0), min(k_range[1] + half, geometry.shape[0]))
+    volume = phantom.render_region(geometry, scan_nodules, seed, rendered, i_range, j_range)
     center_x, center_y, _ = nodule.centroid_lps
     layers = {
         "images": (volume.hu, sitk.sitkLinear, -1024.0),
@@ -65,12 +71,19 @@ def nodule_patches(geometry: ScanGeometry, nodule: lidc.LidcNodule, scan_nodules
     origin_x, origin_y, _ = geometry.index_to_lps((i_range[0], j_range[0], 0))
     out = {name: [] for name in layers}
     centers = []
-    for n, k in enumerate(range(*k_range)):
+    def patch_of(array, k, interpolator, outside):
+        plane = sitk.GetImageFromArray(np.ascontiguousarray(array[k - rendered[0]], dtype=np.float32))
+        plane.SetSpacing((geometry.pixel_spacing, geometry.pixel_spacing))
+        plane.SetOrigin((origin_x, origin_y))
+        return extract_patch(plane, (center_x, center_y), size, field_of_view_mm, interpolator, outside)
+
+    for k in range(*k_range):
         for name, (array, interpolator, outside) in layers.items():
-            plane = sitk.GetImageFromArray(np.ascontiguousarray(array[n], dtype=np.float32))
-            plane.SetSpacing((geometry.pixel_spacing, geometry.pixel_spacing))
-            plane.SetOrigin((origin_x, origin_y))
-            out[name].append(extract_patch(plane, (center_x, center_y), size, field_of_view_mm, interpolator, outside))
+            if name == "images" and slices > 1:
+                neighbours = np.clip(np.arange(k - half, k + half + 1), rendered[0], rendered[1] - 1)
+                out[name].append(np.stack([patch_of(array, m, interpolator, outside) for m in neighbours]))
+            else:
+                out[name].append(patch_of(array, k, interpolator, outside))
         centers.append((center_x, center_y, geometry.slice_z[k]))
     result = {name: np.stack(planes) for name, planes in out.items()}
     result["images"] = np.round(result["images"]).astype(np.int16)
@@ -105,10 +118,16 @@ def scan_lung_patches(geometry: ScanGeometry, scan_nodules: list[lidc.LidcNodule
 
 def render_patch_set(out_dir, seed: int = 0, patient_ids: list[str] | None = None, progress: bool = True,
                      command: str | None = None, lung_patches_per_scan: int = LUNG_PATCHES_PER_SCAN,
-                     size: int = PATCH_SIZE, field_of_view_mm: float = FIELD_OF_VIEW_MM) -> dict:
+                     size: int = PATCH_SIZE, field_of_view_mm: float = FIELD_OF_VIEW_MM, slices: int = 1) -> dict:
     """Render the patch set into ``out_dir`` (one output set, ``dataset.json`` its manifest) and return its
     summary; ``lung_patches_per_scan`` nodule-free lung patches of each scan beside the nodules' (0: none);
-    patches of ``size`` px across ``field_of_view_mm`` (a model's input spec; default 64 px / 45 mm)."""
+    patches of ``size`` px across ``field_of_view_mm`` (a model's input spec; default 64 px / 45 mm) and, for a
+    2.5D model, ``slices`` neighbouring slices as channels (its nodule patches only: lung patches need 0)."""
+    if slices < 1 or slices % 2 == 0:
+        raise XAIExplainError(f"the slices of a patch must be an odd number (1 for 2D), not {slices}")
+    if slices > 1 and lung_patches_per_scan:
+        raise XAIExplainError("a patch set of several slices per patch has no nodule-free lung patches yet: "
+                              "give --lung-patches 0")
     started = time.time()
     lidc.nodule_table(progress=progress)  # build the cache with a progress bar on the first run
     labelled_series = labelled_scans(patient_ids)
@@ -116,12 +135,12 @@ def render_patch_set(out_dir, seed: int = 0, patient_ids: list[str] | None = Non
         raise lidc.LidcError("none of the requested scans has a nodule with a benign or malignant label")
     with output_set(out_dir, PATCH_SET_MANIFEST) as written:  # checks that out_dir is writable before rendering
         summary = _render_patch_set(written, labelled_series, seed, progress, command, started, lung_patches_per_scan,
-                                    size, field_of_view_mm)
+                                    size, field_of_view_mm, slices)
     return summary
 
 
 def _render_patch_set(written, labelled_series, seed, progress, command, started, lung_patches_per_scan, size,
-                      field_of_view_mm) -> dict:
+                      field_of_view_mm, slices) -> dict:
     split_of = full_set_split(seed)
     assembled = PatchSetRows()
     lung = LungPatchRows(size)
@@ -137,7 +156,7 @@ def _render_patch_set(written, labelled_series, seed, progress, command, started
         for nodule in nodules:
             if nodule.label is not None:
                 assembled.add(nodule.to_json(), split_of[patient_id], nodule_patches(geometry, nodule, nodules, seed, size,
-                                                                                      field_of_view_mm))
+                                                                                      field_of_view_mm, slices))
         if lung_patches_per_scan:
             lung.add(patient_id, SPLITS.index(split_of[patient_id]),
                      *scan_lung_patches(geometry, nodules, seed, scan_number, lung_patches_per_scan, size,
@@ -151,6 +170,7 @@ def _render_patch_set(written, labelled_series, seed, progress, command, started
         "seed": seed,
         "patch_size": size,
         "field_of_view_mm": field_of_view_mm,
+        "slices": slices,
         "patients": len({r["patient_id"] for r in rows}),
         "nodules": len(rows),
         "patches": assembled.patches,
