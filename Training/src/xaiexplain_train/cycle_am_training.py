@@ -21,10 +21,8 @@ CycleGAN's identity loss, weighted per image by the classifier's probability of 
 (``cycle_am.identity_loss``), so that G- leaves patches already called benign alone (and G+ malignant ones).
 ``floor_weight`` keeps each generated pixel no darker than the darkest of the input around it
 (``cycle_am.floor_loss``), so that G- does not ring nodules with pixels darker than the lung.
-``context_l1_factor`` (an option, 1 by default) makes a change of the context cost more than one of the
-nodule at the patch's centre (``cycle_am.context_weights``): a prior that knows where the nodule is, so not
-a default.
-"""
+``context_l1_factor`` (1, off, by default) makes changes of the context cost more than the nodule's at the
+centre (``cycle_am.context_weights``): a prior that knows where the nodule is, so never a default."""
 from __future__ import annotations
 
 import contextlib
@@ -39,7 +37,7 @@ import torch
 import torch.distributed as dist
 import xaiexplain
 from torch import nn
-from xaiexplain.data.patch_set import SPLITS, load_patch_set, protocol_array_names, select_protocol
+from xaiexplain.data.patch_set import SPLITS, check_patch_shape, load_patch_set, protocol_array_names, select_protocol
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.io.files import write_csv_rows
 from xaiexplain.models import cycle_am
@@ -226,10 +224,8 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
     arrays, nodules, summary = load_patch_set(settings.data, ("images",) + protocol_array_names(settings.slices))
     rows, row_splits = select_protocol(arrays, nodules, summary, settings.slices, settings.split)
     train_index = rows[row_splits == SPLITS.index("train")]
-    if tuple(arrays["images"].shape[1:]) != classifier_bundle.patch_shape:
-        raise XAIExplainError(f"the patch set in {settings.data} holds patches of "
-                              f"{' x '.join(map(str, arrays['images'].shape[1:]))} px, but the classifier "
-                              f"{settings.classifier} reads {' x '.join(map(str, classifier_bundle.patch_shape))}")
+    check_patch_shape(arrays["images"], classifier_bundle.patch_shape, settings.data,
+                      f"the classifier {settings.classifier}")
     if len(train_index) < 2 * settings.batch_size:
         raise XAIExplainError(f"the patch set in {settings.data} has too few training patches "
                               f"({len(train_index)}) for batches of {settings.batch_size} pairs")

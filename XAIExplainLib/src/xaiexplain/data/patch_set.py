@@ -118,6 +118,13 @@ class PatchSetRows:
                 for split in SPLITS}
 
 
+def check_patch_shape(images: np.ndarray, shape, patch_set, reader: str) -> None:
+    """One sentence unless the patch set's ``images`` are patches of ``shape``, the patches ``reader`` reads."""
+    if tuple(images.shape[1:]) != tuple(shape):
+        raise XAIExplainError(f"the patch set {patch_set} holds patches of {' x '.join(map(str, images.shape[1:]))} "
+                              f"px, but {reader} reads {' x '.join(map(str, shape))}")
+
+
 def protocol_array_names(slices: str) -> tuple[str, ...]:
     """The arrays ``select_protocol`` reads for ``slices``."""
     return ("split", "nodule") + (("center_lps",) if slices == "central" else ())

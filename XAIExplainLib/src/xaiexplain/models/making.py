@@ -131,14 +131,11 @@ def _check(bundle: Bundle) -> dict:
 
 
 def _threshold_from(bundle: Bundle, patch_set) -> tuple[float, str]:
-    from xaiexplain.data.patch_set import SPLITS, load_patch_set
+    from xaiexplain.data.patch_set import SPLITS, check_patch_shape, load_patch_set
     from xaiexplain.evaluate.classifier_metrics import threshold_closest_to_top_left
 
-    arrays, _, summary = load_patch_set(patch_set)
-    shape = tuple(arrays["images"].shape[1:])
-    if shape != bundle.patch_shape:
-        raise XAIExplainError(f"the patch set {patch_set} holds patches of {' x '.join(map(str, shape))} px, but the "
-                              f"model reads {' x '.join(map(str, bundle.patch_shape))}")
+    arrays, _, _ = load_patch_set(patch_set)
+    check_patch_shape(arrays["images"], bundle.patch_shape, patch_set, "the model")
     validation = arrays["split"] == SPLITS.index("validation")
     if len(set(arrays["label"][validation].tolist())) < 2:
         raise XAIExplainError(f"the validation split of {patch_set} does not hold both labels")
