@@ -197,3 +197,11 @@ def test_the_slicer_panel_greys_out_what_the_chosen_model_cannot_serve_without_t
     assert "TorchScript" in refused["iterative:grad-cam"]
     assert json.loads(subprocess.run([sys.executable, "-c", code.replace(str(scripted.path), "demo-classifier")],
                                      capture_output=True, text=True).stdout) == {}
+
+
+def test_a_default_layer_that_is_no_map_over_the_patch_is_refused_when_the_bundle_is_made(tmp_path):
+    with pytest.raises(XAIExplainError, match="unknown layer 'head' for Grad-CAM"):
+        module_bundle(tmp_path, USER_MODEL, "UserNet", {"width": 8}, default_layer="head",
+                      input_spec={"patch_size": 96, "field_of_view_mm": 60.0, "slices": 3},
+                      output_spec={"form": "logit", "entry": "logit"})
+    assert not (tmp_path / "bundle").exists()
