@@ -35,7 +35,7 @@ def cam_layer_path(contract, spatial: list[str], name: str) -> str:
     """The module path of a CAM layer given by one of the contract's layer names (``block1`` .. ``block4``
     for the shipped classifier), by module path (as ``named_modules`` gives it, e.g. ``features.8``) or as
     ``default`` (the contract's default); one sentence unless it is a layer whose output is a map over the
-    patch (``spatial``: ``contract.spatial_layers``), which Grad-CAM can weigh (a linear layer's is not)."""
+    patch (``spatial``: ``Bundle.spatial_layers``), which Grad-CAM can weigh (a linear layer's is not)."""
     if name == DEFAULT_LAYER:
         name = contract.default_layer
     path = contract.layers.get(name, name) if isinstance(name, str) else None

@@ -35,7 +35,7 @@ from xaiexplain.explainers import captum_methods, deep_lift, iterative, lrp, ref
 from xaiexplain.explainers.counterfactuals import DEFAULT_CYCLE_AM, counterfactuals, generators_for
 from xaiexplain.explainers.kinds import KINDS, Kind  # noqa: F401 (the kinds are the registry's too)
 from xaiexplain.explainers.option_values import option_specs, option_type, parse_option  # noqa: F401
-from xaiexplain.models.contract import REQUIREMENTS, spatial_layers
+from xaiexplain.models.contract import REQUIREMENTS
 
 ITERATIVE_PREFIX = "iterative:"
 PAPER_1 = ("A. Katzmann et al., Explaining clinical decision support systems in medical imaging using "
@@ -276,8 +276,7 @@ def _iterative(base: Method) -> Method:
 def _grad_cam_layer(bundle, options):
     """The options with their layer resolved to the module path of a layer of ``bundle``'s network whose
     output is a map over the patch (``default``: the contract's default layer)."""
-    spatial = spatial_layers(bundle.model, bundle.input, bundle.device)
-    return {**options, "layer": captum_methods.cam_layer_path(bundle.contract, spatial, options["layer"])}
+    return {**options, "layer": captum_methods.cam_layer_path(bundle.contract, bundle.spatial_layers, options["layer"])}
 
 
 GRAD_CAM_DEFAULTS = MappingProxyType({"layer": captum_methods.DEFAULT_LAYER})

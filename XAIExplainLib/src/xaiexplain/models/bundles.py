@@ -45,8 +45,9 @@ class Bundle:
 
     @property
     def kind(self) -> str:
-        """What the bundle is for: "classifier" or "cycle-am"."""
-        return _role(self.config)
+        """What the bundle is for: "classifier" or "cycle-am" (a user's model is a classifier)."""
+        ours = self.source["kind"] == "architecture"
+        return self.config.get("kind", models.ROLES[self.config["architecture"]] if ours else "classifier")
 
     @property
     def source(self) -> dict:
@@ -63,8 +64,7 @@ class Bundle:
         if default is None and isinstance(self.model, models.NoduleClassifier):
             default = models.DEFAULT_CAM_LAYER
         if default is None and self.kind == "classifier":
-            spatial = spatial_layers(self.model, self.input, self.device)
-            default = spatial[-1] if spatial else None
+            default = self.spatial_layers[-1] if self.spatial_layers else None
         return Contract(self.input, OutputSpec.from_config(self.config.get("output")), dict(named or {}), default)
 
     @cached_property
@@ -72,9 +72,14 @@ class Bundle:
         return InputSpec.from_config(self.config["input"])
 
     @cached_property
+    def spatial_layers(self) -> list[str]:
+        """Module paths of the layers whose output is a map over the patch, in call order (one probe pass)."""
+        return spatial_layers(self.model, self.input, self.device)
+
+    @cached_property
     def requirement_reasons(self) -> dict[str, str | None]:
         """Why the network does not meet each of the methods' requirements (None: it does)."""
-        return requirement_reasons(self.model, self.contract, self.device)
+        return requirement_reasons(self.model, self.contract, self.spatial_layers)
 
     def score_model(self) -> DecisionScore:
         """The network followed by its decision's log-odds (N, 1): what every method explains."""
@@ -158,12 +163,6 @@ class Bundle:
 def network_input(patches_hu: np.ndarray, spec: dict) -> np.ndarray:
     """HU -> network values (float32, same shape) by an input spec (``InputSpec.network_values``)."""
     return InputSpec.from_config(spec).network_values(patches_hu)
-
-
-def _role(config: dict) -> str:
-    if sources.source_of(config)["kind"] == "architecture":
-        return config.get("kind", models.ROLES[config["architecture"]])
-    return config.get("kind", "classifier")
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:

@@ -365,9 +365,9 @@ REQUIREMENTS = {
 }
 
 
-def requirement_reasons(network: nn.Module, contract: Contract, device="cpu") -> dict[str, str | None]:
+def requirement_reasons(network: nn.Module, contract: Contract, spatial: list[str]) -> dict[str, str | None]:
     """Each of ``REQUIREMENTS``: None where the network meets it, else the reason it does not, in words
-    that follow "because"."""
+    that follow "because"; ``spatial``: the network's ``spatial_layers``."""
     from xaiexplain.explainers.deep_lift import DEEP_LIFT_REFUSED
     from xaiexplain.explainers.lrp import linear_output_reason
 
@@ -383,7 +383,7 @@ def requirement_reasons(network: nn.Module, contract: Contract, device="cpu") ->
                                                                                  "no rule for silu"))]
     return {
         "hooks": None,
-        "spatial layer": None if spatial_layers(network, contract.input, device) else
+        "spatial layer": None if spatial else
         "no layer of it gives a map over the patch",
         "ReLU activations": (f"{not_relu[0][1]} at {not_relu[0][0]} is not a ReLU" if not_relu else
                              f"its forward pass calls an activation as a function ({functional[0]})" if functional

@@ -124,9 +124,8 @@ def _check(bundle: Bundle) -> dict:
 
     if bundle.contract.default_layer and not bundle.requirement_reasons["spatial layer"]:
         from xaiexplain.explainers.captum_methods import cam_layer_path
-        from xaiexplain.models.contract import spatial_layers
 
-        cam_layer_path(bundle.contract, spatial_layers(bundle.model, bundle.input), "default")  # a named layer exists
+        cam_layer_path(bundle.contract, bundle.spatial_layers, "default")  # the named layer gives a map
     probabilities = {name: bundle.flat_probability(hu) for name, hu in CHECK_HU.items()}
     bad = [name for name, p in probabilities.items() if not np.isfinite(p)]
     if bad:
