@@ -80,3 +80,35 @@ SMALL_MODEL = textwrap.dedent('''
         def forward(self, x):
             return self.head(self.features(x).flatten(1))
 ''')
+
+
+def train_user_module(bundle, patch_set, weights_path, steps=1200, seed=0, batch_size=32):
+    """Train a module bundle's network on a patch set (nodule patches and nodule-free lung patches, malignant
+    against the rest, each side half of the loss), as a user trains their own model; its weights are written to
+    ``weights_path``. A fixed number of seeded steps, so a run is the same on every machine with one thread."""
+    from xaiexplain.data.patch_set import load_lung_patches, load_patch_set
+
+    arrays, _, _ = load_patch_set(patch_set)
+    lung = load_lung_patches(patch_set)
+    images = np.concatenate([arrays["images"], lung["images"]]).astype(np.float32)
+    labels = torch.from_numpy(np.concatenate([arrays["label"], np.zeros(len(lung["images"]))]).astype(np.float32))
+    weights = torch.where(labels == 1, 0.5 / labels.sum(), 0.5 / (1 - labels).sum()) * len(labels)
+    inputs, model, output = bundle.to_tensor(images), bundle.model.train(), bundle.contract.output
+    optimizer = torch.optim.Adam(model.parameters(), 3e-3)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 3e-3, total_steps=steps)
+    draws = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        rows = torch.randint(len(inputs), (batch_size,), generator=draws)
+        x = inputs[rows]
+        flips = torch.rand(2, generator=draws) < 0.5
+        x = x.flip(-1) if flips[0] else x
+        x = x.flip(-2) if flips[1] else x
+        log_odds = output.log_odds(model(x))
+        loss = (torch.nn.functional.binary_cross_entropy_with_logits(log_odds, labels[rows], reduction="none")
+                * weights[rows]).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    model.eval()
+    return save_weights(model, weights_path)

@@ -216,12 +216,13 @@ def test_the_slicer_batch_script_explains_with_a_users_2_5d_module(user_bundle, 
 
 
 def test_a_2_5d_patch_set_holds_each_patchs_neighbouring_slices_as_channels(tmp_path):
-    from xaiexplain.data.patch_set import load_patch_set
+    from xaiexplain.data.lung_patches import is_nodule_free_lung
+    from xaiexplain.data.patch_set import load_lung_patches, load_patch_set
     from xaiexplain.data.sources.phantom_patches import render_patch_set
 
     for slices in (1, 3):
         render_patch_set(tmp_path / f"set-{slices}", patient_ids=["LIDC-IDRI-0078"], progress=False,
-                         lung_patches_per_scan=0, size=48, field_of_view_mm=60.0, slices=slices)
+                         lung_patches_per_scan=4, size=48, field_of_view_mm=60.0, slices=slices)
     one, rows, _ = load_patch_set(tmp_path / "set-1")
     three, _, summary = load_patch_set(tmp_path / "set-3")
     assert summary["slices"] == 3 and three["images"].shape == (len(one["images"]), 3, 48, 48)
@@ -229,5 +230,14 @@ def test_a_2_5d_patch_set_holds_each_patchs_neighbouring_slices_as_channels(tmp_
     first = rows[0]["first_patch"]
     np.testing.assert_array_equal(three["images"][first + 1, 0], one["images"][first])  # the slice below it
     np.testing.assert_array_equal(three["nodule_mask"], one["nodule_mask"])
-    with pytest.raises(XAIExplainError, match="no nodule-free lung patches yet"):
-        render_patch_set(tmp_path / "lung", patient_ids=["LIDC-IDRI-0078"], progress=False, slices=3)
+    # nodule-free lung patches with the same channels: the same draws as the one-slice set where all three
+    # slices are lung, each channel nodule-free
+    lung_one, lung_three = load_lung_patches(tmp_path / "set-1"), load_lung_patches(tmp_path / "set-3")
+    assert lung_three["images"].shape[1:] == (3, 48, 48) and summary["lung_patches"]["per_scan"] == 4
+    assert len(lung_three["images"]) >= 2
+    assert all(is_nodule_free_lung(channel) for patch in lung_three["images"] for channel in patch)
+    assert not np.array_equal(lung_three["images"][:, 0], lung_three["images"][:, 1])  # neighbours, not copies
+    for patch, centre in zip(lung_three["images"], lung_three["center_lps"]):
+        same = np.flatnonzero(np.all(np.isclose(lung_one["center_lps"], centre), axis=1))
+        if len(same):
+            np.testing.assert_array_equal(patch[1], lung_one["images"][same[0]])

@@ -58,16 +58,20 @@ def misses_every_box(centre_lps, boxes, field_of_view_mm: float = FIELD_OF_VIEW_
 
 def sample_lung_patches(plane_of: Callable[[int], tuple[sitk.Image, float]], slices: int, boxes, count: int,
                         rng: np.random.Generator, size: int = PATCH_SIZE, field_of_view_mm: float = FIELD_OF_VIEW_MM,
-                        attempts: int = 40) -> tuple[np.ndarray, np.ndarray]:
+                        attempts: int = 40, channels_of: Callable[[int], list[sitk.Image]] | None = None,
+                        channels: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Up to ``count`` nodule-free lung patches (float32 (N, size, size) HU) and their LPS centres (N, 3).
 
     ``plane_of(k)``: slice ``k`` of ``slices`` as a 2D image in the world (x, y) and its z. Slices are drawn
-    at random, one centre per draw, at most ``attempts * count`` draws."""
+    at random, one centre per draw, at most ``attempts * count`` draws. For a 2.5D model, ``channels_of(k)``:
+    slice ``k`` and its neighbours, ``channels`` 2D images; the patches are then (N, channels, size, size),
+    each channel nodule-free lung."""
     patches, centres = [], []
     for _ in range(attempts * count):
         if len(patches) == count:
             break
-        plane, z = plane_of(int(rng.integers(slices)))
+        drawn = int(rng.integers(slices))
+        plane, z = plane_of(drawn)
         values = sitk.GetArrayViewFromImage(plane)
         rows, columns = np.nonzero((values >= LUNG_MEDIAN_HU[0]) & (values <= LUNG_MEDIAN_HU[1]))
         if not len(rows):
@@ -76,11 +80,14 @@ def sample_lung_patches(plane_of: Callable[[int], tuple[sitk.Image, float]], sli
         x, y = plane.TransformContinuousIndexToPhysicalPoint((float(columns[pick]), float(rows[pick])))
         if not misses_every_box((x, y, z), boxes, field_of_view_mm):
             continue
-        patch = extract_patch(plane, (x, y), size, field_of_view_mm, sitk.sitkLinear, OUTSIDE_HU)
-        if is_nodule_free_lung(patch):
-            patches.append(patch)
+        planes = [plane] if channels_of is None else channels_of(drawn)
+        patch = np.stack([extract_patch(p, (x, y), size, field_of_view_mm, sitk.sitkLinear, OUTSIDE_HU)
+                          for p in planes])
+        if all(is_nodule_free_lung(channel) for channel in patch):
+            patches.append(patch if channels_of else patch[0])
             centres.append((x, y, z))
-    return (np.asarray(patches, np.float32).reshape(-1, size, size), np.asarray(centres, np.float32).reshape(-1, 3))
+    shape = (size, size) if channels_of is None else (channels, size, size)
+    return np.asarray(patches, np.float32).reshape(len(patches), *shape), np.asarray(centres, np.float32).reshape(-1, 3)
 
 
 def axial_planes(image: sitk.Image) -> Callable[[int], tuple[sitk.Image, float]]:
@@ -97,11 +104,11 @@ def axial_planes(image: sitk.Image) -> Callable[[int], tuple[sitk.Image, float]]
 
 class LungPatchRows:
     """Lung patches assembled scan by scan, as ``lung_patches.npz`` holds them: ``images`` int16 HU (N, size,
-    size), ``split`` int8 (0 train, 1 validation, 2 test: the patient's split), ``center_lps`` float32 (N, 3),
+    size) (or (N, slices, size, size) for a 2.5D set), ``split`` int8 (0 train, 1 validation, 2 test: the patient's split), ``center_lps`` float32 (N, 3),
     ``patient_id`` str (N,)."""
 
-    def __init__(self, size: int = PATCH_SIZE):
-        self.size = size
+    def __init__(self, size: int = PATCH_SIZE, slices: int = 1):
+        self.shape = (size, size) if slices == 1 else (slices, size, size)
         self.parts: dict[str, list] = {"images": [], "split": [], "center_lps": [], "patient_id": []}
 
     def add(self, patient_id: str, split: int, patches_hu: np.ndarray, centres_lps: np.ndarray) -> None:
@@ -113,7 +120,7 @@ class LungPatchRows:
 
     def arrays(self) -> dict[str, np.ndarray]:
         if not self.parts["images"]:
-            return {"images": np.zeros((0, self.size, self.size), np.int16), "split": np.zeros(0, np.int8),
+            return {"images": np.zeros((0, *self.shape), np.int16), "split": np.zeros(0, np.int8),
                     "center_lps": np.zeros((0, 3), np.float32), "patient_id": np.zeros(0, "<U1")}
         return {name: np.concatenate(parts) for name, parts in self.parts.items()}
 

@@ -95,25 +95,34 @@ def nodule_patches(geometry: ScanGeometry, nodule: lidc.LidcNodule, scan_nodules
 
 def scan_lung_patches(geometry: ScanGeometry, scan_nodules: list[lidc.LidcNodule], seed: int, scan_number: int,
                       count: int = LUNG_PATCHES_PER_SCAN, size: int = PATCH_SIZE,
-                      field_of_view_mm: float = FIELD_OF_VIEW_MM) -> tuple[np.ndarray, np.ndarray]:
-    """Up to ``count`` nodule-free lung patches of a phantom scan and their centres (``sample_lung_patches``)."""
+                      field_of_view_mm: float = FIELD_OF_VIEW_MM, slices: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``count`` nodule-free lung patches of a phantom scan and their centres (``sample_lung_patches``);
+    ``slices`` > 1: each with its neighbouring slices as channels, as ``nodule_patches`` cuts them."""
     rng = np.random.default_rng([seed, LUNG_STREAM, scan_number])
     chosen = rng.choice(geometry.shape[0], size=min(LUNG_SLICES_PER_SCAN, geometry.shape[0]), replace=False)
+    half = slices // 2
     planes = {}
 
-    def plane_of(n: int):
-        k = int(chosen[n])
+    def rendered_plane(k: int) -> sitk.Image:
         if k not in planes:
             volume = phantom.render_region(geometry, scan_nodules, seed, (k, k + 1), (0, geometry.rows),
                                            (0, geometry.columns))
             plane = sitk.GetImageFromArray(volume.hu[0].astype(np.float32))
             plane.SetSpacing((geometry.pixel_spacing, geometry.pixel_spacing))
             plane.SetOrigin(tuple(float(v) for v in geometry.index_to_lps((0, 0, k))[:2]))
-            planes[k] = (plane, geometry.slice_z[k])
+            planes[k] = plane
         return planes[k]
 
+    def plane_of(n: int):
+        k = int(chosen[n])
+        return rendered_plane(k), geometry.slice_z[k]
+
+    def channels_of(n: int) -> list[sitk.Image]:
+        k = int(chosen[n])
+        return [rendered_plane(int(m)) for m in np.clip(np.arange(k - half, k + half + 1), 0, geometry.shape[0] - 1)]
+
     return sample_lung_patches(plane_of, len(chosen), nodule_boxes_lps(scan_nodules, geometry), count, rng, size,
-                               field_of_view_mm)
+                               field_of_view_mm, channels_of=channels_of if slices > 1 else None, channels=slices)
 
 
 def render_patch_set(out_dir, seed: int = 0, patient_ids: list[str] | None = None, progress: bool = True,
@@ -122,12 +131,9 @@ def render_patch_set(out_dir, seed: int = 0, patient_ids: list[str] | None = Non
     """Render the patch set into ``out_dir`` (one output set, ``dataset.json`` its manifest) and return its
     summary; ``lung_patches_per_scan`` nodule-free lung patches of each scan beside the nodules' (0: none);
     patches of ``size`` px across ``field_of_view_mm`` (a model's input spec; default 64 px / 45 mm) and, for a
-    2.5D model, ``slices`` neighbouring slices as channels (its nodule patches only: lung patches need 0)."""
+    2.5D model, ``slices`` neighbouring slices as channels."""
     if slices < 1 or slices % 2 == 0:
         raise XAIExplainError(f"the slices of a patch must be an odd number (1 for 2D), not {slices}")
-    if slices > 1 and lung_patches_per_scan:
-        raise XAIExplainError("a patch set of several slices per patch has no nodule-free lung patches yet: "
-                              "give --lung-patches 0")
     started = time.time()
     lidc.nodule_table(progress=progress)  # build the cache with a progress bar on the first run
     labelled_series = labelled_scans(patient_ids)
@@ -143,7 +149,7 @@ def _render_patch_set(written, labelled_series, seed, progress, command, started
                       field_of_view_mm, slices) -> dict:
     split_of = full_set_split(seed)
     assembled = PatchSetRows()
-    lung = LungPatchRows(size)
+    lung = LungPatchRows(size, slices)
     series_items = sorted(labelled_series.items())
     if progress:
         from tqdm import tqdm
@@ -160,7 +166,7 @@ def _render_patch_set(written, labelled_series, seed, progress, command, started
         if lung_patches_per_scan:
             lung.add(patient_id, SPLITS.index(split_of[patient_id]),
                      *scan_lung_patches(geometry, nodules, seed, scan_number, lung_patches_per_scan, size,
-                                        field_of_view_mm))
+                                        field_of_view_mm, slices))
     rows = assembled.rows
     summary = {
         "format": "xaiexplain-patch-set",
