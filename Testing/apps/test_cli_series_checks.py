@@ -2,13 +2,10 @@
 series' line in an archive's summary), nothing written, the same sentence from explain and dataset."""
 import json
 import shutil
-import warnings
 
-import numpy as np
 import pydicom
 from conftest import TREE_PHANTOM_PATIENTS
 from helpers import CENTRE, assert_one_line_error, set_header_text, small_series, xaiexplain
-from xaiexplain.data import lidc
 
 PATIENT = TREE_PHANTOM_PATIENTS[0]
 

@@ -72,3 +72,28 @@ def test_a_trained_users_module_points_at_the_nodule_far_above_chance(trained, m
     hits, chance = pointing(bundle, images[called], arrays["nodule_mask"][called], method)
     assert stats.binomtest(hits, len(called), chance, "greater").pvalue < 1e-3, (hits, len(called), chance)
     assert hits / len(called) > 2 * chance
+
+
+def test_the_benchmark_measures_the_users_2_5d_module_on_its_neighbouring_slices(trained, tmp_path):
+    """Held-out patches with three slices as channels (96 px / 60 mm); localization on the patch's own slice,
+    deletion and insertion over every channel; what a 2.5D model cannot serve skipped with the reason."""
+    from xaiexplain.evaluate.benchmark import held_out_patches, run_benchmark
+
+    bundle, _ = trained
+    data = held_out_patches(4, size=96, field_of_view_mm=60.0, slices=3)
+    assert data["images"].shape == (4, 3, 96, 96) and data["nodule_mask"].shape == (4, 96, 96)
+    assert data["lung_images"].shape[1:] == (3, 96, 96)
+    summary = run_benchmark(tmp_path / "out", quick=True, model=bundle.path, progress=False, data=data,
+                            methods=["saliency", "integrated-gradients", "grad-cam", "iterative:saliency", "lrp"])
+    assert set(summary["methods"]) == {"saliency", "integrated-gradients", "grad-cam"}
+    assert summary["skipped"]["iterative:saliency"].endswith("it reads 3 slices as channels")
+    assert "GELU" in summary["skipped"]["lrp"]
+    assert summary["reference_check"]["nodule_free_lung_patches"]["median_probability"] < bundle.threshold
+    assert summary["decided_malignant"] >= 1
+    for method, entry in summary["methods"].items():
+        assert entry["randomization_spearman"] is not None and entry["nodule"]["patches"] >= 1, method
+    # removing what integrated gradients and Grad-CAM call evidence first lowers the score faster than adding it
+    for method in ("integrated-gradients", "grad-cam"):
+        entry = summary["methods"][method]
+        assert entry["deletion_auc"] < entry["insertion_auc"], (method, entry["deletion_auc"], entry["insertion_auc"])
+    assert (tmp_path / "out" / "benchmark.md").is_file()

@@ -77,9 +77,10 @@ def cost_targets() -> tuple[dict, dict]:
 
 
 def held_out_patches(nodules: int, seed: int = 0, progress: bool = False, size: int = PATCH_SIZE,
-                     field_of_view_mm: float = FIELD_OF_VIEW_MM) -> dict:
+                     field_of_view_mm: float = FIELD_OF_VIEW_MM, slices: int = 1) -> dict:
     """One patch per held-out nodule (its largest consensus slice), with masks and the LIDC labels, of ``size``
-    px across ``field_of_view_mm`` (a model's input spec)."""
+    px across ``field_of_view_mm`` and ``slices`` neighbouring slices as channels (a model's input spec; the
+    masks are those of the patch's own slice)."""
     patients, chosen = [], 0
     by_scan = labelled_scans(held_out_patients(seed))
     for (patient, _), scan_nodules in sorted(by_scan.items()):
@@ -89,7 +90,7 @@ def held_out_patches(nodules: int, seed: int = 0, progress: bool = False, size: 
         chosen += sum(n.label is not None for n in scan_nodules)
     with tempfile.TemporaryDirectory() as folder:
         render_patch_set(Path(folder) / "patches", seed=seed, patient_ids=patients, progress=progress, size=size,
-                         field_of_view_mm=field_of_view_mm)
+                         field_of_view_mm=field_of_view_mm, slices=slices)
         arrays, rows, _ = load_patch_set(Path(folder) / "patches")
         lung = load_lung_patches(Path(folder) / "patches")
     picked = []
@@ -147,6 +148,9 @@ def measure_method(method: str, bundle: Bundle, data: dict, decisions: np.ndarra
     record = registry.get(method)
     evidence = record.map_kind.positive_evidence(maps)
     for_decision = np.stack([record.map_kind.for_decision(m, bool(d)) for m, d in zip(maps, decisions)])
+    # a 2.5D model's maps (N, S, H, W) are measured on the patch's own slice, where its masks are; deletion and
+    # insertion change every channel, each value in the order of its own map
+    own_evidence, own_for_decision = on_own_slice(evidence), on_own_slice(for_decision)
     entry = {"seconds_per_patch": seconds / len(images), "ratio_to_input_gradient": seconds / reference_seconds,
              "peak_memory_mb": memory, "measured_patches": called_malignant.tolist()}
     explained = [n for n in called_malignant if (evidence[n] > 0).any()]
@@ -157,9 +161,9 @@ def measure_method(method: str, bundle: Bundle, data: dict, decisions: np.ndarra
         entry["mask_fraction_median"] = float(np.median([p.mask.mean() for p in passes])) if passes else None
         # Algorithm 1 stops when the prediction falls below the threshold or at T: how often its premise held
         entry["ended_below_threshold"] = int((details.final_probability[called_malignant] < bundle.threshold).sum())
-    for mask_name, maps_measured, patches in (("nodule_mask", evidence, explained),
-                                              ("spicule_mask", for_decision, range(len(images))),
-                                              ("calcification_mask", for_decision, range(len(images)))):
+    for mask_name, maps_measured, patches in (("nodule_mask", own_evidence, explained),
+                                              ("spicule_mask", own_for_decision, range(len(images))),
+                                              ("calcification_mask", own_for_decision, range(len(images)))):
         masks = data[mask_name]
         with_mask = [n for n in patches if masks[n].any() and (maps_measured[n] > 0).any()]
         entry[mask_name.removesuffix("_mask")] = localization_entry(maps_measured, masks, with_mask)
@@ -183,6 +187,11 @@ def measure_method(method: str, bundle: Bundle, data: dict, decisions: np.ndarra
     if isinstance(details, Counterfactuals):
         entry["counterfactuals"] = _counterfactual_validity(bundle, images, details)
     return entry
+
+
+def on_own_slice(maps: np.ndarray) -> np.ndarray:
+    """(N, H, W) maps as they are; the middle channel of a 2.5D model's (N, S, H, W): the patch's own slice."""
+    return maps[:, maps.shape[1] // 2] if maps.ndim == 4 else maps
 
 
 def localization_entry(maps: np.ndarray, masks: np.ndarray, measured) -> dict:
@@ -215,14 +224,14 @@ def run_benchmark(out, quick: bool = False, methods=None, model=None, cycle_am=N
     started = time.time()
     bundle = load_bundle(model) if model else load_bundle()
     spec = bundle.input
-    if spec.slices != 1 or spec.patch_size[0] != spec.patch_size[1] or spec.field_of_view_mm[0] != spec.field_of_view_mm[1]:
-        raise XAIExplainError(f"the benchmark renders square one-slice patches; {shown_name(bundle.path)} reads "
+    if spec.patch_size[0] != spec.patch_size[1] or spec.field_of_view_mm[0] != spec.field_of_view_mm[1]:
+        raise XAIExplainError(f"the benchmark renders square patches; {shown_name(bundle.path)} reads "
                               f"{' x '.join(map(str, bundle.patch_shape))} (other input specs: not yet)")
     with output_set(out, "benchmark.json") as written:  # checks that out is writable before measuring
         methods = list(methods or all_methods())
         count = nodules or (QUICK_NODULES if quick else FULL_NODULES)
         data = data or held_out_patches(count, seed, progress=progress, size=spec.patch_size[0],
-                                        field_of_view_mm=spec.field_of_view_mm[0])
+                                        field_of_view_mm=spec.field_of_view_mm[0], slices=spec.slices)
         images = data["images"]
         probabilities = bundle.predict(images)
         decisions = probabilities >= bundle.threshold
@@ -263,7 +272,7 @@ def run_benchmark(out, quick: bool = False, methods=None, model=None, cycle_am=N
             "model": str(bundle.path), "cycle_am": str(generators.path) if generators else None,
             "cycle_am_context_l1_factor": generators.config["provenance"].get("context_l1_factor") if generators else None,
             "reference_check": references.reference_check(bundle.predict, bundle.threshold, data.get("lung_images"),
-                                                          bundle.patch_size),
+                                                          bundle.patch_shape),
             "method_references": {m: c.to_json() for m in methods
                                   if (c := references.reference_choice(bundle, m)) is not None},
             "skipped": skipped, "patches": int(len(images)),

@@ -36,12 +36,14 @@ def lung_reference(images: np.ndarray) -> np.ndarray:
     nodule looks like a poorly defined one, which is malignant."""
     images = np.asarray(images, np.float32)
     lung = [np.median(image[image < LUNG_BELOW_HU]) if (image < LUNG_BELOW_HU).any() else LUNG_HU for image in images]
-    return np.broadcast_to(np.asarray(lung, np.float32)[:, None, None], images.shape).copy()
+    per_image = np.asarray(lung, np.float32).reshape((len(images),) + (1,) * (images.ndim - 1))
+    return np.broadcast_to(per_image, images.shape).copy()
 
 
 def deletion_insertion(images: np.ndarray, evidence: np.ndarray, class_probability, steps: int = 16,
                        reference: np.ndarray | None = None, seed: int = 0) -> DeletionInsertion:
-    """RISE deletion and insertion for images (N, H, W) and their evidence maps (N, H, W).
+    """RISE deletion and insertion for images (N, H, W) and their evidence maps (N, H, W); for a 2.5D
+    model's images (N, S, H, W), maps of that shape, or (N, H, W) maps, which weigh each pixel's S values alike.
 
     ``class_probability(images) -> (N,)`` is the probability of each image's decided class. Deletion
     replaces pixels of ``images`` with those of ``reference`` (default: ``lung_reference``), most evidence
@@ -49,17 +51,20 @@ def deletion_insertion(images: np.ndarray, evidence: np.ndarray, class_probabili
     map) go in random order, so a map without evidence scores like a random one rather than like a
     raster scan. All images of a step are classified in one batch."""
     images = np.asarray(images, np.float32)
-    n, h, w = images.shape
+    evidence = np.asarray(evidence, float)
+    if evidence.ndim == images.ndim - 1:
+        evidence = np.broadcast_to(evidence[:, None], images.shape)
+    n, values = len(images), images[0].size
     reference = lung_reference(images) if reference is None else np.asarray(reference, np.float32)
-    tie_breaker = np.random.default_rng(seed).random((n, h * w))
-    order = np.lexsort((tie_breaker, -np.asarray(evidence, float).reshape(n, -1)), axis=-1)
+    tie_breaker = np.random.default_rng(seed).random((n, values))
+    order = np.lexsort((tie_breaker, -evidence.reshape(n, -1)), axis=-1)
     rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.arange(h * w)[None, :].repeat(n, 0), axis=1)
-    rank = rank.reshape(n, h, w)
+    np.put_along_axis(rank, order, np.arange(values)[None, :].repeat(n, 0), axis=1)
+    rank = rank.reshape(images.shape)
     fractions = np.linspace(0.0, 1.0, steps + 1)
     deletion, insertion = [], []
     for fraction in fractions:
-        changed = rank < int(round(fraction * h * w))
+        changed = rank < int(round(fraction * values))
         deletion.append(np.where(changed, reference, images))
         insertion.append(np.where(changed, images, reference))
     probabilities = np.asarray(class_probability(np.concatenate(deletion + insertion)), float)

@@ -80,10 +80,11 @@ def reference_hu(bundle, method: str) -> tuple[float, ...]:
 
 
 def reference_check(predict, threshold: float, lung_patches_hu: np.ndarray | None = None,
-                    patch_size: int = 64) -> dict:
+                    patch_shape: int | tuple[int, ...] = 64) -> dict:
     """A model's scores on the references: flat lung, air, and (when given) nodule-free lung patches.
-    ``predict``: HU patches (N, H, W) -> malignancy probabilities."""
-    flat = {name: float(predict(np.full((1, patch_size, patch_size), hu, np.float32))[0])
+    ``predict``: HU patches (N, *patch_shape) -> malignancy probabilities (a square size: (size, size))."""
+    shape = (patch_shape, patch_shape) if isinstance(patch_shape, int) else tuple(patch_shape)
+    flat = {name: float(predict(np.full((1, *shape), hu, np.float32))[0])
             for name, hu in FLAT_CHECKS_HU.items()}
     check = {"threshold": float(threshold),
              "flat": {f"{name} {hu:g} HU": {"probability": flat[name], "below_threshold": flat[name] < threshold}
