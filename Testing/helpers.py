@@ -60,3 +60,25 @@ def set_header_text(path, tag, text):
     length = struct.unpack("<H", raw[at + 6:at + 8])[0]
     value = text.encode("ascii") + b" " * (len(text) % 2)
     path.write_bytes(raw[:at + 6] + struct.pack("<H", len(value)) + value + raw[at + 8 + length:])
+
+
+def assert_deep_taylor_conserves_layer_by_layer(network, x, layer_names):
+    """Deep Taylor on ``network`` (two logits) explains the logit difference, and relevance is conserved at
+    every layer a rule is applied to, among them the layers named, every batch norm folded into its
+    convolution; returns the input relevance and f(x)."""
+    import numpy as np
+
+    from xaiexplain.explainers import lrp
+    from xaiexplain.models.contract import BATCH_NORMS
+
+    assert not any(isinstance(layer, BATCH_NORMS) for layer in lrp.folded_layers(network))
+
+    per_layer = []
+    relevance, f = lrp.relevance(network, x, "deep-taylor", per_layer=per_layer)
+    logits = network(x)
+    np.testing.assert_allclose(f.numpy(), (logits[:, 1] - logits[:, 0]).detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert set(layer_names) <= {type(layer).__name__ for layer, _ in per_layer}
+    for layer, total in per_layer:
+        np.testing.assert_allclose(total.numpy(), f.numpy(), rtol=1e-4, atol=1e-5, err_msg=type(layer).__name__)
+    np.testing.assert_allclose(relevance.flatten(1).sum(1).numpy(), f.numpy(), rtol=1e-4, atol=1e-5)
+    return relevance, f

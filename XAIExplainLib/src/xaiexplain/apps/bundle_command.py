@@ -65,8 +65,12 @@ def add_bundle_command(commands) -> None:
     bundle.add_argument("--arguments", type=_json_object, help="the class's or network's constructor arguments (JSON)")
     bundle.add_argument("--weights", type=Path, help="with --python or --monai: the weights (safetensors)")
     spec = bundle.add_argument_group("input: the patches the model reads")
-    spec.add_argument("--patch-size", type=lambda t: _numbers(t, int), default=[64], help="pixels (rows[,columns])")
-    spec.add_argument("--field-of-view-mm", type=_numbers, default=[45.0], help="mm across (rows[,columns])")
+    spec.add_argument("--patch-size", type=lambda t: _numbers(t, int), default=[64],
+                      help="pixels (rows[,columns]; with --spatial-dims 3: depth[,rows,columns])")
+    spec.add_argument("--field-of-view-mm", type=_numbers, default=[45.0],
+                      help="mm across (rows[,columns]; with --spatial-dims 3: depth[,rows,columns])")
+    spec.add_argument("--spatial-dims", type=int, choices=(2, 3), default=2,
+                      help="2: axial patches; 3: volumes (depth along z, rows, columns)")
     spec.add_argument("--slices", type=int, default=1, help="neighbouring axial slices as channels (odd; 1: 2D)")
     spec.add_argument("--hu-window", type=_numbers, default=[-1000.0, 400.0], help="LOW,HIGH in HU")
     spec.add_argument("--normalisation", choices=("window", "standardise"), default="window",
@@ -99,6 +103,7 @@ def run_bundle(args, command_line: str) -> int:
     if args.python is not None:
         print(f"running the code of {args.python} to build {args.class_name}")
     input_spec = {"patch_size": args.patch_size, "field_of_view_mm": args.field_of_view_mm, "slices": args.slices,
+                  "spatial_dims": args.spatial_dims,
                   "hu_window": args.hu_window, "normalisation": args.normalisation, "mean": args.mean, "std": args.std}
     output_spec = {"form": args.output_form, "entry": args.output_entry}
     if args.output_form != "logit":

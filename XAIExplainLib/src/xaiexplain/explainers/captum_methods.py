@@ -88,12 +88,17 @@ def _grad_cam_layer(model, context):
     return context.layer(context.options["layer"])
 
 
+def _upsampling(x) -> str:
+    """How a layer's map is brought to the input's grid: bilinear for patches, trilinear for volumes."""
+    return "trilinear" if x.dim() == 5 else "bilinear"
+
+
 def _layer_grad_cam(x, context, relu: bool):
     from captum.attr import LayerAttribution, LayerGradCam
 
     model = context.model()
     cam = LayerGradCam(model, _grad_cam_layer(model, context)).attribute(x, target=0, relu_attributions=relu)
-    return LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")
+    return LayerAttribution.interpolate(cam, tuple(x.shape[2:]), interpolate_mode=_upsampling(x))
 
 
 def grad_cam(x, context):
@@ -114,12 +119,14 @@ def guided_grad_cam(x, context):
     from captum.attr import GuidedGradCam
 
     model = context.model()
-    return GuidedGradCam(model, _grad_cam_layer(model, context)).attribute(x, target=0, interpolate_mode="bilinear")
+    return GuidedGradCam(model, _grad_cam_layer(model, context)).attribute(x, target=0,
+                                                                           interpolate_mode=_upsampling(x))
 
 
 def attribute(method: Callable, x: torch.Tensor, context: AttributionContext, batch_size: int = 256) -> np.ndarray:
     """Maps (N, H, W) float32 of ``method`` (one of this module's functions) for network inputs ``x``
-    (N, C, H, W), in batches; (N, C, H, W) where the method gives each of C > 1 input channels its own map."""
+    (N, C, H, W), in batches; (N, C, H, W) where the method gives each of C > 1 input channels its own map;
+    (N, D, H, W) for volumes (N, 1, D, H, W)."""
     parts = []
     with warnings.catch_warnings():
         # captum announces, every call, that it sets and removes hooks; nothing for a user to act on
@@ -128,5 +135,5 @@ def attribute(method: Callable, x: torch.Tensor, context: AttributionContext, ba
             batch = x[n:n + batch_size].detach().clone().requires_grad_(True)
             result = method(batch, context).detach().float().cpu().numpy()
             parts.append(result[:, 0] if result.shape[1] == 1 else result)
-    maps = np.concatenate(parts) if parts else np.zeros((0,) + tuple(x.shape[-2:]), np.float32)
+    maps = np.concatenate(parts) if parts else np.zeros((0,) + tuple(x.shape[2:]), np.float32)
     return np.nan_to_num(maps.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)

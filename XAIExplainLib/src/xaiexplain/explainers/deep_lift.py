@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from xaiexplain.errors import XAIExplainError
-from xaiexplain.models.contract import ACTIVATIONS
+from xaiexplain.models.contract import ACTIVATIONS, MAX_POOLING
 
 # DeepLIFT's rescale rule holds for elementwise activations; max pooling needs a rule of its own.
-DEEP_LIFT_REFUSED = (nn.MaxPool2d, nn.AdaptiveMaxPool2d)
+DEEP_LIFT_REFUSED = MAX_POOLING
 
 # |z - z0| below this: the multiplier is the gradient, as DeepLIFT defines it in the limit
 SAME_INPUT = 1e-6

@@ -44,7 +44,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from xaiexplain.errors import XAIExplainError
-from xaiexplain.models.contract import POOLING, OutputSpec, layer_chain
+from xaiexplain.models.contract import BATCH_NORMS, CONVOLUTIONS, POOLING, OutputSpec, layer_chain
 
 GAMMA = 0.25
 EPSILON_FRACTION_OF_STD = 0.25
@@ -72,7 +72,7 @@ def folded_layers(network: nn.Module, output: OutputSpec = OutputSpec()) -> list
     n = 0
     while n < len(modules):
         module = modules[n]
-        if isinstance(module, nn.Conv2d) and n + 1 < len(modules) and isinstance(modules[n + 1], nn.BatchNorm2d):
+        if isinstance(module, CONVOLUTIONS) and n + 1 < len(modules) and isinstance(modules[n + 1], BATCH_NORMS):
             layers.append(fuse_conv_bn_eval(module, modules[n + 1]))
             n += 2
             continue
@@ -142,7 +142,7 @@ def composite_rules(layers: list[nn.Module]) -> list[str | None]:
     """``lrp``'s rule per layer: z^B at the first linear layer, gamma for the lower half of the convolutions,
     epsilon for the upper half, LRP-0 at the dense layers and pooling; None for layers relevance passes
     through (activations, flatten, dropout, identity)."""
-    convolutions = [n for n, layer in enumerate(layers) if isinstance(layer, nn.Conv2d)]
+    convolutions = [n for n, layer in enumerate(layers) if isinstance(layer, CONVOLUTIONS)]
     rules: list[str | None] = ["0" if isinstance(layer, (nn.Linear,) + POOLING) else None for layer in layers]
     for position, n in enumerate(convolutions):
         rules[n] = "gamma" if position < (len(convolutions) + 1) // 2 else "epsilon"
@@ -151,12 +151,12 @@ def composite_rules(layers: list[nn.Module]) -> list[str | None]:
 
 
 def _first_linear(layers: list[nn.Module]) -> int:
-    return next(n for n, layer in enumerate(layers) if isinstance(layer, (nn.Conv2d, nn.Linear)))
+    return next(n for n, layer in enumerate(layers) if isinstance(layer, CONVOLUTIONS + (nn.Linear,)))
 
 
 def deep_taylor_rules(layers: list[nn.Module]) -> list[str | None]:
     """``deep-taylor``'s rule per layer: z^B at the input layer, z+ in every other linear layer."""
-    rules: list[str | None] = ["z+" if isinstance(layer, (nn.Conv2d, nn.Linear)) else "0" if isinstance(layer, POOLING)
+    rules: list[str | None] = ["z+" if isinstance(layer, CONVOLUTIONS + (nn.Linear,)) else "0" if isinstance(layer, POOLING)
                                else None for layer in layers]
     rules[_first_linear(layers)] = "zB"
     return rules
@@ -168,7 +168,8 @@ NAMED_RULES = {"composite": composite_rules, "deep-taylor": deep_taylor_rules}
 def relevance(network: nn.Module, x: torch.Tensor, rules: str | list = "composite",
               per_layer: list | None = None, output: OutputSpec = OutputSpec(),
               input_range: tuple[float, float] = INPUT_RANGE) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input relevance (N, C, H, W), f(x) (N,)) of network inputs ``x`` (N, C, H, W); ``rules`` is
+    """(input relevance (N, C, H, W), f(x) (N,)) of network inputs ``x`` (N, C, H, W) (or (N, C, D, H, W)
+    for a volume: every rule holds in 3D as in 2D); ``rules`` is
     "composite" (``lrp``), "deep-taylor", one rule for every linear layer (e.g. "z+") or a rule per layer
     of ``folded_layers``. ``per_layer``, where given, receives (layer, summed relevance at its input (N,)) for
     every layer a rule was applied to, from the output down: how much of f(x) each layer conserves.
@@ -177,7 +178,7 @@ def relevance(network: nn.Module, x: torch.Tensor, rules: str | list = "composit
     if rules in NAMED_RULES:
         rules = NAMED_RULES[rules](layers)
     elif isinstance(rules, str):
-        rules = [rules if isinstance(layer, (nn.Conv2d, nn.Linear)) else "0" if isinstance(layer, POOLING) else None
+        rules = [rules if isinstance(layer, CONVOLUTIONS + (nn.Linear,)) else "0" if isinstance(layer, POOLING) else None
                  for layer in layers]
     activations = [x.detach().float()]
     with torch.no_grad():

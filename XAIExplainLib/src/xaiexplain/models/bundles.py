@@ -109,11 +109,12 @@ class Bundle:
     @property
     def patch_size(self) -> int:
         """The rows of the patches the network reads, in pixels (their shape: ``input.patch_size``)."""
-        return self.input.patch_size[0]
+        return self.input.patch_size[-2]
 
     @property
     def patch_shape(self) -> tuple[int, ...]:
-        """The shape of one HU patch the network reads: (rows, columns), or (slices, rows, columns) for 2.5D."""
+        """The shape of one HU patch the network reads: (rows, columns), (slices, rows, columns) for 2.5D,
+        (depth, rows, columns) for a volume."""
         return self.input.patch_size if self.input.slices == 1 else self.input.shape
 
     def input_value(self, hu: float) -> float:
@@ -122,10 +123,11 @@ class Bundle:
 
     def to_tensor(self, patches_hu: np.ndarray) -> torch.Tensor:
         """(N, H, W) HU patches (or (N, slices, H, W) for 2.5D) -> (N, C, H, W) network input by the input spec
+        ((N, D, H, W) volumes -> (N, 1, D, H, W))
         (the HU window mapped to [0, 1], or standardised), HU clipped to the window (a classifier) or to
         ``input.hu_range`` (cycle-am generators, which read and change values beyond the window)."""
         values = self.input.network_values(patches_hu)
-        return torch.from_numpy(values[:, None] if values.ndim == 3 else values).to(self.device)
+        return torch.from_numpy(values[:, None] if self.input.slices == 1 else values).to(self.device)
 
     def to_hu(self, x: torch.Tensor) -> np.ndarray:
         """Inverse of ``to_tensor`` (within what it clips to)."""
@@ -256,15 +258,15 @@ def _check_contract(config: dict, refuse, kind: str = "classifier") -> None:
     if not (isinstance(window, list) and len(window) == 2 and all(map(_number, window)) and window[0] < window[1]):
         refuse(f"needs input.hu_window to be two finite numbers [low, high] with low < high, not {window!r}")
     sizes = spec.get("patch_size", PATCH_SIZE)
-    for size in sizes if isinstance(sizes, list) and len(sizes) == 2 else [sizes]:
+    for size in sizes if isinstance(sizes, list) and len(sizes) in (2, 3) else [sizes]:
         if not (_positive_int(size) and size <= MAX_PATCH_SIZE):
-            refuse(f"needs input.patch_size to be a whole number of pixels from 1 to {MAX_PATCH_SIZE} (or two), "
-                   f"not {sizes!r}")
+            refuse(f"needs input.patch_size to be a whole number of pixels from 1 to {MAX_PATCH_SIZE} (or one per "
+                   f"axis), not {sizes!r}")
     fields = spec.get("field_of_view_mm", 1.0)
-    for field_of_view in fields if isinstance(fields, list) and len(fields) == 2 else [fields]:
+    for field_of_view in fields if isinstance(fields, list) and len(fields) in (2, 3) else [fields]:
         if not (_number(field_of_view) and 0 < field_of_view <= MAX_FIELD_OF_VIEW_MM):
             refuse(f"needs input.field_of_view_mm to be a number of millimetres above 0 and at most "
-                   f"{MAX_FIELD_OF_VIEW_MM:g} (or two), not {fields!r}")
+                   f"{MAX_FIELD_OF_VIEW_MM:g} (or one per axis), not {fields!r}")
     try:
         InputSpec.from_config(spec)
         if kind == "classifier":

@@ -1,7 +1,8 @@
 """The model contract: everything XAIExplain knows about a classifier, read from its bundle, in one place.
 
 - **input** (``InputSpec``): how HU voxels become the network's input: the patch (pixels and millimetres per
-  axis), how many neighbouring axial slices are stacked as channels (1: 2D, 3 or more: 2.5D), the HU window
+  axis; ``spatial_dims`` 2 for axial patches, 3 for volumes (depth along z, rows, columns)), how many
+  neighbouring axial slices are stacked as channels (1: 2D, 3 or more: 2.5D), the HU window
   and the normalisation (the window mapped to [0, 1], or (HU - mean) / std after clipping to the window);
 - **output** (``OutputSpec``): how the network's output becomes the decision's score: which entry of a tuple or
   dict, and whether it is class logits (with the positive class's index), one logit (sigmoid) or
@@ -37,12 +38,17 @@ DEFAULT_HU_WINDOW = (-1000.0, 400.0)
 PROBABILITY_MARGIN = 1e-6
 
 
-def _pair(value, name: str, kind=float) -> tuple:
+AXES = {2: "(rows, columns)", 3: "(depth, rows, columns)"}
+
+
+def _per_axis(value, name: str, spatial_dims: int, kind=float) -> tuple:
+    """One positive number for every axis, or one per axis (``AXES``)."""
     values = list(value) if isinstance(value, (list, tuple)) else [value]
-    values = values * 2 if len(values) == 1 else values
-    if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                                   and v > 0 for v in values):
-        raise XAIExplainError(f"input.{name} must be a positive number or two of them (rows, columns), not {value!r}")
+    values = values * spatial_dims if len(values) == 1 else values
+    if len(values) != spatial_dims or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                              and math.isfinite(v) and v > 0 for v in values):
+        raise XAIExplainError(f"input.{name} must be a positive number or {spatial_dims} of them "
+                              f"{AXES[spatial_dims]}, not {value!r}")
     if kind is int and not all(float(v).is_integer() for v in values):
         raise XAIExplainError(f"input.{name} must be whole numbers of pixels, not {value!r}")
     return tuple(kind(v) for v in values)
@@ -50,10 +56,11 @@ def _pair(value, name: str, kind=float) -> tuple:
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What the network reads: (slices, rows, columns) values made from HU."""
+    """What the network reads: (slices, rows, columns) values made from HU, or (1, depth, rows, columns) for a
+    volume (``spatial_dims`` 3: its axes along world z, y and x, as an axial patch's rows and columns)."""
 
-    patch_size: tuple[int, int] = (DEFAULT_PATCH_SIZE, DEFAULT_PATCH_SIZE)  # rows, columns (px)
-    field_of_view_mm: tuple[float, float] = (DEFAULT_FIELD_OF_VIEW_MM, DEFAULT_FIELD_OF_VIEW_MM)
+    patch_size: tuple[int, ...] = (DEFAULT_PATCH_SIZE, DEFAULT_PATCH_SIZE)  # (depth,) rows, columns (px)
+    field_of_view_mm: tuple[float, ...] = (DEFAULT_FIELD_OF_VIEW_MM, DEFAULT_FIELD_OF_VIEW_MM)
     slices: int = 1  # neighbouring axial slices as channels, centred on the explained one (odd)
     hu_window: tuple[float, float] = DEFAULT_HU_WINDOW
     normalisation: str = "window"
@@ -73,6 +80,11 @@ class InputSpec:
         slices = spec.get("slices", 1)
         if not (isinstance(slices, int) and not isinstance(slices, bool) and slices >= 1 and slices % 2 == 1):
             raise XAIExplainError(f"input.slices must be an odd whole number (1 for 2D), not {slices!r}")
+        spatial_dims = spec.get("spatial_dims", 2)
+        if spatial_dims not in (2, 3) or isinstance(spatial_dims, bool):
+            raise XAIExplainError(f"input.spatial_dims must be 2 (axial patches) or 3 (volumes), not {spatial_dims!r}")
+        if spatial_dims == 3 and slices != 1:
+            raise XAIExplainError("input.slices must be 1 for a volume (spatial_dims 3): its depth is patch_size's")
         normalisation = spec.get("normalisation", "window")
         if isinstance(normalisation, str) and normalisation.startswith("HU clipped to"):
             normalisation = "window"  # the description that bundles of XAIExplain 0.x carry
@@ -83,17 +95,20 @@ class InputSpec:
         if normalisation == "standardise" and not (isinstance(std, (int, float)) and std > 0):
             raise XAIExplainError(f"input.std must be a number above 0, not {std!r}")
         hu_range = spec.get("hu_range")
-        return cls(patch_size=_pair(spec.get("patch_size", DEFAULT_PATCH_SIZE), "patch_size", int),
-                   field_of_view_mm=_pair(spec.get("field_of_view_mm", DEFAULT_FIELD_OF_VIEW_MM), "field_of_view_mm"),
+        return cls(patch_size=_per_axis(spec.get("patch_size", DEFAULT_PATCH_SIZE), "patch_size", spatial_dims, int),
+                   field_of_view_mm=_per_axis(spec.get("field_of_view_mm", DEFAULT_FIELD_OF_VIEW_MM),
+                                              "field_of_view_mm", spatial_dims),
                    slices=slices, hu_window=(float(window[0]), float(window[1])), normalisation=normalisation,
                    mean=float(spec.get("mean", 0.0)), std=float(std),
                    hu_range=None if hu_range is None else (float(hu_range[0]), float(hu_range[1])))
 
     def to_config(self) -> dict:
-        square = self.patch_size[0] == self.patch_size[1] and self.field_of_view_mm[0] == self.field_of_view_mm[1]
+        square = self.spatial_dims == 2 and self.is_square
         config = {"patch_size": self.patch_size[0] if square else list(self.patch_size),
                   "field_of_view_mm": self.field_of_view_mm[0] if square else list(self.field_of_view_mm),
                   "slices": self.slices, "hu_window": list(self.hu_window), "normalisation": self.normalisation}
+        if self.spatial_dims == 3:
+            config["spatial_dims"] = 3
         if self.normalisation == "standardise":
             config.update(mean=self.mean, std=self.std)
         if self.hu_range is not None:
@@ -101,12 +116,21 @@ class InputSpec:
         return config
 
     @property
-    def shape(self) -> tuple[int, int, int]:
-        """(channels, rows, columns) of one network input."""
+    def spatial_dims(self) -> int:
+        return len(self.patch_size)
+
+    @property
+    def is_square(self) -> bool:
+        """Whether the in-plane axes (rows, columns) have one size and one field of view."""
+        return self.patch_size[-1] == self.patch_size[-2] and self.field_of_view_mm[-1] == self.field_of_view_mm[-2]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """(channels, rows, columns) of one network input; (1, depth, rows, columns) for a volume."""
         return (self.slices, *self.patch_size)
 
     @property
-    def pixel_mm(self) -> tuple[float, float]:
+    def pixel_mm(self) -> tuple[float, ...]:
         return tuple(fov / size for fov, size in zip(self.field_of_view_mm, self.patch_size))
 
     def network_values(self, hu: np.ndarray) -> np.ndarray:
@@ -228,8 +252,9 @@ def is_torchscript(network) -> bool:
 
 
 def spatial_layers(network: nn.Module, spec: InputSpec, device="cpu") -> list[str]:
-    """Module paths of the layers whose output is a map over the patch ((N, C, H, W), H and W > 1), in the
-    order a forward pass calls them: the layers a CAM method can weigh. Empty for TorchScript (no hooks)."""
+    """Module paths of the layers whose output is a map over the patch ((N, C, H, W), H and W > 1; for a volume
+    (N, C, D, H, W)), in the order a forward pass calls them: the layers a CAM method can weigh. Empty for
+    TorchScript (no hooks)."""
     if is_torchscript(network):
         return []
     order: list[str] = []
@@ -237,7 +262,8 @@ def spatial_layers(network: nn.Module, spec: InputSpec, device="cpu") -> list[st
     for path, module in network.named_modules():
         if path and not list(module.children()):
             def record(module, inputs, output, path=path):
-                if isinstance(output, torch.Tensor) and output.dim() == 4 and min(output.shape[-2:]) > 1 \
+                if isinstance(output, torch.Tensor) and output.dim() == spec.spatial_dims + 2 \
+                        and min(output.shape[-spec.spatial_dims:]) > 1 \
                         and path not in order:
                     order.append(path)
             handles.append(module.register_forward_hook(record))
@@ -266,11 +292,14 @@ class Contract:
 
 # ---- which layers a layer-wise method can walk ------------------------------------------------------------
 
-# The modules the layer-wise rules cover (``xaiexplain.explainers.lrp``); batch norm only right after a
-# convolution, into which it is folded.
-LINEAR_LAYERS = (nn.Conv2d, nn.Linear)
+# The modules the layer-wise rules cover (``xaiexplain.explainers.lrp``), in 2D and 3D; batch norm only right
+# after a convolution, into which it is folded.
+CONVOLUTIONS = (nn.Conv2d, nn.Conv3d)
+BATCH_NORMS = (nn.BatchNorm2d, nn.BatchNorm3d)
+LINEAR_LAYERS = CONVOLUTIONS + (nn.Linear,)
 ACTIVATIONS = (nn.ReLU, nn.LeakyReLU)
-POOLING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)
+MAX_POOLING = (nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool3d)
+POOLING = MAX_POOLING + (nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool3d)
 PASS_THROUGH = (nn.Flatten, nn.Dropout, nn.Identity)
 _FLATTENING_METHODS = {"reshape", "view", "flatten"}
 _SHAPE_ONLY = {"size", "dim"}
@@ -314,9 +343,9 @@ def layer_chain(network: nn.Module, output: OutputSpec) -> LayerChain:
             name = type(module).__name__
             if tensors != [current]:
                 problems.append(f"{name} at {node.target} reads more than the previous layer's output")
-            elif not isinstance(module, LINEAR_LAYERS + ACTIVATIONS + POOLING + PASS_THROUGH + (nn.BatchNorm2d,)):
+            elif not isinstance(module, LINEAR_LAYERS + ACTIVATIONS + POOLING + PASS_THROUGH + BATCH_NORMS):
                 problems.append(f"no rule for {name} at {node.target}")
-            elif isinstance(module, nn.BatchNorm2d) and not (chain and isinstance(chain[-1][1], nn.Conv2d)):
+            elif isinstance(module, BATCH_NORMS) and not (chain and isinstance(chain[-1][1], CONVOLUTIONS)):
                 problems.append(f"batch norm at {node.target} follows no convolution to fold it into")
             chain.append((node.target, module))
             current = node
@@ -371,7 +400,10 @@ def requirement_reasons(network: nn.Module, contract: Contract, spatial: list[st
     from xaiexplain.explainers.deep_lift import DEEP_LIFT_REFUSED
     from xaiexplain.explainers.lrp import linear_output_reason
 
-    one_slice = None if contract.input.slices == 1 else f"it reads {contract.input.slices} slices as channels"
+    spec = contract.input
+    one_slice = (f"it reads {spec.slices} slices as channels" if spec.slices != 1 else
+                 f"it reads volumes of {' x '.join(map(str, spec.patch_size))} voxels" if spec.spatial_dims == 3
+                 else None)
     if is_torchscript(network):
         reason = "a TorchScript model takes no hooks and its layers cannot be traced"
         return {**{name: reason for name in REQUIREMENTS}, "one slice": one_slice}
