@@ -82,3 +82,22 @@ def assert_deep_taylor_conserves_layer_by_layer(network, x, layer_names):
         np.testing.assert_allclose(total.numpy(), f.numpy(), rtol=1e-4, atol=1e-5, err_msg=type(layer).__name__)
     np.testing.assert_allclose(relevance.flatten(1).sum(1).numpy(), f.numpy(), rtol=1e-4, atol=1e-5)
     return relevance, f
+
+
+def assert_batch_script_explains(model_path, method, root):
+    """The Slicer batch script explains a small series about CENTRE with ``model_path`` and ``method``: one
+    scene folder with the scene and the method's relevance volume."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    pytest.importorskip("slicer")
+    series, _ = small_series(root / "series", slices=8)
+    batch = REPOSITORY / "XAIExplain" / "Scripts" / "XAIExplainBatch.py"
+    result = subprocess.run([sys.executable, str(batch), "--series", str(series), "--point", CENTRE, "--model",
+                             str(model_path), "--method", method, "--out", str(root / "out")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    [folder] = (root / "out").iterdir()
+    assert (folder / "scene.mrml").is_file() and any(f"relevance_{method}" in p.name for p in folder.iterdir())

@@ -112,3 +112,24 @@ def train_user_module(bundle, patch_set, weights_path, steps=1200, seed=0, batch
         schedule.step()
     model.eval()
     return save_weights(model, weights_path)
+
+
+VOLUME_MODEL = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+    class VolumeNet(nn.Module):
+        """A small 3D ConvNet: convolution + batch norm + ReLU blocks, max and average pooling, two logits."""
+        def __init__(self, width=4, pool="max"):
+            super().__init__()
+            pooling = nn.MaxPool3d if pool == "max" else nn.AvgPool3d
+            self.features = nn.Sequential(
+                nn.Conv3d(1, width, 3, padding=1), nn.BatchNorm3d(width), nn.ReLU(), pooling(2),
+                nn.Conv3d(width, 2 * width, 3, padding=1), nn.BatchNorm3d(2 * width), nn.LeakyReLU(0.1),
+                nn.AvgPool3d(2), nn.Conv3d(2 * width, 2 * width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool3d(2))
+            self.head = nn.Linear(2 * width * 8, 2)
+
+        def forward(self, x):
+            return self.head(torch.flatten(self.features(x), 1))
+''')
+VOLUME_SPEC = {"spatial_dims": 3, "patch_size": [12, 16, 16], "field_of_view_mm": [24.0, 20.0, 20.0]}

@@ -360,3 +360,21 @@ def test_the_worker_explains_a_users_2_5d_module_through_the_same_protocol(tmp_p
     [error] = [e for e in events if e["xaiexplain"] == "error"]
     assert refused.state == "failed" and "no rule for GELU at blocks.0.act" in error["message"]
     assert "\n" not in error["message"]
+
+
+def test_the_worker_explains_a_3d_model_through_the_same_protocol(tmp_path):
+    """Issue 27: a 3D model's maps come back from the worker in the series' geometry."""
+    from user_models import VOLUME_MODEL, VOLUME_SPEC, module_bundle
+
+    bundle = module_bundle(tmp_path / "volume", VOLUME_MODEL, "VolumeNet", {"width": 4, "pool": "avg"},
+                           input_spec=VOLUME_SPEC)
+    asked = request(["integrated-gradients", "grad-cam", "lrp"], classifier=str(bundle.path))
+    job = ExplanationJob(asked, launch, temporary_root=tmp_path)
+    run_to_end(job)
+    assert job.state == "finished", (job.error, job.log)
+    output = job.results()
+    assert set(output.relevance) == {"integrated-gradients", "grad-cam", "lrp"}
+    for image in output.relevance.values():
+        assert image.GetSize() == asked.image.GetSize() and image.GetOrigin() == asked.image.GetOrigin()
+        assert np.abs(sitk.GetArrayViewFromImage(image)).max() > 0
+    job.close()

@@ -199,20 +199,10 @@ def test_explain_series_runs_a_users_2_5d_module_from_the_command_line(user_bund
 
 
 def test_the_slicer_batch_script_explains_with_a_users_2_5d_module(user_bundle, tmp_path):
-    import subprocess
-    import sys
+    from helpers import assert_batch_script_explains
 
-    from helpers import CENTRE, REPOSITORY, small_series
+    assert_batch_script_explains(user_bundle.path, "saliency", tmp_path)
 
-    pytest.importorskip("slicer")
-    series, _ = small_series(tmp_path / "series", slices=8)
-    batch = REPOSITORY / "XAIExplain" / "Scripts" / "XAIExplainBatch.py"
-    result = subprocess.run([sys.executable, str(batch), "--series", str(series), "--point", CENTRE, "--model",
-                             str(user_bundle.path), "--method", "saliency", "--out", str(tmp_path / "out")],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    [folder] = (tmp_path / "out").iterdir()
-    assert (folder / "scene.mrml").is_file() and any("relevance_saliency" in p.name for p in folder.iterdir())
 
 
 def test_a_2_5d_patch_set_holds_each_patchs_neighbouring_slices_as_channels(tmp_path):

@@ -10,30 +10,11 @@ from torch import nn
 
 import xaiexplain
 from helpers import assert_deep_taylor_conserves_layer_by_layer
-from user_models import module_bundle
+from user_models import VOLUME_MODEL, VOLUME_SPEC, module_bundle
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.explainers import lrp, registry
 from xaiexplain.models.contract import InputSpec
 
-VOLUME_MODEL = textwrap.dedent('''
-    import torch
-    from torch import nn
-
-    class VolumeNet(nn.Module):
-        """A small 3D ConvNet: convolution + batch norm + ReLU blocks, max and average pooling, two logits."""
-        def __init__(self, width=4, pool="max"):
-            super().__init__()
-            pooling = nn.MaxPool3d if pool == "max" else nn.AvgPool3d
-            self.features = nn.Sequential(
-                nn.Conv3d(1, width, 3, padding=1), nn.BatchNorm3d(width), nn.ReLU(), pooling(2),
-                nn.Conv3d(width, 2 * width, 3, padding=1), nn.BatchNorm3d(2 * width), nn.LeakyReLU(0.1),
-                nn.AvgPool3d(2), nn.Conv3d(2 * width, 2 * width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool3d(2))
-            self.head = nn.Linear(2 * width * 8, 2)
-
-        def forward(self, x):
-            return self.head(torch.flatten(self.features(x), 1))
-''')
-SPEC = {"spatial_dims": 3, "patch_size": [12, 16, 16], "field_of_view_mm": [24.0, 20.0, 20.0]}
 
 
 def nodule_volumes(count=2, shape=(12, 16, 16), seed=0):
@@ -50,11 +31,11 @@ def nodule_volumes(count=2, shape=(12, 16, 16), seed=0):
 @pytest.fixture(scope="module", params=["max", "average"])
 def volume_bundle(request, tmp_path_factory):
     return module_bundle(tmp_path_factory.mktemp(f"volume-{request.param}"), VOLUME_MODEL, "VolumeNet",
-                         {"width": 4, "pool": request.param[:3]}, input_spec=SPEC)
+                         {"width": 4, "pool": request.param[:3]}, input_spec=VOLUME_SPEC)
 
 
 def test_a_volume_input_spec_reads_its_axes_and_refuses_what_does_not_fit():
-    spec = InputSpec.from_config(SPEC)
+    spec = InputSpec.from_config(VOLUME_SPEC)
     assert spec.spatial_dims == 3 and spec.shape == (1, 12, 16, 16)
     assert spec.pixel_mm == (2.0, 1.25, 1.25)
     assert InputSpec.from_config(spec.to_config()) == spec
@@ -121,3 +102,97 @@ def test_a_3d_layer_without_a_rule_is_refused_by_name():
     network(torch.zeros(1, 1, 6, 6, 6))
     with pytest.raises(XAIExplainError, match="no rule for InstanceNorm3d at 1"):
         lrp.relevance(network, torch.zeros(1, 1, 6, 6, 6))
+
+
+PROBE_3D_MODEL = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+    class VoxelProbe(nn.Module):
+        """One logit: a fixed linear filter that weighs one voxel (depth, row, column) of the volume."""
+        def __init__(self, shape=(16, 24, 24), voxel=(11, 7, 17)):
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(1, 1, *shape))
+            with torch.no_grad():
+                self.weight[(0, 0, *voxel)] = 1.0
+
+        def forward(self, x):
+            return (x * self.weight).sum(dim=(1, 2, 3, 4))[:, None] - 0.5
+''')
+
+
+@pytest.mark.parametrize("pixel_mm, slice_mm", [(0.7, 2.5), (0.9, 1.25)])
+def test_the_map_of_an_analytic_3d_model_lands_on_the_world_point_it_weighs(tmp_path, pixel_mm, slice_mm):
+    """A volume of 16 x 24 x 24 voxels across 40 x 24 x 24 mm (2.5 x 1 x 1 mm voxels) cut about a point of an
+    anisotropic series: the probe weighs voxel (d, r, c), i.e. the world point centre + ((c - 11.5) * 1,
+    (r - 11.5) * 1, (d - 7.5) * 2.5) mm in x, y, z. Its saliency map goes back into the series by trilinear
+    resampling; the peak lands on that point within half a series voxel on every axis, and the relevance
+    volume has the series' geometry."""
+    import SimpleITK as sitk
+
+    from xaiexplain.data.geometry import ScanGeometry
+    from xaiexplain.data.series import read_series
+    from xaiexplain.io.dicom import write_dicom_series
+
+    shape, voxel = (16, 24, 24), (11, 7, 17)
+    bundle = module_bundle(tmp_path, PROBE_3D_MODEL, "VoxelProbe", {"shape": list(shape), "voxel": list(voxel)},
+                           input_spec={"spatial_dims": 3, "patch_size": list(shape),
+                                       "field_of_view_mm": [40.0, 24.0, 24.0]},
+                           output_spec={"form": "logit"})
+    count = int(np.ceil(60 / slice_mm))
+    geometry = ScanGeometry(patient_id="PROBE3D", study_instance_uid="1.2.826.0.1.3680043.8.498.90",
+                            series_instance_uid="1.2.826.0.1.3680043.8.498.91", pixel_spacing=pixel_mm,
+                            slice_thickness=slice_mm, slice_z=tuple(-100.0 + slice_mm * k for k in range(count)),
+                            rows=72, columns=72)
+    ct = read_series(write_dicom_series(np.full(geometry.shape, -850, np.int16), geometry, tmp_path / "series"))
+    centre = np.asarray(ct.image.TransformContinuousIndexToPhysicalPoint((35.3, 36.6, count / 2 - 0.4)))
+    result = xaiexplain.explain_series(ct, [tuple(centre)], bundle, ["saliency"])
+    volume = result.relevance["saliency"]
+    assert volume.GetSize() == ct.image.GetSize() and volume.GetSpacing() == ct.image.GetSpacing()
+    assert volume.GetOrigin() == ct.image.GetOrigin() and volume.GetDirection() == ct.image.GetDirection()
+    values = sitk.GetArrayFromImage(volume)
+    peak = np.unravel_index(np.argmax(values), values.shape)  # (slice, row, column)
+    peak_lps = np.asarray(volume.TransformIndexToPhysicalPoint([int(peak[2]), int(peak[1]), int(peak[0])]))
+    expected = centre + (np.asarray(voxel[::-1]) - (np.asarray(shape[::-1]) - 1) / 2) * np.array([1.0, 1.0, 2.5])
+    assert np.all(np.abs(peak_lps - expected) <= np.array([pixel_mm, pixel_mm, slice_mm]) / 2 + 1e-6), \
+        (peak_lps, expected)
+    row = result.nodules[0]
+    assert row["volume"]["patch_size"] == list(shape) and "slice_probabilities" not in row
+    np.testing.assert_allclose(row["methods"]["saliency"]["peak_lps"], expected, atol=1e-4)
+
+
+def test_explain_series_runs_a_3d_model_from_the_command_line_with_every_method_it_allows(tmp_path):
+    import json
+
+    import SimpleITK as sitk
+
+    from helpers import CENTRE, assert_one_line_error, small_series, xaiexplain as run_cli
+    from xaiexplain.data.series import read_series
+
+    bundle = module_bundle(tmp_path / "model", VOLUME_MODEL, "VolumeNet", {"width": 4, "pool": "avg"},
+                           input_spec=VOLUME_SPEC)
+    methods = [m for m in registry.base_methods() if not registry.get(m).refusal(bundle)]
+    assert {"saliency", "integrated-gradients", "grad-cam", "deep-shap", "lrp", "deep-taylor"} <= set(methods)
+    series, _ = small_series(tmp_path / "series", slices=8)
+    arguments = [a for m in methods for a in ("--method", m)]
+    result = run_cli("explain", "--series", series, "--point", CENTRE, "--model", bundle.path, *arguments,
+                     "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    written = json.loads((tmp_path / "out" / "nodules.json").read_text())
+    [nodule] = written["nodules"]
+    assert set(nodule["methods"]) == set(methods) and nodule["volume"]["patch_size"] == VOLUME_SPEC["patch_size"]
+    reference = sitk.ReadImage(str(next((tmp_path / "out").glob("relevance_*.nrrd"))))
+    ct = read_series(series)
+    assert reference.GetSize() == ct.image.GetSize() and reference.GetOrigin() == ct.image.GetOrigin()
+    assert any((tmp_path / "out").glob("panel_*.png"))
+    refused = run_cli("explain", "--series", series, "--point", CENTRE, "--model", bundle.path, "--method",
+                      "iterative:saliency", "--out", tmp_path / "refused")
+    assert_one_line_error(refused, "iterative:saliency needs", "it reads volumes of 12 x 16 x 16 voxels")
+    assert not (tmp_path / "refused").exists()
+
+
+def test_the_slicer_batch_script_explains_with_a_3d_model(tmp_path):
+    from helpers import assert_batch_script_explains
+
+    bundle = module_bundle(tmp_path / "model", VOLUME_MODEL, "VolumeNet", {"width": 4}, input_spec=VOLUME_SPEC)
+    assert_batch_script_explains(bundle.path, "grad-cam", tmp_path)

@@ -50,9 +50,11 @@ class PatchStack:
         return self.patches if self.channels is None else self.channels
 
     def maps_on_slices(self, maps: np.ndarray) -> np.ndarray:
-        """Per-channel maps (N, S, size, size) of a 2.5D model -> (N, size, size) on this stack's slices: each
-        channel's map on the slice it was read from, averaged where several land on one; channels read from a
-        slice outside the stack are left out."""
+        """The model's maps of ``network_patches`` -> (N, size, size) on this stack's slices. A 2.5D model's
+        per-channel maps (N, S, size, size): each channel's map on the slice it was read from, averaged where
+        several land on one; channels read from a slice outside the stack are left out."""
+        if self.channel_slices is None:
+            return maps
         total = np.zeros((len(self.patches),) + maps.shape[2:], np.float64)
         count = np.zeros(len(self.patches))
         for n, slices in enumerate(self.channel_slices):
@@ -66,6 +68,10 @@ class PatchStack:
     def pixel_mm(self) -> float:
         return self.field_of_view_mm / self.size
 
+    def images(self, values: np.ndarray) -> list[sitk.Image]:
+        """``values`` (the shape of ``patches``) as images in the world, the way back into a series."""
+        return [self.slab_image(n, values[n]) for n in range(len(self.patches))]
+
     def slab_image(self, n: int, values: np.ndarray | None = None) -> sitk.Image:
         """Patch ``n`` (or ``values`` on its grid) as a one-slice SimpleITK image whose slice is as thick
         as its slab: ITK's interpolators reach half a voxel beyond the centres, so the image covers
@@ -74,6 +80,51 @@ class PatchStack:
         image = sitk.GetImageFromArray(array[None])
         _set_plane_geometry(image, self.centers_lps[n], self.size, self.pixel_mm, self.slab_mm[n])
         return image
+
+
+@dataclass
+class VolumePatch(PatchStack):
+    """A 3D patch (a model's ``spatial_dims`` 3 input): ``patches`` are its D axial planes (D, size, size),
+    plane n centred at ``centers_lps[n]``, ``slab_mm`` the spacing of its planes; the model reads the whole
+    volume, and its maps go back into a series by trilinear resampling of the volume (not plane by plane)."""
+
+    @property
+    def network_patches(self) -> np.ndarray:
+        return self.patches[None]
+
+    def maps_on_slices(self, maps: np.ndarray) -> np.ndarray:
+        """The map (1, D, size, size) of the volume -> (D, size, size), one per plane."""
+        return maps[0]
+
+    def images(self, values: np.ndarray) -> list[sitk.Image]:
+        """``values`` (D, size, size) as one 3D image whose voxels are the volume's: ITK's interpolators reach
+        half a voxel beyond the centres, so it covers exactly the volume's box."""
+        image = sitk.GetImageFromArray(np.asarray(values, np.float32))
+        image.SetSpacing((self.pixel_mm, self.pixel_mm, float(self.slab_mm[0])))
+        image.SetOrigin([float(c) for c in self.centers_lps[0] - np.array([1, 1, 0]) * (self.size - 1) / 2
+                         * self.pixel_mm])
+        return [image]
+
+
+def extract_volume(image: sitk.Image, center_lps, size: tuple[int, int, int],
+                   field_of_view_mm: tuple[float, float, float]) -> VolumePatch:
+    """The 3D patch of ``image`` centred at the LPS point: ``size`` (depth, rows, columns) voxels across
+    ``field_of_view_mm`` along world z, y and x, trilinear, air outside the image."""
+    check_point_inside(image, center_lps)
+    if size[1] != size[2] or field_of_view_mm[1] != field_of_view_mm[2]:
+        raise PatchError("a volume's rows and columns must have one size and one field of view")
+    spacing = np.asarray(field_of_view_mm, float)[::-1] / np.asarray(size, float)[::-1]  # x, y, z
+    center = np.asarray(center_lps, float)
+    grid = sitk.Image([int(v) for v in size[::-1]], sitk.sitkFloat32)
+    grid.SetSpacing(spacing.tolist())
+    grid.SetOrigin((center - (np.asarray(size[::-1]) - 1) / 2 * spacing).tolist())
+    values = sitk.GetArrayFromImage(sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, OUTSIDE_HU,
+                                                  sitk.sitkFloat32))
+    depth = size[0]
+    centers = np.repeat(center[None], depth, axis=0)
+    centers[:, 2] = center[2] + (np.arange(depth) - (depth - 1) / 2) * spacing[2]
+    return VolumePatch(patches=values, centers_lps=centers, slab_mm=np.full(depth, spacing[2]), size=int(size[1]),
+                       field_of_view_mm=float(field_of_view_mm[1]))
 
 
 def patch_grid(center, size: int = PATCH_SIZE, field_of_view_mm: float = FIELD_OF_VIEW_MM) -> sitk.Image:
@@ -202,16 +253,15 @@ def backproject(stacks: list[PatchStack], values: list[np.ndarray], reference: s
     """Put patch values back into the voxels of ``reference`` (float32, its exact geometry).
 
     ``values[s]`` has the shape of ``stacks[s].patches``. Each patch covers its 45 x 45 mm square and
-    its slab; where patches overlap their values are averaged; voxels no patch covers get
-    ``background``."""
+    its slab (a volume its box, resampled trilinearly); where patches overlap their values are averaged;
+    voxels no patch covers get ``background``."""
     shape = reference.GetSize()[::-1]
     total = np.zeros(shape, np.float64)
     weight = np.zeros(shape, np.float64)
     for stack, stack_values in zip(stacks, values):
         if stack_values.shape != stack.patches.shape:
             raise ValueError(f"values of shape {stack_values.shape} for patches of shape {stack.patches.shape}")
-        for n in range(len(stack.patches)):
-            slab = stack.slab_image(n, stack_values[n])
+        for slab in stack.images(stack_values):
             region = covered_region(slab, reference)
             if region is None:
                 continue

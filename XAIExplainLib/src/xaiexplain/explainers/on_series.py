@@ -11,9 +11,11 @@ from xaiexplain.data.nodule_sites import NoduleSite, consensus_distance_mm, lidc
 from xaiexplain.data.patches import (
     DEFAULT_HALF_HEIGHT_MM,
     PatchStack,
+    VolumePatch,
     backproject,
     covered_region,
     extract_stack,
+    extract_volume,
 )
 from xaiexplain.data.series import CTSeries
 from xaiexplain.errors import XAIExplainError
@@ -108,11 +110,9 @@ def explain_series(image, points, bundle=None, methods=("saliency",), progress=N
         sites = point_sites(sitk_image, points, half_height_mm)
     if not sites:
         raise XAIExplainError("there is no nodule to explain")
-    size, field_of_view = bundle.input.patch_size[0], bundle.input.field_of_view_mm[0]  # square (load_series_classifier)
-    stacks = [extract_stack(sitk_image, site.center_lps, site.z_range, size, field_of_view, bundle.input.slices)
-              for site in sites]
+    stacks = [_patches_of(sitk_image, site, bundle.input) for site in sites]
     all_patches = np.concatenate([s.network_patches for s in stacks])
-    bounds = np.cumsum([0] + [len(s.patches) for s in stacks])
+    bounds = np.cumsum([0] + [len(s.network_patches) for s in stacks])  # each nodule's rows of the model's input
     probabilities = bundle.predict(all_patches)
     if not np.isfinite(probabilities).all():  # finite weights and inputs can still overflow
         raise XAIExplainError(f"the classifier {bundle.path} gives no finite probability for some patches of this "
@@ -120,10 +120,14 @@ def explain_series(image, points, bundle=None, methods=("saliency",), progress=N
     nodules = []
     for n, site in enumerate(sites):
         slice_p = probabilities[bounds[n]:bounds[n + 1]]
-        row = {"name": site.name, "center_lps": list(site.center_lps), "slices": int(len(slice_p)),
+        row = {"name": site.name, "center_lps": list(site.center_lps), "slices": int(len(stacks[n].patches)),
                "slice_z": stacks[n].centers_lps[:, 2].tolist(), "probability": float(slice_p.mean()),
                "slice_probabilities": slice_p.tolist(), "threshold": bundle.threshold,
                "decision": "malignant" if slice_p.mean() >= bundle.threshold else "benign", "methods": {}}
+        if isinstance(stacks[n], VolumePatch):  # one decision for the whole volume, its planes' z in slice_z
+            del row["slice_probabilities"]
+            row["volume"] = {"patch_size": list(bundle.input.patch_size),
+                             "field_of_view_mm": list(bundle.input.field_of_view_mm)}
         if site.lidc is not None:
             row["lidc"] = {k: v for k, v in site.lidc.to_json().items() if k not in ("annotation_ids",)}
         nodules.append(row)
@@ -131,9 +135,9 @@ def explain_series(image, points, bundle=None, methods=("saliency",), progress=N
     relevance, labels, per_method_maps, series_counterfactuals = {}, {}, {}, {}
     for method in methods:
         maps, details = explain(bundle, all_patches, method, return_details=True, **options_of[method])
-        # a 2.5D model's per-channel maps go back on the slices their channels were read from
-        per_nodule = [stacks[n].maps_on_slices(maps[bounds[n]:bounds[n + 1]]) if maps.ndim == 4
-                      else maps[bounds[n]:bounds[n + 1]] for n in range(len(sites))]
+        # a 2.5D model's per-channel maps go back on the slices their channels were read from, a volume's
+        # map on its planes
+        per_nodule = [stacks[n].maps_on_slices(maps[bounds[n]:bounds[n + 1]]) for n in range(len(sites))]
         per_method_maps[method] = per_nodule
         volume = backproject(stacks, per_nodule, sitk_image)
         relevance[method] = volume
@@ -174,16 +178,25 @@ def explain_series(image, points, bundle=None, methods=("saliency",), progress=N
 
 def load_series_classifier(bundle=None, device="cpu"):
     """The classifier bundle (default the shipped one) loaded, if its input spec is one series can be explained
-    with: square patches, of any size and field of view, of one slice or of neighbouring slices as channels
-    (``extract_stack`` cuts them at the spec's); otherwise one sentence, before a series is read."""
+    with: square patches (in-plane), of any size and field of view, of one slice, of neighbouring slices as
+    channels (``extract_stack`` cuts them at the spec's) or volumes (``extract_volume``); otherwise one
+    sentence, before a series is read."""
     bundle = load_bundle(DEFAULT_CLASSIFIER if bundle is None else bundle, device=device)
     spec = bundle.input
-    if spec.patch_size[0] != spec.patch_size[1] or spec.field_of_view_mm[0] != spec.field_of_view_mm[1]:
+    if not spec.is_square:
         raise XAIExplainError(f"the classifier {shown_name(bundle.path)} reads patches of "
                               f"{' x '.join(map(str, spec.patch_size))} px across "
                               f"{' x '.join(f'{v:g}' for v in spec.field_of_view_mm)} mm; series are explained with "
                               f"square patches (other input specs: not yet)")
     return bundle
+
+
+def _patches_of(image: sitk.Image, site: NoduleSite, spec) -> PatchStack:
+    """What the model reads of one nodule: a volume about its centre (3D), else axial patches through it."""
+    if spec.spatial_dims == 3:
+        return extract_volume(image, site.center_lps, spec.patch_size, spec.field_of_view_mm)
+    return extract_stack(image, site.center_lps, site.z_range, spec.patch_size[0], spec.field_of_view_mm[0],
+                         spec.slices)
 
 
 def _patch_point_lps(stack: PatchStack, n: int, row: int, column: int) -> np.ndarray:

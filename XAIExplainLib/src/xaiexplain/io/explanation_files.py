@@ -2,10 +2,12 @@
 geometry, ``nodules.json`` and a PNG panel per nodule, written as one output set (whole or absent)."""
 from __future__ import annotations
 
+import numpy as np
 import SimpleITK as sitk
 
 from xaiexplain import __version__
 from xaiexplain.data.nodule_sites import lidc_sites, point_sites
+from xaiexplain.data.patches import PatchStack, VolumePatch
 from xaiexplain.data.series import read_series
 from xaiexplain.devices import select_device
 from xaiexplain.explainers import registry
@@ -17,6 +19,7 @@ from xaiexplain.models.bundles import DEFAULT_CLASSIFIER
 
 SERIES_MANIFEST = "nodules.json"
 EXPLAIN_OWNER = "xaiexplain explain"  # recorded in the manifest: the batch script's scenes use the same names
+VOLUME_PANEL_PLANES = 5  # rows of a volume's panel: its planes, evenly through it
 
 
 def panel_file_name(nodule_name: str) -> str:
@@ -61,10 +64,9 @@ def write_series_explanation(series_folder, out, methods, model=None, series_uid
             files[f"counterfactual_{name}"] = f"counterfactual_{name}.nrrd"
             sitk.WriteImage(image, str(written.path(files[f"counterfactual_{name}"])), useCompression=True)
         for n, (site, stack) in enumerate(zip(result.sites, result.stacks) if panels else ()):
-            titles = [f"z {z:.1f}  p {p:.2f}" for z, p in zip(stack.centers_lps[:, 2],
-                                                              result.nodules[n]["slice_probabilities"])]
             row = result.nodules[n]
-            explanation_panel(stack.patches, {m: result.maps[m][n] for m in methods},
+            shown, titles = panel_rows(stack, row)
+            explanation_panel(stack.patches[shown], {m: result.maps[m][n][shown] for m in methods},
                               written.path(panel_file_name(site.name)), titles,
                               title=f"{ct.patient_id} {site.name}: p(malignant) {row['probability']:.2f} "
                                     f"({row['decision']}, threshold {row['threshold']:.2f})")
@@ -80,3 +82,13 @@ def write_series_explanation(series_folder, out, methods, model=None, series_uid
             "reference_warnings": result.reference_warnings(),
             "nodules": result.nodules}
     return written.manifest_data, result
+
+
+def panel_rows(stack: PatchStack, row: dict) -> tuple[np.ndarray, list[str]]:
+    """Which planes of a nodule's patches a panel shows, and their titles: every slice with its probability;
+    of a volume, VOLUME_PANEL_PLANES planes evenly through it (one probability: the panel's title)."""
+    if isinstance(stack, VolumePatch):
+        shown = np.unique(np.linspace(0, len(stack.patches) - 1, VOLUME_PANEL_PLANES).round().astype(int))
+        return shown, [f"z {stack.centers_lps[k, 2]:.1f}" for k in shown]
+    titles = [f"z {z:.1f}  p {p:.2f}" for z, p in zip(stack.centers_lps[:, 2], row["slice_probabilities"])]
+    return np.arange(len(stack.patches)), titles
