@@ -47,7 +47,7 @@ def parse_arguments(argv, parse_point):
 def run(argv) -> int:
     try:
         import xaiexplain.slicer as xs
-        from xaiexplain.apps.cli import parse_point
+        from xaiexplain.apps.arguments import parse_point
         from xaiexplain.errors import XAIExplainError
         from xaiexplain.termination import handle_termination_signals, interrupted_exit_status
     except ImportError as error:

@@ -98,30 +98,29 @@ NOISE_SD_HU = 40.0
 
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Flips, quarter turns, shifts of up to 3 pixels, HU gain and offset, white noise of 0 to NOISE_SD_HU:
-    what changes between CT scans of the same nodule without changing its malignancy."""
-    n = x.shape[0]
+    """Flips, quarter turns (in the axial plane), shifts of up to 3 pixels along every axis, HU gain and
+    offset, white noise of 0 to NOISE_SD_HU: what changes between CT scans of the same nodule without changing
+    its malignancy. ``x``: (N, 1, H, W) patches or (N, 1, D, H, W) volumes."""
+    n, dims = x.shape[0], x.dim() - 2
+    per_patch = (n,) + (1,) * (dims + 1)
     flip_lr = torch.rand(n, generator=generator) < 0.5
     flip_ud = torch.rand(n, generator=generator) < 0.5
     turns = torch.randint(0, 4, (n,), generator=generator)
-    shifts = torch.randint(-3, 4, (n, 2), generator=generator)
+    shifts = torch.randint(-3, 4, (n, dims), generator=generator)
     gain = 1 + 0.05 * (2 * torch.rand(n, generator=generator) - 1)
     offset = 0.015 * (2 * torch.rand(n, generator=generator) - 1)  # about +/- 20 HU
-    size = x.shape[-1]
-    padded = nn.functional.pad(x, (3, 3, 3, 3), mode="replicate")
-    base = torch.arange(size)
-    rows = (base[None, :] + shifts[:, :1] + 3)[:, :, None]
-    columns = (base[None, :] + shifts[:, 1:] + 3)[:, None, :]
-    out = padded[torch.arange(n)[:, None, None], 0, rows, columns][:, None]
-    out = torch.where(flip_lr[:, None, None, None], out.flip(-1), out)
-    out = torch.where(flip_ud[:, None, None, None], out.flip(-2), out)
+    padded = nn.functional.pad(x, (3, 3) * dims, mode="replicate")
+    out = torch.stack([padded[k, :, *(slice(3 + int(s), 3 + int(s) + side) for s, side in zip(shifts[k], x.shape[2:]))]
+                       for k in range(n)]) if n else x.clone()
+    out = torch.where(flip_lr.view(per_patch), out.flip(-1), out)
+    out = torch.where(flip_ud.view(per_patch), out.flip(-2), out)
     for quarter in range(1, 4):
         chosen = turns == quarter
         if chosen.any():
             out[chosen] = torch.rot90(out[chosen], quarter, (-2, -1))
     noise_sd = NOISE_SD_HU / (HU_WINDOW[1] - HU_WINDOW[0]) * torch.rand(n, generator=generator)
-    noise = noise_sd[:, None, None, None] * torch.randn(out.shape, generator=generator)
-    return (out * gain[:, None, None, None] + offset[:, None, None, None] + noise).clamp(0, 1)
+    noise = noise_sd.view(per_patch) * torch.randn(out.shape, generator=generator)
+    return (out * gain.view(per_patch) + offset.view(per_patch) + noise).clamp(0, 1)
 
 
 def process_share(order: np.ndarray, rank: int, world: int) -> np.ndarray:
@@ -192,9 +191,14 @@ def train_classifier(settings: ClassifierSettings, progress: bool = True) -> dic
                               f"and {selection} splits")
     validating = len(validation_index) > 0
 
-    model = NoduleClassifier(widths=settings.widths, input_size=int(summary["patch_size"])).to(device)
+    spatial_dims = int(summary.get("spatial_dims", 2))
+    # a 2D set records one patch size and field of view, a set of volumes one per axis (depth, rows, columns)
+    patch_size = summary["patch_size"] if spatial_dims == 3 else int(summary["patch_size"])
+    field_of_view = summary["field_of_view_mm"] if spatial_dims == 3 else float(summary["field_of_view_mm"])
+    model = NoduleClassifier(widths=settings.widths, input_size=patch_size, spatial_dims=spatial_dims).to(device)
+    memory_format = torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
     if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=memory_format)
     trained = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     sample_weights = torch.from_numpy(loss_weights(all_labels, nodule_patches, train_index, settings.lung_weight))
@@ -231,7 +235,7 @@ def train_classifier(settings: ClassifierSettings, progress: bool = True) -> dic
             targets = labels[batch].to(device)
             weights = sample_weights[batch].to(device)
             if device.type == "cuda":
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
+                inputs = inputs.contiguous(memory_format=memory_format)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 loss = (loss_function(trained(inputs).float(), targets) * weights).sum() / weights.sum()
             optimiser.zero_grad(set_to_none=True)
@@ -286,10 +290,11 @@ def train_classifier(settings: ClassifierSettings, progress: bool = True) -> dic
     config = {
         "kind": "classifier",
         "architecture": "NoduleClassifier",
-        "arguments": {"widths": list(settings.widths), "input_size": int(summary["patch_size"])},
-        "input": {"patch_size": int(summary["patch_size"]), "field_of_view_mm": float(summary["field_of_view_mm"]),
-                  "hu_window": list(HU_WINDOW), "normalisation": "window",
-                  "class_names": list(CLASS_NAMES)},
+        "arguments": {"widths": list(settings.widths), "input_size": patch_size,
+                      **({"spatial_dims": 3} if spatial_dims == 3 else {})},
+        "input": {"patch_size": patch_size, "field_of_view_mm": field_of_view, "hu_window": list(HU_WINDOW),
+                  "normalisation": "window", "class_names": list(CLASS_NAMES),
+                  **({"spatial_dims": 3} if spatial_dims == 3 else {})},
         "decision_threshold": threshold,
         "provenance": {
             "command": settings.command,
@@ -323,7 +328,8 @@ def train_classifier(settings: ClassifierSettings, progress: bool = True) -> dic
             "confidence_intervals": "95 % percentile bootstrap; patches resampled by nodule (lung patches by patient)",
             "nodule_free_lung_specificity": lung_metrics,
         },
-        "reference_check": reference_check(predict, threshold, lung_test_hu, int(summary["patch_size"])),
+        "reference_check": reference_check(predict, threshold, lung_test_hu,
+                                           tuple(patch_size) if spatial_dims == 3 else patch_size),
     }
     save_bundle(settings.out, model, config, {"training_curves.csv": lambda path: write_csv_rows(path, history)})
     return config

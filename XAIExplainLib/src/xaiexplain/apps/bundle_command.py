@@ -30,9 +30,9 @@ def _numbers(text: str, kind=float) -> list:
     try:
         values = [kind(part) for part in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not one number or two separated by a comma") from None
-    if len(values) not in (1, 2):
-        raise argparse.ArgumentTypeError(f"'{text}' is not one number or two separated by a comma")
+        raise argparse.ArgumentTypeError(f"'{text}' is not one to three numbers separated by commas") from None
+    if len(values) not in (1, 2, 3):
+        raise argparse.ArgumentTypeError(f"'{text}' is not one to three numbers separated by commas")
     return values
 
 

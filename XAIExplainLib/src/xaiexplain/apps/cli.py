@@ -5,11 +5,18 @@ Errors a user can cause end in one sentence on stderr and exit status 2; nothing
 from __future__ import annotations
 
 import argparse
-import math
 import shlex
 import sys
 from pathlib import Path
 
+from xaiexplain.apps.arguments import (
+    non_empty,
+    parse_option,
+    parse_point,
+    per_axis,
+    positive_millimetres,
+    positive_pixels,
+)
 from xaiexplain.apps.bundle_command import add_bundle_command, run_bundle
 from xaiexplain.apps.archive_commands import (
     add_archive_arguments,
@@ -38,32 +45,6 @@ examples:
 """
 
 
-def parse_point(text: str) -> tuple[float, float, float]:
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 3 or not all(math.isfinite(v) for v in values):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a point: give three finite LPS millimetres as X,Y,Z")
-    return values
-
-
-def parse_option(text: str) -> tuple[str, str]:
-    """NAME=VALUE; the value stays text until the methods that take the option read it by its type
-    (``explain_options``)."""
-    name, equals, value = text.partition("=")
-    if not equals or not name:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an option: give NAME=VALUE")
-    return name, value
-
-
-def non_empty(text: str) -> str:
-    """A bundle or layer name: an empty one (an unset shell variable) is refused, not taken as the default."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("an empty name was given (is a shell variable unset?)")
-    return text
-
-
 def explain_options(args) -> dict:
     """The methods' options of the command line, each read by its type and range (one sentence if not)."""
     from xaiexplain.explainers.on_patches import parse_options
@@ -88,22 +69,6 @@ def methods_help() -> str:
     lines.append("  iterative:<method>     paper 2's iterative augmentation of visual evidence around any of them "
                  f"(options: the method's and {', '.join(registry.ITERATIVE_DEFAULTS)})")
     return "\n".join(lines)
-
-
-def positive_pixels(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 2048:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of pixels from 1 to 2048")
-    return int(text)
-
-
-def positive_millimetres(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a positive number of millimetres")
-    return value
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -147,10 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--lung-patches", type=whole_number_from_0, default=None, metavar="N",
                          help="with --patches: N nodule-free lung patches of each scan beside the nodules' "
                               "(lung_patches.npz; default 8, 0 for none)")
-    phantom.add_argument("--patch-size", type=positive_pixels, default=64, metavar="PX",
-                         help="with --patches: the side of the patches (a model's input spec; default 64)")
-    phantom.add_argument("--field-of-view-mm", type=positive_millimetres, default=45.0, metavar="MM",
-                         help="with --patches: the millimetres they cover (default 45)")
+    phantom.add_argument("--patch-size", type=per_axis(positive_pixels), default=64, metavar="PX",
+                         help="with --patches: the side of the patches (a model's input spec; default 64); with "
+                              "--spatial-dims 3, one or three values (depth,rows,columns)")
+    phantom.add_argument("--field-of-view-mm", type=per_axis(positive_millimetres), default=45.0, metavar="MM",
+                         help="with --patches: the millimetres they cover (default 45; per axis as --patch-size)")
+    phantom.add_argument("--spatial-dims", type=int, choices=(2, 3), default=2,
+                         help="with --patches: 2 for axial patches (default), 3 for one volume per nodule")
     phantom.add_argument("--slices", type=positive_pixels, default=1, metavar="S",
                          help="with --patches: neighbouring slices as channels, for a 2.5D model (odd; default 1)")
     phantom.add_argument("--seed", type=parse_seed, default=0, help="seed of all random choices (default 0)")
@@ -295,7 +263,8 @@ def run_phantom(args, command_line: str) -> int:
         summary = render_patch_set(args.out, seed=args.seed, patient_ids=args.scans, command=command_line,
                                    lung_patches_per_scan=LUNG_PATCHES_PER_SCAN if args.lung_patches is None
                                    else args.lung_patches, size=args.patch_size,
-                                   field_of_view_mm=args.field_of_view_mm, slices=args.slices)
+                                   field_of_view_mm=args.field_of_view_mm, slices=args.slices,
+                                   spatial_dims=args.spatial_dims)
         print(f"{summary['patches']} patches of {summary['nodules']} nodules from {summary['patients']} patients "
               f"in {summary['seconds']} s")
         lung = summary["lung_patches"]["counts"]

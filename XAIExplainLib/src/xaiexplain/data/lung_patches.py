@@ -49,9 +49,11 @@ def nodule_boxes_lps(nodules, geometry) -> list[tuple[np.ndarray, np.ndarray]]:
     return boxes
 
 
-def misses_every_box(centre_lps, boxes, field_of_view_mm: float = FIELD_OF_VIEW_MM) -> bool:
+def misses_every_box(centre_lps, boxes, field_of_view_mm: float = FIELD_OF_VIEW_MM, depth_mm: float = 0.0) -> bool:
+    """Whether the patch about ``centre_lps`` (a volume ``depth_mm`` deep), widened by NODULE_MARGIN_MM,
+    misses every box."""
     half = field_of_view_mm / 2 + NODULE_MARGIN_MM
-    reach = np.array([half, half, NODULE_MARGIN_MM])
+    reach = np.array([half, half, depth_mm / 2 + NODULE_MARGIN_MM])
     centre = np.asarray(centre_lps, float)
     return all(np.any(centre + reach < low) or np.any(centre - reach > high) for low, high in boxes)
 
@@ -104,11 +106,11 @@ def axial_planes(image: sitk.Image) -> Callable[[int], tuple[sitk.Image, float]]
 
 class LungPatchRows:
     """Lung patches assembled scan by scan, as ``lung_patches.npz`` holds them: ``images`` int16 HU (N, size,
-    size) (or (N, slices, size, size) for a 2.5D set), ``split`` int8 (0 train, 1 validation, 2 test: the patient's split), ``center_lps`` float32 (N, 3),
+    size) (or (N, slices, size, size) for a 2.5D set, (N, D, H, W) for volumes: ``shape``), ``split`` int8 (0 train, 1 validation, 2 test: the patient's split), ``center_lps`` float32 (N, 3),
     ``patient_id`` str (N,)."""
 
-    def __init__(self, size: int = PATCH_SIZE, slices: int = 1):
-        self.shape = (size, size) if slices == 1 else (slices, size, size)
+    def __init__(self, size: int = PATCH_SIZE, slices: int = 1, shape: tuple[int, ...] | None = None):
+        self.shape = shape or ((size, size) if slices == 1 else (slices, size, size))
         self.parts: dict[str, list] = {"images": [], "split": [], "center_lps": [], "patient_id": []}
 
     def add(self, patient_id: str, split: int, patches_hu: np.ndarray, centres_lps: np.ndarray) -> None:

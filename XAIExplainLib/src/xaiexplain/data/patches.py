@@ -52,8 +52,9 @@ class PatchStack:
     def maps_on_slices(self, maps: np.ndarray) -> np.ndarray:
         """The model's maps of ``network_patches`` -> (N, size, size) on this stack's slices. A 2.5D model's
         per-channel maps (N, S, size, size): each channel's map on the slice it was read from, averaged where
-        several land on one; channels read from a slice outside the stack are left out."""
-        if self.channel_slices is None:
+        several land on one; channels read from a slice outside the stack are left out. Maps without
+        channels (a 2.5D model's Grad-CAM) stay on their patch's slice."""
+        if self.channel_slices is None or maps.ndim == 3:
             return maps
         total = np.zeros((len(self.patches),) + maps.shape[2:], np.float64)
         count = np.zeros(len(self.patches))
@@ -107,9 +108,11 @@ class VolumePatch(PatchStack):
 
 
 def extract_volume(image: sitk.Image, center_lps, size: tuple[int, int, int],
-                   field_of_view_mm: tuple[float, float, float]) -> VolumePatch:
+                   field_of_view_mm: tuple[float, float, float], interpolator=sitk.sitkLinear,
+                   outside_value: float = OUTSIDE_HU) -> VolumePatch:
     """The 3D patch of ``image`` centred at the LPS point: ``size`` (depth, rows, columns) voxels across
-    ``field_of_view_mm`` along world z, y and x, trilinear, air outside the image."""
+    ``field_of_view_mm`` along world z, y and x, trilinear (``sitk.sitkNearestNeighbor`` for label images),
+    air outside the image."""
     check_point_inside(image, center_lps)
     if size[1] != size[2] or field_of_view_mm[1] != field_of_view_mm[2]:
         raise PatchError("a volume's rows and columns must have one size and one field of view")
@@ -118,8 +121,8 @@ def extract_volume(image: sitk.Image, center_lps, size: tuple[int, int, int],
     grid = sitk.Image([int(v) for v in size[::-1]], sitk.sitkFloat32)
     grid.SetSpacing(spacing.tolist())
     grid.SetOrigin((center - (np.asarray(size[::-1]) - 1) / 2 * spacing).tolist())
-    values = sitk.GetArrayFromImage(sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, OUTSIDE_HU,
-                                                  sitk.sitkFloat32))
+    values = sitk.GetArrayFromImage(sitk.Resample(image, grid, sitk.Transform(), interpolator,
+                                                  float(outside_value), sitk.sitkFloat32))
     depth = size[0]
     centers = np.repeat(center[None], depth, axis=0)
     centers[:, 2] = center[2] + (np.arange(depth) - (depth - 1) / 2) * spacing[2]

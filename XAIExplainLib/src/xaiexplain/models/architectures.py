@@ -7,6 +7,7 @@ can run on it.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -18,17 +19,24 @@ DEFAULT_CAM_LAYER = "block3"
 
 
 class NoduleClassifier(nn.Module):
-    def __init__(self, widths=(32, 64, 128, 256), input_size: int = 64, in_channels: int = 1):
+    """Paper 1's ConvNet; ``spatial_dims`` 3: the same blocks with 3D convolutions and batch norm, for volumes
+    of ``input_size`` (depth, rows, columns; one number: a cube)."""
+
+    def __init__(self, widths=(32, 64, 128, 256), input_size=64, in_channels: int = 1, spatial_dims: int = 2):
         super().__init__()
+        convolution, norm = (nn.Conv3d, nn.BatchNorm3d) if spatial_dims == 3 else (nn.Conv2d, nn.BatchNorm2d)
         blocks = []
         channels = in_channels
         for n, width in enumerate(widths):
-            blocks += [nn.Conv2d(channels, width, 3, stride=1 if n == 0 else 2, padding=1, bias=False),
-                       nn.BatchNorm2d(width), nn.ReLU()]
+            blocks += [convolution(channels, width, 3, stride=1 if n == 0 else 2, padding=1, bias=False),
+                       norm(width), nn.ReLU()]
             channels = width
         self.features = nn.Sequential(*blocks)
-        side = input_size // 2 ** (len(widths) - 1)
-        self.classifier = nn.Linear(channels * side * side, len(CLASS_NAMES))
+        sizes = list(input_size) if isinstance(input_size, (list, tuple)) else [input_size] * spatial_dims
+        # each stride-2 convolution (kernel 3, padding 1) maps a side s to ceil(s / 2)
+        for _ in range(len(widths) - 1):
+            sizes = [(side + 1) // 2 for side in sizes]
+        self.classifier = nn.Linear(channels * int(np.prod(sizes)), len(CLASS_NAMES))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, 2) of (benign, malignant)."""

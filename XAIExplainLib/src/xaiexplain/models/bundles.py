@@ -199,6 +199,8 @@ def _implausible(value, default) -> str | None:
         return None if isinstance(value, list) and value and all(map(_positive_int, value)) else \
             "a list of positive integers"
     if isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(value, list):  # a size per axis (a volume's depth, rows, columns)
+            return None if value and all(map(_positive_int, value)) else "a positive integer or a list of them"
         return None if _positive_int(value) else "a positive integer"
     return "a finite number" if isinstance(default, float) and not _number(value) else None
 

@@ -29,6 +29,7 @@ from xaiexplain.data.patch_set import (
 )
 from xaiexplain.data.patches import FIELD_OF_VIEW_MM, PATCH_SIZE, extract_patch
 from xaiexplain.data.sources import phantom
+from xaiexplain.data.sources.phantom_volumes import nodule_volume, scan_lung_volumes
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.io.files import output_set
 
@@ -127,13 +128,25 @@ def scan_lung_patches(geometry: ScanGeometry, scan_nodules: list[lidc.LidcNodule
 
 def render_patch_set(out_dir, seed: int = 0, patient_ids: list[str] | None = None, progress: bool = True,
                      command: str | None = None, lung_patches_per_scan: int = LUNG_PATCHES_PER_SCAN,
-                     size: int = PATCH_SIZE, field_of_view_mm: float = FIELD_OF_VIEW_MM, slices: int = 1) -> dict:
+                     size=PATCH_SIZE, field_of_view_mm=FIELD_OF_VIEW_MM, slices: int = 1,
+                     spatial_dims: int = 2) -> dict:
     """Render the patch set into ``out_dir`` (one output set, ``dataset.json`` its manifest) and return its
     summary; ``lung_patches_per_scan`` nodule-free lung patches of each scan beside the nodules' (0: none);
     patches of ``size`` px across ``field_of_view_mm`` (a model's input spec; default 64 px / 45 mm) and, for a
-    2.5D model, ``slices`` neighbouring slices as channels."""
+    2.5D model, ``slices`` neighbouring slices as channels. ``spatial_dims`` 3: one volume per nodule of
+    ``size`` (depth, rows, columns; one number: a cube) voxels across ``field_of_view_mm`` along z, y, x
+    (``phantom_volumes``), and lung volumes."""
     if slices < 1 or slices % 2 == 0:
         raise XAIExplainError(f"the slices of a patch must be an odd number (1 for 2D), not {slices}")
+    if spatial_dims == 2 and not (np.isscalar(size) and np.isscalar(field_of_view_mm)):
+        raise XAIExplainError("axial patches have one size and one field of view; give three per axis only for "
+                              "volumes (spatial dims 3)")
+    if spatial_dims == 3:
+        from xaiexplain.models.contract import InputSpec  # its checks of a volume's axes (torch: only here)
+
+        spec = InputSpec.from_config({"spatial_dims": 3, "patch_size": size, "field_of_view_mm": field_of_view_mm,
+                                      "slices": slices})
+        size, field_of_view_mm = spec.patch_size, spec.field_of_view_mm
     started = time.time()
     lidc.nodule_table(progress=progress)  # build the cache with a progress bar on the first run
     labelled_series = labelled_scans(patient_ids)
@@ -141,15 +154,17 @@ def render_patch_set(out_dir, seed: int = 0, patient_ids: list[str] | None = Non
         raise lidc.LidcError("none of the requested scans has a nodule with a benign or malignant label")
     with output_set(out_dir, PATCH_SET_MANIFEST) as written:  # checks that out_dir is writable before rendering
         summary = _render_patch_set(written, labelled_series, seed, progress, command, started, lung_patches_per_scan,
-                                    size, field_of_view_mm, slices)
+                                    size, field_of_view_mm, slices, spatial_dims)
     return summary
 
 
 def _render_patch_set(written, labelled_series, seed, progress, command, started, lung_patches_per_scan, size,
-                      field_of_view_mm, slices) -> dict:
+                      field_of_view_mm, slices, spatial_dims) -> dict:
     split_of = full_set_split(seed)
     assembled = PatchSetRows()
-    lung = LungPatchRows(size, slices)
+    volumes = spatial_dims == 3
+    lung = LungPatchRows(shape=tuple(size)) if volumes else LungPatchRows(size, slices)
+    irregular = []
     series_items = sorted(labelled_series.items())
     if progress:
         from tqdm import tqdm
@@ -157,16 +172,25 @@ def _render_patch_set(written, labelled_series, seed, progress, command, started
         series_items = tqdm(series_items, desc="phantom patches", unit="scan", file=sys.stderr)
     for scan_number, ((patient_id, series_uid), nodules) in enumerate(series_items):
         geometry = lidc.scan_geometry(series_uid)
+        if volumes and not geometry.is_regular:  # a volume is resampled from a grid of one slice spacing
+            irregular.append(patient_id)
+            continue
         for nodule in nodules:
             lidc.load_consensus(nodule)
         for nodule in nodules:
-            if nodule.label is not None:
-                assembled.add(nodule.to_json(), split_of[patient_id], nodule_patches(geometry, nodule, nodules, seed, size,
-                                                                                      field_of_view_mm, slices))
+            if nodule.label is None:
+                continue
+            patches = (nodule_volume(geometry, nodule, nodules, seed, size, field_of_view_mm) if volumes else
+                       nodule_patches(geometry, nodule, nodules, seed, size, field_of_view_mm, slices))
+            assembled.add(nodule.to_json(), split_of[patient_id], patches)
         if lung_patches_per_scan:
             lung.add(patient_id, SPLITS.index(split_of[patient_id]),
-                     *scan_lung_patches(geometry, nodules, seed, scan_number, lung_patches_per_scan, size,
-                                        field_of_view_mm, slices))
+                     *(scan_lung_volumes(geometry, nodules, seed, scan_number, lung_patches_per_scan, size,
+                                         field_of_view_mm) if volumes else
+                       scan_lung_patches(geometry, nodules, seed, scan_number, lung_patches_per_scan, size,
+                                         field_of_view_mm, slices)))
+    if not assembled.rows:
+        raise XAIExplainError("none of the requested scans has the regular slice spacing a volume is cut from")
     rows = assembled.rows
     summary = {
         "format": "xaiexplain-patch-set",
@@ -174,8 +198,8 @@ def _render_patch_set(written, labelled_series, seed, progress, command, started
         "library_version": __version__,
         "command": command,
         "seed": seed,
-        "patch_size": size,
-        "field_of_view_mm": field_of_view_mm,
+        "patch_size": list(size) if volumes else size,
+        "field_of_view_mm": list(field_of_view_mm) if volumes else field_of_view_mm,
         "slices": slices,
         "patients": len({r["patient_id"] for r in rows}),
         "nodules": len(rows),
@@ -184,5 +208,7 @@ def _render_patch_set(written, labelled_series, seed, progress, command, started
         "lung_patches": {"per_scan": lung_patches_per_scan, "criterion": CRITERION, "counts": lung.counts(SPLITS)},
         "seconds": round(time.time() - started, 1),
     }
+    if volumes:
+        summary.update(spatial_dims=3, scans_skipped_for_irregular_slices=irregular)
     write_patch_set_files(written, assembled.arrays(), rows, summary, lung.arrays() if lung_patches_per_scan else None)
     return summary
