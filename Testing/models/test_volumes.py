@@ -61,7 +61,7 @@ def test_every_method_a_3d_model_allows_gives_maps_of_the_volumes_shape(volume_b
         ran.append(method)
     assert {"saliency", "integrated-gradients", "grad-cam", "grad-cam-signed", "lrp", "deep-taylor"} <= set(ran)
     assert refused["cycle-am"].endswith("it reads volumes of 12 x 16 x 16 voxels")
-    assert registry.get("iterative:saliency").refusal(volume_bundle).endswith("12 x 16 x 16 voxels")
+    assert registry.get("iterative:saliency").refusal(volume_bundle) is None  # Algorithm 1 in 3D
     # DeepLiftShap has no rule for max pooling: refused for the max-pooling model, run for the other
     assert ("deep-shap" in refused) == ("MaxPool3d" in repr(volume_bundle.model)), refused.get("deep-shap")
     assert "guided-backprop" in refused  # a LeakyReLU is not a ReLU
@@ -186,8 +186,8 @@ def test_explain_series_runs_a_3d_model_from_the_command_line_with_every_method_
     assert reference.GetSize() == ct.image.GetSize() and reference.GetOrigin() == ct.image.GetOrigin()
     assert any((tmp_path / "out").glob("panel_*.png"))
     refused = run_cli("explain", "--series", series, "--point", CENTRE, "--model", bundle.path, "--method",
-                      "iterative:saliency", "--out", tmp_path / "refused")
-    assert_one_line_error(refused, "iterative:saliency needs", "it reads volumes of 12 x 16 x 16 voxels")
+                      "cycle-am", "--out", tmp_path / "refused")
+    assert_one_line_error(refused, "cycle-am needs one-slice 2D patches", "it reads volumes of 12 x 16 x 16 voxels")
     assert not (tmp_path / "refused").exists()
 
 

@@ -91,3 +91,50 @@ def test_a_3d_classifier_explains_a_phantom_series_with_every_method_it_allows(v
             assert image.GetSize() == ct.image.GetSize() and image.GetOrigin() == ct.image.GetOrigin()
             assert np.allclose(image.GetSpacing(), ct.image.GetSpacing())
         assert np.isfinite(sitk.GetArrayViewFromImage(relevance)).all()
+
+
+@pytest.mark.parametrize("method", ["saliency", "grad-cam"])
+def test_algorithm_1_on_volumes_augments_non_negative_evidence_with_bounded_masks(volume_classifier, volume_set,
+                                                                                method):
+    """Paper 2's Algorithm 1 on the volumes the 3D classifier calls malignant: every M_t is evidence for the
+    decision (>= 0), Otsu's mask over the volume is a bounded share of it, the inpainting (Navier-Stokes, plane
+    by plane) changes only masked voxels, the augmented map is the decayed sum, and each volume stops once
+    its probability falls below the threshold or at T."""
+    import xaiexplain
+    from xaiexplain.explainers import iterative
+
+    bundle = xaiexplain.load_bundle(volume_classifier)
+    arrays, _, _ = load_patch_set(volume_set)
+    images = arrays["images"].astype(np.float32)
+    called = np.flatnonzero(bundle.predict(images) >= bundle.threshold)[:6]
+    assert len(called)
+    augmented, result = xaiexplain.explain(bundle, images[called], "iterative:" + method, max_iterations=6,
+                                           return_details=True)
+    assert augmented.shape == (len(called), *SIZE)
+    for n, passes in enumerate(result.passes):
+        assert 1 <= len(passes) <= 5
+        assert all(p.probability >= bundle.threshold for p in passes[:-1])
+        previous = images[called[n]]
+        for p in passes:
+            assert p.relevance.shape == tuple(SIZE) and (p.relevance >= 0).all()
+            assert p.mask.mean() <= 0.5 and p.mask.any() == (np.ptp(p.relevance) > 0)  # empty: a map of zeros
+            assert not ((p.inpainted != previous) & ~p.mask).any()
+            previous = p.inpainted
+        expected = sum((np.exp(-iterative.DECAY * p.t) * p.relevance for p in passes), np.zeros(SIZE))
+        np.testing.assert_allclose(augmented[n], expected, rtol=1e-5, atol=1e-7)
+    masks = [p.mask.mean() for passes in result.passes for p in passes]
+    assert np.median(masks) <= 0.25, np.median(masks)
+
+
+def test_phantom_renders_a_3d_patch_set_from_the_command_line(tmp_path):
+    from helpers import assert_one_line_error
+
+    result = run_cli("phantom", "--patches", "--scans", "LIDC-IDRI-0078", "--spatial-dims", "3", "--patch-size",
+                     "8,16,16", "--field-of-view-mm", "20,24,24", "--lung-patches", "0", "--out", tmp_path / "set")
+    assert result.returncode == 0, result.stderr
+    arrays, nodules, summary = load_patch_set(tmp_path / "set")
+    assert arrays["images"].shape == (len(nodules), 8, 16, 16) and summary["field_of_view_mm"] == [20.0, 24.0, 24.0]
+    flat = run_cli("phantom", "--patches", "--scans", "LIDC-IDRI-0078", "--patch-size", "8,16,16", "--out",
+                   tmp_path / "flat")
+    assert_one_line_error(flat, "axial patches have one size and one field of view")
+    assert not (tmp_path / "flat").exists()

@@ -390,7 +390,9 @@ REQUIREMENTS = {
     "ReLU activations": "ReLU activations only",
     "layer chain": "a chain of layers the LRP rules cover",
     "DeepLIFT chain": "a chain of layers DeepLIFT's rules cover",
-    "one slice": "one-slice patches (2D inpainting, 2D generators)",
+    "one slice": "one slice per patch, not neighbouring slices as channels (Algorithm 1 inpaints what the model "
+                 "reads)",
+    "2D patches": "one-slice 2D patches (2D generators)",
 }
 
 
@@ -401,12 +403,12 @@ def requirement_reasons(network: nn.Module, contract: Contract, spatial: list[st
     from xaiexplain.explainers.lrp import linear_output_reason
 
     spec = contract.input
-    one_slice = (f"it reads {spec.slices} slices as channels" if spec.slices != 1 else
-                 f"it reads volumes of {' x '.join(map(str, spec.patch_size))} voxels" if spec.spatial_dims == 3
-                 else None)
+    one_slice = f"it reads {spec.slices} slices as channels" if spec.slices != 1 else None
+    patches_2d = one_slice or (f"it reads volumes of {' x '.join(map(str, spec.patch_size))} voxels"
+                               if spec.spatial_dims == 3 else None)
     if is_torchscript(network):
         reason = "a TorchScript model takes no hooks and its layers cannot be traced"
-        return {**{name: reason for name in REQUIREMENTS}, "one slice": one_slice}
+        return {**{name: reason for name in REQUIREMENTS}, "one slice": one_slice, "2D patches": patches_2d}
     chain = layer_chain(network, contract.output)
     chain_reason = chain.reason or linear_output_reason(contract.output)
     max_pools = [path for path, module in chain.layers if isinstance(module, DEEP_LIFT_REFUSED)]
@@ -424,4 +426,5 @@ def requirement_reasons(network: nn.Module, contract: Contract, spatial: list[st
         "DeepLIFT chain": chain_reason or (f"there is no DeepLIFT rule for max pooling at {max_pools[0]}"
                                            if max_pools else None),
         "one slice": one_slice,
+        "2D patches": patches_2d,
     }
