@@ -138,3 +138,24 @@ def test_phantom_renders_a_3d_patch_set_from_the_command_line(tmp_path):
                    tmp_path / "flat")
     assert_one_line_error(flat, "axial patches have one size and one field of view")
     assert not (tmp_path / "flat").exists()
+
+
+def test_the_benchmark_measures_a_3d_classifier_on_held_out_volumes(volume_classifier, tmp_path):
+    """Localization against the 3D nodule masks, deletion and insertion over the volume, the randomization
+    check, Algorithm 1 and the cost, all on one volume per held-out nodule at the model's spec."""
+    from xaiexplain.evaluate.benchmark import held_out_patches, run_benchmark
+
+    data = held_out_patches(3, size=SIZE, field_of_view_mm=FIELD_OF_VIEW, spatial_dims=3)
+    assert data["images"].shape == (3, *SIZE) and data["nodule_mask"].shape == (3, *SIZE)
+    summary = run_benchmark(tmp_path / "out", quick=True, model=volume_classifier, progress=False, data=data,
+                            methods=["saliency", "grad-cam", "lrp", "iterative:saliency", "cycle-am"])
+    assert set(summary["methods"]) == {"saliency", "grad-cam", "lrp", "iterative:saliency"}
+    assert "it reads volumes of 16 x 32 x 32 voxels" in summary["skipped"]["cycle-am"]
+    for method, entry in summary["methods"].items():
+        assert entry["ratio_to_input_gradient"] > 0 and entry["peak_memory_mb"] is not None, method
+        if method.startswith("iterative:"):
+            continue
+        assert entry["randomization_spearman"] is not None, method
+        if summary["decided_malignant"] and entry["nodule"]["patches"]:
+            assert 0 <= entry["nodule"]["mass_accuracy"] <= 1 and 0 <= entry["deletion_auc"] <= 1, method
+    assert summary["whole_series"]["nodules"] >= 1 and (tmp_path / "out" / "benchmark.md").is_file()

@@ -76,11 +76,11 @@ def cost_targets() -> tuple[dict, dict]:
             {r.name: r.reference_passes for r in records if r.reference_passes != 1})
 
 
-def held_out_patches(nodules: int, seed: int = 0, progress: bool = False, size: int = PATCH_SIZE,
-                     field_of_view_mm: float = FIELD_OF_VIEW_MM, slices: int = 1) -> dict:
+def held_out_patches(nodules: int, seed: int = 0, progress: bool = False, size=PATCH_SIZE,
+                     field_of_view_mm=FIELD_OF_VIEW_MM, slices: int = 1, spatial_dims: int = 2) -> dict:
     """One patch per held-out nodule (its largest consensus slice), with masks and the LIDC labels, of ``size``
     px across ``field_of_view_mm`` and ``slices`` neighbouring slices as channels (a model's input spec; the
-    masks are those of the patch's own slice)."""
+    masks are those of the patch's own slice); ``spatial_dims`` 3: its volume, with 3D masks."""
     patients, chosen = [], 0
     by_scan = labelled_scans(held_out_patients(seed))
     for (patient, _), scan_nodules in sorted(by_scan.items()):
@@ -90,13 +90,13 @@ def held_out_patches(nodules: int, seed: int = 0, progress: bool = False, size: 
         chosen += sum(n.label is not None for n in scan_nodules)
     with tempfile.TemporaryDirectory() as folder:
         render_patch_set(Path(folder) / "patches", seed=seed, patient_ids=patients, progress=progress, size=size,
-                         field_of_view_mm=field_of_view_mm, slices=slices)
+                         field_of_view_mm=field_of_view_mm, slices=slices, spatial_dims=spatial_dims)
         arrays, rows, _ = load_patch_set(Path(folder) / "patches")
         lung = load_lung_patches(Path(folder) / "patches")
     picked = []
     for row in rows[:nodules]:
         span = np.arange(row["first_patch"], row["first_patch"] + row["patch_count"])
-        picked.append(span[np.argmax(arrays["nodule_mask"][span].sum(axis=(1, 2)))])
+        picked.append(span[np.argmax(arrays["nodule_mask"][span].reshape(len(span), -1).sum(axis=1))])
     picked = np.array(picked)
     return {"images": arrays["images"][picked].astype(np.float32),
             "nodule_mask": arrays["nodule_mask"][picked], "spicule_mask": arrays["spicule_mask"][picked],
@@ -150,7 +150,8 @@ def measure_method(method: str, bundle: Bundle, data: dict, decisions: np.ndarra
     for_decision = np.stack([record.map_kind.for_decision(m, bool(d)) for m, d in zip(maps, decisions)])
     # a 2.5D model's maps (N, S, H, W) are measured on the patch's own slice, where its masks are; deletion and
     # insertion change every channel, each value in the order of its own map
-    own_evidence, own_for_decision = on_own_slice(evidence), on_own_slice(for_decision)
+    slices = bundle.input.slices
+    own_evidence, own_for_decision = on_own_slice(evidence, slices), on_own_slice(for_decision, slices)
     entry = {"seconds_per_patch": seconds / len(images), "ratio_to_input_gradient": seconds / reference_seconds,
              "peak_memory_mb": memory, "measured_patches": called_malignant.tolist()}
     explained = [n for n in called_malignant if (evidence[n] > 0).any()]
@@ -189,9 +190,10 @@ def measure_method(method: str, bundle: Bundle, data: dict, decisions: np.ndarra
     return entry
 
 
-def on_own_slice(maps: np.ndarray) -> np.ndarray:
-    """(N, H, W) maps as they are; the middle channel of a 2.5D model's (N, S, H, W): the patch's own slice."""
-    return maps[:, maps.shape[1] // 2] if maps.ndim == 4 else maps
+def on_own_slice(maps: np.ndarray, slices: int) -> np.ndarray:
+    """Maps as they are (patches (N, H, W), volumes (N, D, H, W)); of a 2.5D model reading ``slices``, the
+    middle channel of its per-channel maps (N, S, H, W): the patch's own slice."""
+    return maps[:, slices // 2] if slices > 1 and maps.ndim == 4 else maps
 
 
 def localization_entry(maps: np.ndarray, masks: np.ndarray, measured) -> dict:
@@ -224,14 +226,17 @@ def run_benchmark(out, quick: bool = False, methods=None, model=None, cycle_am=N
     started = time.time()
     bundle = load_bundle(model) if model else load_bundle()
     spec = bundle.input
-    if spec.patch_size[0] != spec.patch_size[1] or spec.field_of_view_mm[0] != spec.field_of_view_mm[1]:
+    if not spec.is_square:
         raise XAIExplainError(f"the benchmark renders square patches; {shown_name(bundle.path)} reads "
                               f"{' x '.join(map(str, bundle.patch_shape))} (other input specs: not yet)")
     with output_set(out, "benchmark.json") as written:  # checks that out is writable before measuring
         methods = list(methods or all_methods())
         count = nodules or (QUICK_NODULES if quick else FULL_NODULES)
-        data = data or held_out_patches(count, seed, progress=progress, size=spec.patch_size[0],
-                                        field_of_view_mm=spec.field_of_view_mm[0], slices=spec.slices)
+        volumes = spec.spatial_dims == 3
+        data = data or held_out_patches(count, seed, progress=progress,
+                                        size=list(spec.patch_size) if volumes else spec.patch_size[0],
+                                        field_of_view_mm=list(spec.field_of_view_mm) if volumes else
+                                        spec.field_of_view_mm[0], slices=spec.slices, spatial_dims=spec.spatial_dims)
         images = data["images"]
         probabilities = bundle.predict(images)
         decisions = probabilities >= bundle.threshold
@@ -239,18 +244,18 @@ def run_benchmark(out, quick: bool = False, methods=None, model=None, cycle_am=N
         series = whole_series_seconds(bundle)
         reference = input_gradient_seconds(bundle, images)
         generators, generator_reference, skipped = None, None, {}
+        for method in list(methods):  # what the model cannot serve is skipped with the reason
+            if refusal := registry.get(method).refusal(bundle):
+                skipped[method] = refusal
+                methods.remove(method)
         needing_generators = [m for m in methods if "generators" in registry.get(m).defaults]
         if needing_generators:
             try:  # cycle-am's generators belong to one classifier: skipped, with the reason, for another
                 generators = generators_for(bundle, cycle_am)
                 generator_reference = generator_forward_seconds(generators, bundle, images)
             except XAIExplainError as refusal:
-                skipped = {m: str(refusal) for m in needing_generators}
+                skipped.update({m: str(refusal) for m in needing_generators})
                 methods = [m for m in methods if m not in skipped]
-        for method in list(methods):  # what the model cannot serve is skipped with the reason
-            if refusal := registry.get(method).refusal(bundle):
-                skipped[method] = refusal
-                methods.remove(method)
         random_bundle = randomized(bundle, seed)
         targets, reference_passes = cost_targets()
         randomization_patches = QUICK_RANDOMIZATION_PATCHES if quick else FULL_RANDOMIZATION_PATCHES
@@ -279,7 +284,7 @@ def run_benchmark(out, quick: bool = False, methods=None, model=None, cycle_am=N
             "patch_names": data["names"], "labels": {"malignant": int(data["label"].sum()),
                                                      "benign": int((1 - data["label"]).sum())},
             "decided_malignant": int(decisions.sum()), "threshold": bundle.threshold,
-            "patches_with_calcification": int(data["calcification_mask"].any(axis=(1, 2)).sum()),
+            "patches_with_calcification": int(data["calcification_mask"].reshape(len(images), -1).any(axis=1).sum()),
             "pointing_tolerance_px": POINTING_TOLERANCE_PX, "randomization_patches": randomization_patches,
             "input_gradient_seconds": reference, "two_generator_passes_seconds": generator_reference,
             "targets": targets, "reference_passes": reference_passes, "whole_series": series,
