@@ -159,3 +159,18 @@ def test_the_benchmark_measures_a_3d_classifier_on_held_out_volumes(volume_class
         if summary["decided_malignant"] and entry["nodule"]["patches"]:
             assert 0 <= entry["nodule"]["mass_accuracy"] <= 1 and 0 <= entry["deletion_auc"] <= 1, method
     assert summary["whole_series"]["nodules"] >= 1 and (tmp_path / "out" / "benchmark.md").is_file()
+
+
+def test_on_the_real_lidc_series_the_3d_integrated_gradients_peak_lies_in_the_readers_consensus(
+        volume_classifier, real_series_folder):
+    """The real LIDC-IDRI-0001 series (where present): the 3D classifier trained on the phantom reads one
+    volume about the readers' nodule, and the peak of integrated gradients' evidence lies in their consensus."""
+    import xaiexplain
+    from xaiexplain.data.series import read_series
+
+    ct = read_series(real_series_folder)
+    result = xaiexplain.explain_series(ct, "lidc", volume_classifier, ["integrated-gradients"])
+    [row] = [r for r in result.nodules if r.get("lidc", {}).get("label") == "malignant"]
+    entry = row["methods"]["integrated-gradients"]
+    assert row["volume"]["patch_size"] == SIZE
+    assert entry["peak_in_consensus"], (row["probability"], entry["peak_distance_to_consensus_mm"])
