@@ -110,7 +110,8 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     gain = 1 + 0.05 * (2 * torch.rand(n, generator=generator) - 1)
     offset = 0.015 * (2 * torch.rand(n, generator=generator) - 1)  # about +/- 20 HU
     padded = nn.functional.pad(x, (3, 3) * dims, mode="replicate")
-    out = torch.stack([padded[k, :, *(slice(3 + int(s), 3 + int(s) + side) for s, side in zip(shifts[k], x.shape[2:]))]
+    out = torch.stack([padded[(k, slice(None), *(slice(3 + int(s), 3 + int(s) + side)
+                                                  for s, side in zip(shifts[k], x.shape[2:])))]
                        for k in range(n)]) if n else x.clone()
     out = torch.where(flip_lr.view(per_patch), out.flip(-1), out)
     out = torch.where(flip_ud.view(per_patch), out.flip(-2), out)
