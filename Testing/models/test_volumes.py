@@ -196,3 +196,16 @@ def test_the_slicer_batch_script_explains_with_a_3d_model(tmp_path):
 
     bundle = module_bundle(tmp_path / "model", VOLUME_MODEL, "VolumeNet", {"width": 4}, input_spec=VOLUME_SPEC)
     assert_batch_script_explains(bundle.path, "grad-cam", tmp_path)
+
+
+def test_integrated_gradients_on_volumes_runs_fewer_at_once_and_gives_the_same_map(volume_bundle):
+    """64 images x steps of 2D patches at once, but 9 of 48^3 volumes (within about 1 GB for paper 1's 3D
+    ConvNet); how many run at once never changes the map."""
+    from xaiexplain.explainers.captum_methods import integrated_gradients_batch
+
+    assert integrated_gradients_batch(64, 64 * 64) == 64 and integrated_gradients_batch(64, 48 ** 3) == 9
+    assert integrated_gradients_batch(4, 48 ** 3) == 4 and integrated_gradients_batch(64, 200 ** 3) == 1
+    volumes = nodule_volumes()
+    np.testing.assert_allclose(xaiexplain.explain(volume_bundle, volumes, "integrated-gradients", steps=8),
+                               xaiexplain.explain(volume_bundle, volumes, "integrated-gradients", steps=8,
+                                                  internal_batch_size=1), rtol=1e-4, atol=1e-6)

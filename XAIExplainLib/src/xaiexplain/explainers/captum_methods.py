@@ -26,6 +26,10 @@ INTEGRATED_GRADIENTS_STEPS = 50
 # (xaiexplain benchmark): 64 runs 50 steps in about the time of 50 forward+backward passes of the batch,
 # 512 took 1.5 to 2 times as long (large activations fall out of the caches).
 INTEGRATED_GRADIENTS_BATCH = 64
+# ... and at most this many input values at once: a volume's activations are large (a 48^3 volume through the
+# 3D ConvNet: 64 at once took 3.7 GB, 8 at once 0.7 GB and less time), so volumes go 9 of 48^3 at a time and a
+# nodule's integrated gradients stays within about 1 GB; 2D patches (4096 pixels) stay at 64.
+INTEGRATED_GRADIENTS_VALUES = 2 ** 20
 # The layer option's default: the model contract's default layer (for the shipped classifier block 3, 16 x 16
 # for 64 x 64 input, not the coarsest: paper 2 (IV-B) finds finer layers localise better).
 DEFAULT_LAYER = "default"
@@ -81,7 +85,13 @@ def integrated_gradients(x, context):
     baseline = torch.full_like(x, context.baseline_value(context.reference_hu[0]))
     return IntegratedGradients(context.model()).attribute(
         x, baselines=baseline, target=0, n_steps=context.options["steps"],
-        internal_batch_size=context.options["internal_batch_size"])
+        internal_batch_size=integrated_gradients_batch(context.options["internal_batch_size"], x[0].numel()))
+
+
+def integrated_gradients_batch(images_at_most: int, values_per_image: int) -> int:
+    """Images x steps integrated gradients runs at once: the option, and no more than
+    INTEGRATED_GRADIENTS_VALUES input values."""
+    return min(images_at_most, max(1, INTEGRATED_GRADIENTS_VALUES // values_per_image))
 
 
 def _grad_cam_layer(model, context):

@@ -246,7 +246,8 @@ ITERATIVE_DEFAULTS = MappingProxyType({"max_iterations": iterative.MAX_ITERATION
 # The inpainting radius (3 px in the paper) is at least one pixel and at most half of a 64 px patch.
 ITERATIVE_RANGES = MappingProxyType({"max_iterations": (2, 100), "decay": (0.0, 10.0), "inpaint_radius": (1, 32)})
 # Integrated gradients' Riemann steps: at least 1; the cost grows with them, 1000 is 20 times the default.
-# Images x steps pushed through the network at once: at least 1, at most 4096 (memory).
+# Images x steps pushed through the network at once: at least 1, at most 4096 (memory), and never more than
+# captum_methods.INTEGRATED_GRADIENTS_VALUES input values (volumes).
 INTEGRATED_GRADIENTS_RANGES = MappingProxyType({"steps": (1, 1000), "internal_batch_size": (1, 4096)})
 
 
