@@ -69,7 +69,7 @@ def assert_deep_taylor_conserves_layer_by_layer(network, x, layer_names):
     import numpy as np
 
     from xaiexplain.explainers import lrp
-    from xaiexplain.models.contract import BATCH_NORMS
+    from xaiexplain.models.layer_chain import BATCH_NORMS
 
     assert not any(isinstance(layer, BATCH_NORMS) for layer in lrp.folded_layers(network))
 

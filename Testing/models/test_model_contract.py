@@ -13,7 +13,8 @@ from helpers import assert_deep_taylor_conserves_layer_by_layer, assert_one_line
 from user_models import USER_MODEL, module_bundle, nodule_patches, save_weights
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.explainers import lrp, registry
-from xaiexplain.models.contract import OutputSpec, layer_chain
+from xaiexplain.models.contract import OutputSpec
+from xaiexplain.models.layer_chain import layer_chain
 from xaiexplain.models.making import make_bundle
 
 HOOK_METHODS = ("guided-backprop", "grad-cam", "grad-cam-signed", "guided-grad-cam", "deep-shap", "lrp", "deep-taylor")

@@ -53,7 +53,7 @@ from xaiexplain.explainers.on_patches import explain
 from xaiexplain.io.files import output_set
 from xaiexplain.models.architectures import build
 from xaiexplain.models.bundles import Bundle, load_bundle, shown_name
-from xaiexplain.models.contract import is_torchscript
+from xaiexplain.models.layer_chain import is_torchscript
 from xaiexplain.data.patches import FIELD_OF_VIEW_MM, PATCH_SIZE
 
 QUICK_NODULES = 8

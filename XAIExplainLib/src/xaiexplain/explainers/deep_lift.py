@@ -1,5 +1,5 @@
 """DeepLiftShap (Lundberg and Lee 2017): DeepLIFT's rescale rule (Shrikumar et al. 2017) averaged over a
-set of baselines, for a network that is a chain of layers (``xaiexplain.models.contract.layer_chain``):
+set of baselines, for a network that is a chain of layers (``xaiexplain.models.layer_chain``):
 convolutions with batch norm folded, linear layers, average pooling, ReLU and LeakyReLU.
 
 captum's ``DeepLiftShap`` gives the same maps (a test compares them to 1e-6) but runs every image against
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from xaiexplain.errors import XAIExplainError
-from xaiexplain.models.contract import ACTIVATIONS, MAX_POOLING
+from xaiexplain.models.layer_chain import ACTIVATIONS, MAX_POOLING
 
 # DeepLIFT's rescale rule holds for elementwise activations; max pooling needs a rule of its own.
 DEEP_LIFT_REFUSED = MAX_POOLING

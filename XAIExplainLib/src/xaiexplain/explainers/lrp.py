@@ -8,7 +8,7 @@ norm layer, and a folded network computes exactly the same function.
 
 The explained output is the positive class's log-odds, as for every method: for two class logits the
 malignant minus the benign logit, made one linear layer; a model with one logit explains it as it is. The
-network is read through the model contract (``xaiexplain.models.contract.layer_chain``): any chain of
+network is read through the model contract (``xaiexplain.models.layer_chain``): any chain of
 convolutions (batch norm folded), linear layers, ReLU and LeakyReLU (relevance passes through them, as
 through flatten, dropout and identity), max and average pooling (adaptive too; LRP-0, which sends a max
 pool's relevance to the winning input), in nested ``nn.Sequential`` or written out in ``forward``. A layer
@@ -44,7 +44,8 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from xaiexplain.errors import XAIExplainError
-from xaiexplain.models.contract import BATCH_NORMS, CONVOLUTIONS, POOLING, OutputSpec, layer_chain
+from xaiexplain.models.contract import OutputSpec
+from xaiexplain.models.layer_chain import BATCH_NORMS, CONVOLUTIONS, POOLING, layer_chain
 
 GAMMA = 0.25
 EPSILON_FRACTION_OF_STD = 0.25

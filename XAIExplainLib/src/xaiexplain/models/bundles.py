@@ -1,9 +1,8 @@
 """Model bundles: a folder with ``config.json`` (the network's source, its contract: input and output specs,
 named layers, decision threshold; provenance, metrics) and the network: ``model.safetensors`` (weights of
 one of our architectures, a user's Python class or a MONAI network) or ``model.pt`` (TorchScript). Loading
-never unpickles anything (``xaiexplain.models.sources``).
-
-Bundles shipped with the library live in ``xaiexplain/bundled/<name>/`` and load by name.
+never unpickles anything (``xaiexplain.models.sources``). Bundles shipped with the library live in
+``xaiexplain/bundled/<name>/`` and load by name.
 """
 from __future__ import annotations
 
@@ -23,8 +22,9 @@ from xaiexplain.io.files import output_set
 from xaiexplain.io.json_input import read_json
 from xaiexplain.models import architectures as models
 from xaiexplain.models import sources
-from xaiexplain.models.contract import (Contract, DecisionScore, InputSpec, OutputSpec, is_torchscript,
-                                        requirement_reasons, spatial_layers)
+from xaiexplain.models.contract import (Contract, DecisionScore, InputSpec, OutputSpec, requirement_reasons,
+                                        spatial_layers)
+from xaiexplain.models.layer_chain import is_torchscript
 
 FORMAT = "xaiexplain-bundle"
 FORMAT_VERSION = 1
@@ -259,16 +259,14 @@ def _check_contract(config: dict, refuse, kind: str = "classifier") -> None:
     window = spec.get("hu_window") if isinstance(spec, dict) else None
     if not (isinstance(window, list) and len(window) == 2 and all(map(_number, window)) and window[0] < window[1]):
         refuse(f"needs input.hu_window to be two finite numbers [low, high] with low < high, not {window!r}")
-    sizes = spec.get("patch_size", PATCH_SIZE)
-    for size in sizes if isinstance(sizes, list) and len(sizes) in (2, 3) else [sizes]:
-        if not (_positive_int(size) and size <= MAX_PATCH_SIZE):
-            refuse(f"needs input.patch_size to be a whole number of pixels from 1 to {MAX_PATCH_SIZE} (or one per "
-                   f"axis), not {sizes!r}")
-    fields = spec.get("field_of_view_mm", 1.0)
-    for field_of_view in fields if isinstance(fields, list) and len(fields) in (2, 3) else [fields]:
-        if not (_number(field_of_view) and 0 < field_of_view <= MAX_FIELD_OF_VIEW_MM):
-            refuse(f"needs input.field_of_view_mm to be a number of millimetres above 0 and at most "
-                   f"{MAX_FIELD_OF_VIEW_MM:g} (or one per axis), not {fields!r}")
+    for name, default, fits, what in (
+            ("patch_size", PATCH_SIZE, lambda v: _positive_int(v) and v <= MAX_PATCH_SIZE,
+             f"a whole number of pixels from 1 to {MAX_PATCH_SIZE}"),
+            ("field_of_view_mm", 1.0, lambda v: _number(v) and 0 < v <= MAX_FIELD_OF_VIEW_MM,
+             f"a number of millimetres above 0 and at most {MAX_FIELD_OF_VIEW_MM:g}")):
+        values = spec.get(name, default)
+        if not all(map(fits, values if isinstance(values, list) and len(values) in (2, 3) else [values])):
+            refuse(f"needs input.{name} to be {what} (or one per axis), not {values!r}")
     try:
         InputSpec.from_config(spec)
         if kind == "classifier":
