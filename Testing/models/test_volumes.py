@@ -65,6 +65,8 @@ def test_every_method_a_3d_model_allows_gives_maps_of_the_volumes_shape(volume_b
     # DeepLiftShap has no rule for max pooling: refused for the max-pooling model, run for the other
     assert ("deep-shap" in refused) == ("MaxPool3d" in repr(volume_bundle.model)), refused.get("deep-shap")
     assert "guided-backprop" in refused  # a LeakyReLU is not a ReLU
+    with pytest.raises(XAIExplainError, match=r"patches must be \(N, D, H, W\)"):
+        xaiexplain.explain(volume_bundle, volumes[:, 0], "saliency")
 
 
 def test_grad_cam_on_a_volume_is_its_layers_map_upsampled_trilinearly(volume_bundle):

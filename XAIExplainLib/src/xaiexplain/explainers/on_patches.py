@@ -17,7 +17,8 @@ def explain(bundle, patches_hu: np.ndarray, method: str, return_details: bool = 
     ----------
     bundle : Bundle, str or path
         A classifier bundle, or the name of a shipped one / a bundle folder for ``load_bundle``.
-    patches_hu : array (N, H, W), or (N, S, H, W) for a model that reads S neighbouring slices
+    patches_hu : array (N, H, W), (N, S, H, W) for a model that reads S neighbouring slices, or (N, D, H, W)
+        volumes for a 3D model
         Patches in Hounsfield units of the model's input spec (``bundle.patch_shape``), as
         ``xaiexplain.data.patches.extract_stack`` takes them.
     method : str
@@ -35,7 +36,8 @@ def explain(bundle, patches_hu: np.ndarray, method: str, return_details: bool = 
 
     Returns
     -------
-    maps : array (N, H, W) float32
+    maps : array (N, H, W) float32 (a 2.5D model's gradient maps: (N, S, H, W), one per channel; volumes:
+        (N, D, H, W))
         In the meaning of the method's kind (``registry.get(method).kind``): evidence > 0 speaks for
         malignant, < 0 for benign; a sensitivity is unsigned; cycle-am's change is G+(x) - G-(x) in HU.
     details : object, only with ``return_details``
@@ -55,7 +57,8 @@ def explain(bundle, patches_hu: np.ndarray, method: str, return_details: bool = 
     patches_hu = np.asarray(patches_hu, np.float32)
     shape = bundle.patch_shape
     if patches_hu.ndim != len(shape) + 1:
-        raise XAIExplainError(f"patches must be (N, {', '.join('HW' if len(shape) == 2 else 'SHW')}), not of shape "
+        axes = "HW" if len(shape) == 2 else "DHW" if bundle.input.spatial_dims == 3 else "SHW"
+        raise XAIExplainError(f"patches must be (N, {', '.join(axes)}), not of shape "
                               f"{patches_hu.shape}")
     if not np.isfinite(patches_hu).all():
         raise XAIExplainError("the patches hold NaN or infinite values")
