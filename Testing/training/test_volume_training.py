@@ -174,3 +174,23 @@ def test_on_the_real_lidc_series_the_3d_integrated_gradients_peak_lies_in_the_re
     entry = row["methods"]["integrated-gradients"]
     assert row["volume"]["patch_size"] == SIZE
     assert entry["peak_in_consensus"], (row["probability"], entry["peak_distance_to_consensus_mm"])
+
+
+def test_an_archive_is_explained_with_a_3d_classifier_and_its_peaks_measured_against_the_consensus(
+        volume_classifier, lidc_download_tree, tmp_path):
+    """`explain --lidc-root` with a 3D model: one row per annotated nodule of the download, each with its 3D
+    peak's distance to the readers' consensus (0 exactly when the peak lies inside it)."""
+    import csv
+
+    from conftest import tree_patients
+    from xaiexplain.io.archive_explanation import explain_archive
+
+    summary = explain_archive(lidc_download_tree, tmp_path / "out", ["integrated-gradients"], model=volume_classifier,
+                              device="cpu", progress=False)
+    assert summary["series_in_archive"] == len(tree_patients())
+    with open(tmp_path / "out" / "nodules.csv", newline="") as table:
+        rows = list(csv.DictReader(table))
+    assert {row["patient_id"] for row in rows} == tree_patients() and rows
+    for row in rows:
+        assert row["method"] == "integrated-gradients" and row["peak_in_consensus"] in ("yes", "no")
+        assert (row["peak_in_consensus"] == "yes") == (float(row["peak_distance_to_consensus_mm"]) == 0)
