@@ -60,14 +60,15 @@ def misses_every_box(centre_lps, boxes, field_of_view_mm: float = FIELD_OF_VIEW_
 
 def sample_lung_patches(plane_of: Callable[[int], tuple[sitk.Image, float]], slices: int, boxes, count: int,
                         rng: np.random.Generator, size: int = PATCH_SIZE, field_of_view_mm: float = FIELD_OF_VIEW_MM,
-                        attempts: int = 40, channels_of: Callable[[int], list[sitk.Image]] | None = None,
-                        channels: int = 1) -> tuple[np.ndarray, np.ndarray]:
+                        attempts: int = 40, cut: Callable[[int, tuple], np.ndarray] | None = None,
+                        shape: tuple[int, ...] | None = None, depth_mm: float = 0.0,
+                        nodule_free: Callable[[np.ndarray], bool] = is_nodule_free_lung) -> tuple[np.ndarray, np.ndarray]:
     """Up to ``count`` nodule-free lung patches (float32 (N, size, size) HU) and their LPS centres (N, 3).
 
     ``plane_of(k)``: slice ``k`` of ``slices`` as a 2D image in the world (x, y) and its z. Slices are drawn
-    at random, one centre per draw, at most ``attempts * count`` draws. For a 2.5D model, ``channels_of(k)``:
-    slice ``k`` and its neighbours, ``channels`` 2D images; the patches are then (N, channels, size, size),
-    each channel nodule-free lung."""
+    at random, one centre per draw among the slice's lung pixels, at most ``attempts * count`` draws. Other
+    patches than the slice's axial one: ``cut(k, centre_lps)`` gives a patch of ``shape`` about the centre (a
+    2.5D model's channels, a volume ``depth_mm`` deep), kept when ``nodule_free(patch)``."""
     patches, centres = [], []
     for _ in range(attempts * count):
         if len(patches) == count:
@@ -80,16 +81,15 @@ def sample_lung_patches(plane_of: Callable[[int], tuple[sitk.Image, float]], sli
             continue
         pick = int(rng.integers(len(rows)))
         x, y = plane.TransformContinuousIndexToPhysicalPoint((float(columns[pick]), float(rows[pick])))
-        if not misses_every_box((x, y, z), boxes, field_of_view_mm):
+        if not misses_every_box((x, y, z), boxes, field_of_view_mm, depth_mm):
             continue
-        planes = [plane] if channels_of is None else channels_of(drawn)
-        patch = np.stack([extract_patch(p, (x, y), size, field_of_view_mm, sitk.sitkLinear, OUTSIDE_HU)
-                          for p in planes])
-        if all(is_nodule_free_lung(channel) for channel in patch):
-            patches.append(patch if channels_of else patch[0])
+        patch = cut(drawn, (x, y, z)) if cut else extract_patch(plane, (x, y), size, field_of_view_mm,
+                                                                sitk.sitkLinear, OUTSIDE_HU)
+        if nodule_free(patch):
+            patches.append(patch)
             centres.append((x, y, z))
-    shape = (size, size) if channels_of is None else (channels, size, size)
-    return np.asarray(patches, np.float32).reshape(len(patches), *shape), np.asarray(centres, np.float32).reshape(-1, 3)
+    return (np.asarray(patches, np.float32).reshape(len(patches), *(shape or (size, size))),
+            np.asarray(centres, np.float32).reshape(-1, 3))
 
 
 def axial_planes(image: sitk.Image) -> Callable[[int], tuple[sitk.Image, float]]:

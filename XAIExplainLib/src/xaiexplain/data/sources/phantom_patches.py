@@ -16,6 +16,7 @@ from xaiexplain.data.lung_patches import (
     CRITERION,
     LUNG_PATCHES_PER_SCAN,
     LungPatchRows,
+    is_nodule_free_lung,
     nodule_boxes_lps,
     sample_lung_patches,
 )
@@ -27,9 +28,9 @@ from xaiexplain.data.patch_set import (
     labelled_scans,
     write_patch_set_files,
 )
-from xaiexplain.data.patches import FIELD_OF_VIEW_MM, PATCH_SIZE, extract_patch
+from xaiexplain.data.patches import FIELD_OF_VIEW_MM, OUTSIDE_HU, PATCH_SIZE, extract_patch
 from xaiexplain.data.sources import phantom
-from xaiexplain.data.sources.phantom_volumes import nodule_volume, scan_lung_volumes
+from xaiexplain.data.sources.phantom_volumes import nodule_volume, phantom_planes, scan_lung_volumes
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.io.files import output_set
 
@@ -98,32 +99,25 @@ def scan_lung_patches(geometry: ScanGeometry, scan_nodules: list[lidc.LidcNodule
                       count: int = LUNG_PATCHES_PER_SCAN, size: int = PATCH_SIZE,
                       field_of_view_mm: float = FIELD_OF_VIEW_MM, slices: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Up to ``count`` nodule-free lung patches of a phantom scan and their centres (``sample_lung_patches``);
-    ``slices`` > 1: each with its neighbouring slices as channels, as ``nodule_patches`` cuts them."""
+    ``slices`` > 1: each with its neighbouring slices as channels, as ``nodule_patches`` cuts them, every
+    channel nodule-free lung."""
     rng = np.random.default_rng([seed, LUNG_STREAM, scan_number])
     chosen = rng.choice(geometry.shape[0], size=min(LUNG_SLICES_PER_SCAN, geometry.shape[0]), replace=False)
+    plane_of, rendered_plane = phantom_planes(geometry, scan_nodules, seed, chosen)
+    boxes = nodule_boxes_lps(scan_nodules, geometry)
+    if slices == 1:
+        return sample_lung_patches(plane_of, len(chosen), boxes, count, rng, size, field_of_view_mm)
     half = slices // 2
-    planes = {}
 
-    def rendered_plane(k: int) -> sitk.Image:
-        if k not in planes:
-            volume = phantom.render_region(geometry, scan_nodules, seed, (k, k + 1), (0, geometry.rows),
-                                           (0, geometry.columns))
-            plane = sitk.GetImageFromArray(volume.hu[0].astype(np.float32))
-            plane.SetSpacing((geometry.pixel_spacing, geometry.pixel_spacing))
-            plane.SetOrigin(tuple(float(v) for v in geometry.index_to_lps((0, 0, k))[:2]))
-            planes[k] = plane
-        return planes[k]
-
-    def plane_of(n: int):
+    def channels(n: int, centre) -> np.ndarray:
         k = int(chosen[n])
-        return rendered_plane(k), geometry.slice_z[k]
+        return np.stack([extract_patch(rendered_plane(int(m)), centre[:2], size, field_of_view_mm, sitk.sitkLinear,
+                                       OUTSIDE_HU)
+                         for m in np.clip(np.arange(k - half, k + half + 1), 0, geometry.shape[0] - 1)])
 
-    def channels_of(n: int) -> list[sitk.Image]:
-        k = int(chosen[n])
-        return [rendered_plane(int(m)) for m in np.clip(np.arange(k - half, k + half + 1), 0, geometry.shape[0] - 1)]
-
-    return sample_lung_patches(plane_of, len(chosen), nodule_boxes_lps(scan_nodules, geometry), count, rng, size,
-                               field_of_view_mm, channels_of=channels_of if slices > 1 else None, channels=slices)
+    return sample_lung_patches(plane_of, len(chosen), boxes, count, rng, size, field_of_view_mm, cut=channels,
+                               shape=(slices, size, size),
+                               nodule_free=lambda patch: all(map(is_nodule_free_lung, patch)))
 
 
 def render_patch_set(out_dir, seed: int = 0, patient_ids: list[str] | None = None, progress: bool = True,

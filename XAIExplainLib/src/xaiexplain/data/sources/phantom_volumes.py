@@ -10,12 +10,7 @@ import SimpleITK as sitk
 
 from xaiexplain.data import lidc
 from xaiexplain.data.geometry import ScanGeometry
-from xaiexplain.data.lung_patches import (
-    LUNG_MEDIAN_HU,
-    is_nodule_free_lung,
-    misses_every_box,
-    nodule_boxes_lps,
-)
+from xaiexplain.data.lung_patches import nodule_boxes_lps, sample_lung_patches
 from xaiexplain.data.patches import extract_volume
 from xaiexplain.data.sources import phantom
 
@@ -83,33 +78,39 @@ def nodule_volume(geometry: ScanGeometry, nodule: lidc.LidcNodule, scan_nodules:
     return result
 
 
+def phantom_planes(geometry: ScanGeometry, scan_nodules, seed: int, chosen):
+    """``plane_of(n)`` for ``sample_lung_patches``: the scan's slice ``chosen[n]`` rendered whole (once) and its
+    z; and the rendering of any slice ``k`` (cached alike)."""
+    planes = {}
+
+    def rendered_plane(k: int) -> sitk.Image:
+        if k not in planes:
+            hu = phantom.render_region(geometry, scan_nodules, seed, (k, k + 1), (0, geometry.rows),
+                                       (0, geometry.columns)).hu[0]
+            planes[k] = sitk.GetImageFromArray(hu.astype(np.float32))
+            planes[k].SetSpacing((geometry.pixel_spacing, geometry.pixel_spacing))
+            planes[k].SetOrigin(tuple(float(v) for v in geometry.index_to_lps((0, 0, k))[:2]))
+        return planes[k]
+
+    def plane_of(n: int):
+        k = int(chosen[n])
+        return rendered_plane(k), geometry.slice_z[k]
+
+    return plane_of, rendered_plane
+
+
 def scan_lung_volumes(geometry: ScanGeometry, scan_nodules: list[lidc.LidcNodule], seed: int, scan_number: int,
                       count: int, size, field_of_view_mm) -> tuple[np.ndarray, np.ndarray]:
     """Up to ``count`` nodule-free lung volumes of a phantom scan (float32 (N, D, H, W) HU) and their centres:
     a centre drawn among the lung voxels of a few whole slices, its box (widened by the margin) missing every
-    annotation, the volume parenchyma by ``is_nodule_free_lung``."""
+    annotation, the volume parenchyma by ``is_nodule_free_lung`` (``sample_lung_patches``)."""
     rng = np.random.default_rng([seed, LUNG_STREAM, scan_number])
     chosen = rng.choice(geometry.shape[0], size=min(LUNG_SLICES_PER_SCAN, geometry.shape[0]), replace=False)
-    boxes = nodule_boxes_lps(scan_nodules, geometry)
-    planes = {}
-    volumes, centres = [], []
-    for _ in range(ATTEMPTS_PER_VOLUME * count):
-        if len(volumes) == count:
-            break
-        k = int(chosen[rng.integers(len(chosen))])
-        if k not in planes:
-            planes[k] = phantom.render_region(geometry, scan_nodules, seed, (k, k + 1), (0, geometry.rows),
-                                              (0, geometry.columns)).hu[0]
-        rows, columns = np.nonzero((planes[k] >= LUNG_MEDIAN_HU[0]) & (planes[k] <= LUNG_MEDIAN_HU[1]))
-        if not len(rows):
-            continue
-        pick = int(rng.integers(len(rows)))
-        centre = geometry.index_to_lps((rows[pick], columns[pick], k))
-        if not misses_every_box(centre, boxes, max(field_of_view_mm[1:]), float(field_of_view_mm[0])):
-            continue
-        volume = volumes_at(geometry, scan_nodules, seed, centre, size, field_of_view_mm)["images"]
-        if is_nodule_free_lung(volume):
-            volumes.append(volume.astype(np.float32))
-            centres.append(centre)
-    return (np.asarray(volumes, np.float32).reshape(len(volumes), *size),
-            np.asarray(centres, np.float32).reshape(-1, 3))
+    plane_of, _ = phantom_planes(geometry, scan_nodules, seed, chosen)
+
+    def volume(n: int, centre) -> np.ndarray:
+        return volumes_at(geometry, scan_nodules, seed, centre, size, field_of_view_mm)["images"]
+
+    return sample_lung_patches(plane_of, len(chosen), nodule_boxes_lps(scan_nodules, geometry), count, rng,
+                               int(size[1]), float(field_of_view_mm[1]), attempts=ATTEMPTS_PER_VOLUME, cut=volume,
+                               shape=tuple(size), depth_mm=float(field_of_view_mm[0]))
