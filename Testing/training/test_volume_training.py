@@ -49,6 +49,18 @@ def volume_classifier(volume_set, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def volume_generators(volume_set, volume_classifier, tmp_path_factory):
+    """3D cycle-am (3D U-Nets and PatchGANs) trained for a few steps against the 3D classifier."""
+    out = tmp_path_factory.mktemp("cycle-am-3d") / "bundle"
+    command = [sys.executable, "-m", "xaiexplain_train.cli", "cycle-am", "--device", "cpu", "--widths", "4,8,8,16",
+               "--batch-size", "2", "--steps", "4", "--checkpoint-every", "2", "--sample-every", "4",
+               "--classifier", str(volume_classifier), "--data", str(volume_set), "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
 def test_a_3d_patch_set_holds_one_volume_per_nodule_with_its_3d_masks(volume_set):
     arrays, nodules, summary = load_patch_set(volume_set)
     assert summary["spatial_dims"] == 3 and summary["patch_size"] == SIZE
@@ -62,7 +74,8 @@ def test_a_3d_patch_set_holds_one_volume_per_nodule_with_its_3d_masks(volume_set
     assert np.all(np.median(lung["images"].reshape(len(lung["images"]), -1), axis=1) < -700)
 
 
-def test_a_3d_classifier_explains_a_phantom_series_with_every_method_it_allows(volume_classifier, tmp_path):
+def test_a_3d_classifier_explains_a_phantom_series_with_every_method_it_allows(volume_classifier, volume_generators,
+                                                                              tmp_path):
     from xaiexplain import load_bundle
     from xaiexplain.data import lidc
     from xaiexplain.data.series import read_series
@@ -73,11 +86,11 @@ def test_a_3d_classifier_explains_a_phantom_series_with_every_method_it_allows(v
     assert bundle.input.spatial_dims == 3 and bundle.patch_shape == tuple(SIZE)
     assert bundle.config["metrics"]["validation_auc"] is not None
     methods = [m for m in registry.base_methods() if not registry.get(m).refusal(bundle)]
-    assert set(methods) == {m for m in registry.base_methods() if m != "cycle-am"}  # paper 1's ConvNet: all
+    assert set(methods) == set(registry.base_methods())  # paper 1's ConvNet: all, cycle-am with its 3D generators
     written = write_phantom_series(lidc.find_scan_by_key(TREE_PHANTOM_PATIENTS[0]), tmp_path / "phantom", seed=0)
     arguments = [a for m in methods for a in ("--method", m)]
     result = run_cli("explain", "--series", written.series_folder, "--lidc", "--model", volume_classifier,
-                     *arguments, "--out", tmp_path / "out")
+                     *arguments, "--cycle-am", volume_generators, "--out", tmp_path / "out")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "out" / "nodules.json").read_text())
     ct = read_series(written.series_folder)
@@ -140,9 +153,10 @@ def test_phantom_renders_a_3d_patch_set_from_the_command_line(tmp_path):
     assert not (tmp_path / "flat").exists()
 
 
-def test_the_benchmark_measures_a_3d_classifier_on_held_out_volumes(volume_classifier, tmp_path):
+def test_the_benchmark_measures_a_3d_classifier_on_held_out_volumes(volume_classifier, volume_generators, tmp_path):
     """Localization against the 3D nodule masks, deletion and insertion over the volume, the randomization
-    check, Algorithm 1 and the cost, all on one volume per held-out nodule at the model's spec."""
+    check, Algorithm 1, 3D cycle-am's counterfactual validity and the cost, all on one volume per held-out nodule
+    at the model's spec; the shipped 2D generators are skipped with the reason."""
     from xaiexplain.evaluate.benchmark import held_out_patches, run_benchmark
 
     data = held_out_patches(3, size=SIZE, field_of_view_mm=FIELD_OF_VIEW, spatial_dims=3)
@@ -150,7 +164,12 @@ def test_the_benchmark_measures_a_3d_classifier_on_held_out_volumes(volume_class
     summary = run_benchmark(tmp_path / "out", quick=True, model=volume_classifier, progress=False, data=data,
                             methods=["saliency", "grad-cam", "lrp", "iterative:saliency", "cycle-am"])
     assert set(summary["methods"]) == {"saliency", "grad-cam", "lrp", "iterative:saliency"}
-    assert "it reads volumes of 16 x 32 x 32 voxels" in summary["skipped"]["cycle-am"]
+    # the shipped generators belong to the shipped 2D classifier
+    assert "was trained against another classifier" in summary["skipped"]["cycle-am"]
+    with_generators = run_benchmark(tmp_path / "cycle-am", quick=True, model=volume_classifier, progress=False,
+                                    data=data, methods=["cycle-am"], cycle_am=volume_generators)
+    transfer = with_generators["methods"]["cycle-am"]["counterfactuals"]
+    assert transfer["nodules"] == 3 and 0 < transfer["per_nodule"]["ssim"]["x, G+(x)"]["mean"] <= 1
     for method, entry in summary["methods"].items():
         assert entry["ratio_to_input_gradient"] > 0 and entry["peak_memory_mb"] is not None, method
         if method.startswith("iterative:"):
@@ -194,3 +213,100 @@ def test_an_archive_is_explained_with_a_3d_classifier_and_its_peaks_measured_aga
     for row in rows:
         assert row["method"] == "integrated-gradients" and row["peak_in_consensus"] in ("yes", "no")
         assert (row["peak_in_consensus"] == "yes") == (float(row["peak_distance_to_consensus_mm"]) == 0)
+
+
+def test_3d_cycle_am_trains_and_its_bundle_holds_3d_generators(volume_generators, volume_classifier):
+    """3D U-Nets (3 x 3 x 3 convolutions, 3D batch norm) trained against the 3D classifier: finite losses of
+    every term (3D MS-SSIM in the cycle loss), the classifier's fingerprint recorded, a sample grid of middle
+    planes, and G+(x), G-(x) volumes of the classifier's patch shape within the CT's range."""
+    import torch
+    import xaiexplain
+
+    bundle = xaiexplain.load_bundle(volume_generators, role="cycle-am")
+    assert bundle.config["arguments"]["spatial_dims"] == 3 and bundle.input.spatial_dims == 3
+    assert bundle.patch_shape == tuple(SIZE)
+    assert any(isinstance(m, torch.nn.Conv3d) for m in bundle.model.modules())
+    assert not any(isinstance(m, torch.nn.Conv2d) for m in bundle.model.modules())
+    assert bundle.config["classifier"]["weights_sha256"] == xaiexplain.load_bundle(volume_classifier).fingerprint
+    losses = bundle.config["training_losses"]
+    assert all(np.isfinite(losses[name]) for name in ("discriminators", "cycle", "similarity", "floor", "activation"))
+    assert (volume_generators.parent / "bundle.samples" / "step_0000004.png").stat().st_size > 5000
+    from xaiexplain.explainers.counterfactuals import counterfactuals
+
+    volumes = np.full((2, *SIZE), -800.0, np.float32)
+    volumes[:, 6:10, 12:20, 12:20] = 40.0
+    pair = counterfactuals(xaiexplain.load_bundle(volume_classifier), volumes, bundle)
+    for generated in (pair.malignant, pair.benign):
+        assert generated.shape == volumes.shape and generated.min() >= -1024 and generated.max() <= 3071
+    assert ((pair.malignant_probability >= 0) & (pair.malignant_probability <= 1)).all()
+
+
+def test_3d_cycle_am_explains_a_series_with_counterfactual_volumes_in_its_geometry(volume_generators,
+                                                                                   volume_classifier, tmp_path):
+    from xaiexplain.data import lidc
+    from xaiexplain.data.series import read_series
+    from xaiexplain.data.sources.phantom_series import write_phantom_series
+
+    written = write_phantom_series(lidc.find_scan_by_key(TREE_PHANTOM_PATIENTS[0]), tmp_path / "phantom", seed=0)
+    result = run_cli("explain", "--series", written.series_folder, "--lidc", "--model", volume_classifier,
+                     "--method", "cycle-am", "--cycle-am", volume_generators, "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "nodules.json").read_text())
+    image = read_series(written.series_folder).image
+    relevance = sitk.ReadImage(str(tmp_path / "out" / summary["files"]["cycle-am"]["relevance"]))
+    assert relevance.GetSize() == image.GetSize() and relevance.GetOrigin() == image.GetOrigin()
+    assert np.abs(sitk.GetArrayViewFromImage(relevance)).max() > 0
+    original = sitk.GetArrayFromImage(image)
+    for side in ("malignant", "benign"):
+        counterfactual = sitk.ReadImage(str(tmp_path / "out" / f"counterfactual_{side}.nrrd"))
+        np.testing.assert_allclose(counterfactual.GetSpacing(), image.GetSpacing(), atol=1e-6)
+        start = np.asarray(image.TransformPhysicalPointToContinuousIndex(counterfactual.GetOrigin()))
+        np.testing.assert_allclose(start, np.round(start), atol=1e-4)  # on the series' grid
+        start, size = np.round(start).astype(int), np.asarray(counterfactual.GetSize())
+        crop = original[start[2]:start[2] + size[2], start[1]:start[1] + size[1], start[0]:start[0] + size[0]]
+        changed = sitk.GetArrayViewFromImage(counterfactual) != crop
+        assert changed.any()
+        # within the nodules' volumes (40 x 45 x 45 mm about each centre) and nowhere else
+        lps = np.stack(np.meshgrid(*[np.arange(n) for n in size[::-1]], indexing="ij"), -1)[changed][:, ::-1] + start
+        points = np.array([image.TransformContinuousIndexToPhysicalPoint([float(v) for v in index]) for index in lps])
+        centres = np.array([row["center_lps"] for row in summary["nodules"]])
+        half = np.array(FIELD_OF_VIEW[::-1]) / 2 + np.array(image.GetSpacing())
+        assert np.all(np.any(np.all(np.abs(points[:, None] - centres[None]) <= half, axis=-1), axis=1))
+    for row in summary["nodules"]:
+        assert 0 <= row["methods"]["cycle-am"]["counterfactual_malignant_probability"] <= 1
+
+
+def test_3d_cycle_am_refuses_another_classifier(volume_generators, volume_classifier, volume_set, tmp_path):
+    """Generators belong to the classifier they were trained against: a 3D classifier with other weights is
+    refused by its fingerprint, the shipped 2D classifier by its patch shape (with the override too)."""
+    import torch
+    import xaiexplain
+    from helpers import assert_one_line_error
+    from xaiexplain.errors import XAIExplainError
+    from xaiexplain.explainers.counterfactuals import generators_for
+
+    other = xaiexplain.load_bundle(volume_classifier)
+    with torch.no_grad():
+        next(other.model.parameters()).add_(1e-3)
+    with pytest.raises(XAIExplainError, match="trained against another classifier"):
+        generators_for(other, volume_generators)
+    assert generators_for(other, volume_generators, allow_other_classifier=True).patch_shape == tuple(SIZE)
+    with pytest.raises(XAIExplainError, match="makes patches of 16 x 32 x 32 voxels"):
+        generators_for(xaiexplain.load_bundle(), volume_generators, allow_other_classifier=True)
+    refused = run_cli("explain", "--series", tmp_path, "--point", "0,0,0", "--method", "cycle-am", "--cycle-am",
+                      volume_generators, "--out", tmp_path / "refused")
+    assert_one_line_error(refused, "was trained against another classifier", "not demo-classifier")
+    assert not (tmp_path / "refused").exists()
+
+
+def test_evaluate_cycle_am_measures_3d_counterfactuals_on_a_3d_set(volume_generators, volume_classifier,
+                                                                    volume_set, tmp_path):
+    command = [sys.executable, "-m", "xaiexplain_train.cli", "evaluate-cycle-am", "--classifier",
+               str(volume_classifier), "--cycle-am", str(volume_generators), "--data", str(volume_set),
+               "--split", "validation", "--out", str(tmp_path / "evaluation")]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluation = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
+    assert evaluation["nodules"] == evaluation["patches"] >= 2  # one volume per nodule
+    for name, entry in evaluation["per_nodule"]["ssim"].items():
+        assert 0 < entry["mean"] <= 1, name

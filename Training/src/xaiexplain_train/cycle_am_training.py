@@ -25,7 +25,6 @@ CycleGAN's identity loss, weighted per image by the classifier's probability of 
 centre (``cycle_am.context_weights``): a prior that knows where the nodule is, so never a default."""
 from __future__ import annotations
 
-import contextlib
 import platform
 import sys
 import time
@@ -45,6 +44,7 @@ from xaiexplain.models.architectures import MALIGNANT, CycleAMGenerators
 from xaiexplain.models.bundles import load_bundle, network_input, save_bundle
 
 from . import checkpoints
+from .batch_norm_statistics import recompute_running_statistics, running_statistics_frozen, train_inference_gap_hu
 from .devices import describe, start_run
 
 LOSS_NAMES = ("discriminators", "cycle", "similarity", "identity", "floor", "adversarial", "activation")
@@ -82,66 +82,6 @@ class CycleAMSettings:
 def _set_trainable(module: nn.Module, trainable: bool) -> None:
     for parameter in module.parameters():
         parameter.requires_grad_(trainable)
-
-
-def _batch_norms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
-@contextlib.contextmanager
-def running_statistics_frozen(*modules: nn.Module):
-    """Batch norm normalises by the batch as in training but leaves its running statistics as they are
-    (momentum 0): for batches of generated images."""
-    layers = [layer for module in modules for layer in _batch_norms(module)]
-    momenta = [layer.momentum for layer in layers]
-    for layer in layers:
-        layer.momentum = 0.0
-    try:
-        yield
-    finally:
-        for layer, momentum in zip(layers, momenta):
-            layer.momentum = momentum
-
-
-@torch.no_grad()
-def recompute_running_statistics(generator: nn.Module, images: np.ndarray, to_input, batch_size: int,
-                                 seed: int = 0) -> None:
-    """Precise batch norm: the running statistics as the plain average over random batches of all real
-    ``images`` (HU; ``to_input`` maps a batch to the generator's input; training mode, momentum None), drawn
-    as training draws them, with the final weights."""
-    order = np.random.default_rng(seed).permutation(len(images))
-    layers = _batch_norms(generator)
-    momenta = [layer.momentum for layer in layers]
-    for layer in layers:
-        layer.reset_running_stats()
-        layer.momentum = None
-    was_training = generator.training
-    generator.train()
-    for start in range(0, len(images) - batch_size + 1, batch_size):
-        generator(to_input(images[order[start:start + batch_size]]))
-    generator.train(was_training)
-    for layer, momentum in zip(layers, momenta):
-        layer.momentum = momentum
-
-
-@torch.no_grad()
-def train_inference_gap_hu(generator: nn.Module, images: np.ndarray, to_input, batch_size: int,
-                           hu_per_unit: float, batches: int = 32, seed: int = 0) -> float:
-    """Mean |G(x) in training mode - G(x) in inference mode| in HU over random batches of real ``images`` (HU),
-    as training draws them: how far the running statistics are from those of real batches (training mode
-    here changes nothing)."""
-    chosen = np.random.default_rng(seed).permutation(len(images))[:batches * batch_size]
-    with running_statistics_frozen(generator):
-        was_training = generator.training
-        differences = []
-        for start in range(0, len(chosen) - batch_size + 1, batch_size):
-            x = to_input(images[chosen[start:start + batch_size]])
-            generator.train()
-            batch_mode = generator(x)
-            generator.eval()
-            differences.append((batch_mode - generator(x)).abs().mean().item())
-        generator.train(was_training)
-    return float(np.mean(differences) * hu_per_unit) if differences else float("nan")
 
 
 def learning_rate_at(step: int, settings: CycleAMSettings) -> float:
@@ -243,13 +183,17 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
     # discriminators' orders, the flips and turns), so that a GPU step waits for nothing on the host
     device_images = to_input(images)
 
+    # 3D U-Nets and discriminators for a 3D classifier (the same design with 3D convolutions: ours, paper 1 is 2D)
+    spatial_dims = classifier_bundle.input.spatial_dims
+    memory_format = torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
     generators = CycleAMGenerators(settings.widths, output_range=cycle_am.output_range_for(
-        classifier_bundle.input_spec["hu_window"])).to(device)
+        classifier_bundle.input_spec["hu_window"]), spatial_dims=spatial_dims).to(device)
     networks = {"plus": generators.plus, "minus": generators.minus,
-                **{name: cycle_am.PairDiscriminator(settings.widths, scales=settings.discriminator_scales).to(device)
+                **{name: cycle_am.PairDiscriminator(settings.widths, scales=settings.discriminator_scales,
+                                                    spatial_dims=spatial_dims).to(device)
                    for name in ("d_plus", "d_minus")}}
     if device.type == "cuda":
-        networks = {k: v.to(memory_format=torch.channels_last) for k, v in networks.items()}
+        networks = {k: v.to(memory_format=memory_format) for k, v in networks.items()}
     optimisers = {
         "generators": torch.optim.Adam(list(networks["plus"].parameters()) + list(networks["minus"].parameters()),
                                        lr=settings.learning_rate, betas=(0.5, 0.999)),
@@ -287,7 +231,7 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
             for group in optimiser.param_groups:
                 group["lr"] = learning_rate_at(step, settings)
         if device.type == "cuda":
-            x_a, x_b = (t.contiguous(memory_format=torch.channels_last) for t in (x_a, x_b))
+            x_a, x_b = (t.contiguous(memory_format=memory_format) for t in (x_a, x_b))
         for network in networks.values():
             network.train()
         losses = training_step(trained, classifier, optimisers, x_a, x_b, generator, device,
@@ -336,7 +280,8 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
         "kind": "cycle-am",
         "architecture": "CycleAMGenerators",
         "arguments": {"widths": list(settings.widths), "max_change": generators.plus.max_change,
-                      "output_range": list(generators.plus.output_range)},
+                      "output_range": list(generators.plus.output_range),
+                      **({"spatial_dims": 3} if spatial_dims == 3 else {})},
         "input": generator_input,
         "output": "bounded residual: G(x) = clamp(x + max_change tanh(U(x) / max_change), output_range) on the "
                   "input's scale (output_range: hu_range), clipped to hu_window only where the classifier reads it",
@@ -386,7 +331,7 @@ def loss_curve_files(history: list[dict]) -> dict:
 @torch.no_grad()
 def write_sample_grid(plus, minus, classifier, images, hu_window, path: Path, title: str) -> None:
     """Columns x, G+(x), G-(x), R = G+(x) - G-(x) in HU, with the classifier's probabilities; ``images`` on
-    the generators' scale (``hu_window`` mapped to [0, 1])."""
+    the generators' scale (``hu_window`` mapped to [0, 1]); of volumes, their middle planes."""
     from xaiexplain.io.figures import counterfactual_grid
 
     was_training = plus.training
@@ -395,6 +340,7 @@ def write_sample_grid(plus, minus, classifier, images, hu_window, path: Path, ti
     low, high = hu_window
     columns = [images, plus(images).float(), minus(images).float()]
     probabilities = [cycle_am.class_probabilities(classifier, t)[:, MALIGNANT].cpu().numpy() for t in columns]
-    counterfactual_grid(*(t[:, 0].cpu().numpy() * (high - low) + low for t in columns), probabilities, path, title)
+    shown = [t[:, 0] if t.dim() == 4 else t[:, 0, t.shape[2] // 2] for t in columns]
+    counterfactual_grid(*(t.cpu().numpy() * (high - low) + low for t in shown), probabilities, path, title)
     plus.train(was_training)
     minus.train(was_training)

@@ -26,7 +26,7 @@ class Counterfactuals:
     """G+(x) and G-(x) of cycle-consistent activation maximization, in HU, with the classifier's
     malignancy probabilities."""
 
-    malignant: np.ndarray  # G+(x), (N, H, W) HU
+    malignant: np.ndarray  # G+(x), (N, H, W) HU; (N, D, H, W) of volumes
     benign: np.ndarray  # G-(x)
     malignant_probability: np.ndarray  # p(G+(x)), (N,)
     benign_probability: np.ndarray  # p(G-(x))
@@ -43,6 +43,13 @@ def generators_for(bundle: Bundle, generators=None, allow_other_classifier: bool
             f"the cycle-am bundle {shown_name(generators.path)} was trained against another classifier (weights "
             f"sha256 {recorded[:12]}), not {shown_name(bundle.path)} ({bundle.fingerprint[:12]}): train one for it "
             f"with xaiexplain-train cycle-am --classifier {shown_name(bundle.path)}, and give it as --cycle-am")
+    if generators.patch_shape != bundle.patch_shape:  # not even with the override: they cannot read its patches
+        unit = "voxels" if len(generators.patch_shape) == 3 else "px"
+        raise XAIExplainError(
+            f"the cycle-am bundle {shown_name(generators.path)} makes patches of "
+            f"{' x '.join(map(str, generators.patch_shape))} {unit}, and {shown_name(bundle.path)} reads "
+            f"{' x '.join(map(str, bundle.patch_shape))}: train one for it with xaiexplain-train cycle-am "
+            f"--classifier {shown_name(bundle.path)}")
     return generators
 
 

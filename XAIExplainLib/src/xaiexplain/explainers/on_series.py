@@ -166,7 +166,8 @@ def explain_series(image, points, bundle=None, methods=("saliency",), progress=N
             row["methods"][method] = entry
         if isinstance(details, Counterfactuals):
             series_counterfactuals = {
-                name: _replace_patches(sitk_image, stacks, [images[bounds[n]:bounds[n + 1]] for n in range(len(sites))])
+                name: _replace_patches(sitk_image, stacks, [stacks[n].maps_on_slices(images[bounds[n]:bounds[n + 1]])
+                                                            for n in range(len(sites))])
                 for name, images in (("malignant", details.malignant), ("benign", details.benign))}
         if progress is not None:
             progress(method)

@@ -323,7 +323,7 @@ for _record in (
            requires=("layer chain",)),
     Method("cycle-am", "change", "cycle-consistent activation maximization: G+(x) - G-(x) in HU", PAPER_1,
            _cycle_am, defaults=MappingProxyType({"generators": DEFAULT_CYCLE_AM, "allow_other_classifier": False}),
-           needs=("generators",), figure_rank=0, cost_target=1.5, prepare=_cycle_am_generators, requires=("2D patches",),
+           needs=("generators",), figure_rank=0, cost_target=1.5, prepare=_cycle_am_generators, requires=("one image",),
            randomization_not_applicable="its generators belong to the trained classifier"),
 ):
     register(_record)

@@ -52,15 +52,15 @@ class NoduleClassifier(nn.Module):
 
 class CycleAMGenerators(nn.Module):
     """The two generators of cycle-consistent activation maximization: ``plus`` towards malignant,
-    ``minus`` towards benign (``xaiexplain.cycle_am``)."""
+    ``minus`` towards benign (``xaiexplain.cycle_am``); ``spatial_dims`` 3: 3D U-Nets, for a 3D classifier."""
 
     def __init__(self, widths=(48, 96, 192, 384), in_channels: int = 1, max_change: float = 1.0,
-                 output_range: tuple[float, float] | None = None):
+                 output_range: tuple[float, float] | None = None, spatial_dims: int = 2):
         super().__init__()
         from xaiexplain.models.cycle_am import Generator
 
-        self.plus = Generator(widths, in_channels, max_change, output_range)
-        self.minus = Generator(widths, in_channels, max_change, output_range)
+        self.plus = Generator(widths, in_channels, max_change, output_range, spatial_dims)
+        self.minus = Generator(widths, in_channels, max_change, output_range, spatial_dims)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(G+(x), G-(x))."""

@@ -300,7 +300,8 @@ REQUIREMENTS = {
     "DeepLIFT chain": "a chain of layers DeepLIFT's rules cover",
     "one slice": "one slice per patch, not neighbouring slices as channels (Algorithm 1 inpaints what the model "
                  "reads)",
-    "2D patches": "one-slice 2D patches (2D generators)",
+    "one image": "one slice or one volume per patch, not neighbouring slices as channels (the generators are 2D "
+                 "or 3D)",
 }
 
 
@@ -312,11 +313,9 @@ def requirement_reasons(network: nn.Module, contract: Contract, spatial: list[st
 
     spec = contract.input
     one_slice = f"it reads {spec.slices} slices as channels" if spec.slices != 1 else None
-    patches_2d = one_slice or (f"it reads volumes of {' x '.join(map(str, spec.patch_size))} voxels"
-                               if spec.spatial_dims == 3 else None)
     if is_torchscript(network):
         reason = "a TorchScript model takes no hooks and its layers cannot be traced"
-        return {**{name: reason for name in REQUIREMENTS}, "one slice": one_slice, "2D patches": patches_2d}
+        return {**{name: reason for name in REQUIREMENTS}, "one slice": one_slice, "one image": one_slice}
     chain = layer_chain(network, contract.output)
     chain_reason = chain.reason or linear_output_reason(contract.output)
     max_pools = [path for path, module in chain.layers if isinstance(module, DEEP_LIFT_REFUSED)]
@@ -334,5 +333,5 @@ def requirement_reasons(network: nn.Module, contract: Contract, spatial: list[st
         "DeepLIFT chain": chain_reason or (f"there is no DeepLIFT rule for max pooling at {max_pools[0]}"
                                            if max_pools else None),
         "one slice": one_slice,
-        "2D patches": patches_2d,
+        "one image": one_slice,
     }

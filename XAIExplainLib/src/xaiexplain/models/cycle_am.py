@@ -23,24 +23,30 @@ CONVOLUTIONS_PER_STAGE = 3
 # The HU a CT stores (12 bits from -1024): what the generators read and write.
 CT_HU_RANGE = (-1024.0, 3071.0)
 
-def _stage(in_channels: int, width: int, stride: int) -> nn.Sequential:
-    """Three 3 x 3 convolutions, each followed by LeakyReLU and batch norm (paper 1, Fig. 4); the first
-    one strided when the stage goes down in resolution."""
+def _convolution(spatial_dims: int) -> type[nn.Module]:
+    return nn.Conv3d if spatial_dims == 3 else nn.Conv2d
+
+
+def _stage(in_channels: int, width: int, stride: int, spatial_dims: int = 2) -> nn.Sequential:
+    """Three 3 x 3 convolutions (3 x 3 x 3 for volumes, ``spatial_dims`` 3: the same design in 3D, ours where
+    paper 1 is 2D), each followed by LeakyReLU and batch norm (paper 1, Fig. 4); the first one strided when
+    the stage goes down in resolution."""
+    convolution, norm = _convolution(spatial_dims), nn.BatchNorm3d if spatial_dims == 3 else nn.BatchNorm2d
     layers = []
     for n in range(CONVOLUTIONS_PER_STAGE):
-        layers += [nn.Conv2d(in_channels if n == 0 else width, width, 3, stride=stride if n == 0 else 1, padding=1),
-                   nn.LeakyReLU(0.2), nn.BatchNorm2d(width)]
+        layers += [convolution(in_channels if n == 0 else width, width, 3, stride=stride if n == 0 else 1, padding=1),
+                   nn.LeakyReLU(0.2), norm(width)]
     return nn.Sequential(*layers)
 
 
 class Encoder(nn.Module):
     """Stages 0..depth: full resolution, then halved by a strided convolution at each stage."""
 
-    def __init__(self, widths=PAPER_WIDTHS, in_channels: int = 1):
+    def __init__(self, widths=PAPER_WIDTHS, in_channels: int = 1, spatial_dims: int = 2):
         super().__init__()
         stages, channels = [], in_channels
         for n, width in enumerate(widths):
-            stages.append(_stage(channels, width, 1 if n == 0 else 2))
+            stages.append(_stage(channels, width, 1 if n == 0 else 2, spatial_dims))
             channels = width
         self.stages = nn.ModuleList(stages)
 
@@ -70,14 +76,14 @@ class Generator(nn.Module):
     pixel pushed there stays at the bound."""
 
     def __init__(self, widths=PAPER_WIDTHS, in_channels: int = 1, max_change: float = 1.0,
-                 output_range: tuple[float, float] | None = None):
+                 output_range: tuple[float, float] | None = None, spatial_dims: int = 2):
         super().__init__()
         self.max_change = max_change
         self.output_range = None if output_range is None else (float(output_range[0]), float(output_range[1]))
-        self.encoder = Encoder(widths, in_channels)
+        self.encoder = Encoder(widths, in_channels, spatial_dims)
         self.decoder = nn.ModuleList(
-            _stage(widths[n + 1] + widths[n], widths[n], 1) for n in reversed(range(len(widths) - 1)))
-        self.output = nn.Conv2d(widths[0], in_channels, 1)
+            _stage(widths[n + 1] + widths[n], widths[n], 1, spatial_dims) for n in reversed(range(len(widths) - 1)))
+        self.output = _convolution(spatial_dims)(widths[0], in_channels, 1)
         nn.init.zeros_(self.output.weight)
         nn.init.zeros_(self.output.bias)
 
@@ -85,7 +91,8 @@ class Generator(nn.Module):
         skips = self.encoder(x)
         y = skips[-1]
         for stage, skip in zip(self.decoder, reversed(skips[:-1])):
-            y = stage(torch.cat([functional.interpolate(y, scale_factor=2, mode="nearest"), skip], dim=1))
+            # to the skip's size: twice the size, less one where a strided convolution halved an odd side
+            y = stage(torch.cat([functional.interpolate(y, size=skip.shape[2:], mode="nearest"), skip], dim=1))
         generated = x + self.max_change * torch.tanh(self.output(y) / self.max_change)
         return generated if self.output_range is None else generated.clamp(*self.output_range)
 
@@ -109,11 +116,11 @@ class PairDiscriminator(nn.Module):
     vectors are concatenated, in an order drawn at random per position, and a two-way softmax says which of
     the two is the real one. The random order keeps a "real neuron" from emerging (paper 1, 2.3)."""
 
-    def __init__(self, widths=PAPER_WIDTHS, in_channels: int = 1, scales=DISCRIMINATOR_SCALES):
+    def __init__(self, widths=PAPER_WIDTHS, in_channels: int = 1, scales=DISCRIMINATOR_SCALES, spatial_dims: int = 2):
         super().__init__()
-        self.encoder = Encoder(widths[:max(scales) + 1], in_channels)
+        self.encoder = Encoder(widths[:max(scales) + 1], in_channels, spatial_dims)
         self.scales = scales
-        self.heads = nn.ModuleList(nn.Conv2d(2 * widths[s], 2, 1) for s in scales)
+        self.heads = nn.ModuleList(_convolution(spatial_dims)(2 * widths[s], 2, 1) for s in scales)
 
     def forward(self, real, fake, generator: torch.Generator | None = None, fake_is_real: bool = False):
         """Cross entropy of telling the real image from the fake one at every patch position of every
@@ -160,13 +167,16 @@ SIMILARITY_L1_WEIGHT = 20.0
 CONTEXT_L1_FACTOR = 1.0
 
 
-def context_weights(size: int, factor: float, device=None) -> torch.Tensor:
-    """(size, size) weights rising with the squared distance from the patch's centre: 1 there, ``factor`` at
-    the middle of each edge (2 factor - 1 in the corners). Every patch is cut around a nodule, so the centre is
-    the nodule and the rest its context."""
-    centre = (size - 1) / 2
-    coordinates = (torch.arange(size, dtype=torch.float32, device=device) - centre) / (size / 2)
-    return 1 + (factor - 1) * (coordinates[:, None] ** 2 + coordinates[None, :] ** 2)
+def context_weights(shape, factor: float, device=None) -> torch.Tensor:
+    """Weights of an image's ``shape`` (its spatial sides; one number: a square) rising with the squared
+    distance from its centre: 1 there, ``factor`` at the middle of each face (more in the corners). Every
+    patch is cut around a nodule, so the centre is the nodule and the rest its context."""
+    shape = (shape, shape) if isinstance(shape, int) else tuple(shape)
+    squared = torch.zeros(shape, dtype=torch.float32, device=device)
+    for axis, size in enumerate(shape):
+        coordinates = (torch.arange(size, dtype=torch.float32, device=device) - (size - 1) / 2) / (size / 2)
+        squared = squared + (coordinates ** 2).view([size if a == axis else 1 for a in range(len(shape))])
+    return 1 + (factor - 1) * squared
 
 
 def similarity_loss(x, generated, kind: str = "l1+dssim", l1_weight: float = SIMILARITY_L1_WEIGHT,
@@ -184,7 +194,7 @@ def similarity_loss(x, generated, kind: str = "l1+dssim", l1_weight: float = SIM
         raise ValueError(f"unknown similarity loss {kind!r}; known: {', '.join(SIMILARITY_LOSSES)}")
     change = (generated.float() - x.float()).abs()
     if context_factor != 1.0:
-        change = change * context_weights(change.shape[-1], context_factor, change.device)
+        change = change * context_weights(change.shape[2:], context_factor, change.device)
     return l1_weight * change.mean() + dssim(x, generated) / 2
 
 
@@ -217,9 +227,10 @@ FLOOR_WEIGHT = 200.0
 
 
 def local_floor(images: torch.Tensor, radius: int = FLOOR_RADIUS) -> torch.Tensor:
-    """Each pixel's floor: the darkest pixel of the image within ``radius`` px (a square window, cut at the
-    image's edge)."""
-    return -functional.max_pool2d(-images, 2 * radius + 1, stride=1, padding=radius)
+    """Each pixel's floor: the darkest pixel of the image within ``radius`` px (a square window, a cube for
+    volumes, cut at the image's edge)."""
+    pool = functional.max_pool3d if images.dim() == 5 else functional.max_pool2d
+    return -pool(-images, 2 * radius + 1, stride=1, padding=radius)
 
 
 def floor_loss(x, generated, weight: float = FLOOR_WEIGHT, radius: int = FLOOR_RADIUS) -> torch.Tensor:
@@ -255,7 +266,8 @@ class WindowScaleScore(nn.Module):
         if spec.slices != 1:
             from xaiexplain.errors import XAIExplainError
 
-            raise XAIExplainError(f"cycle-am generators are 2D: {bundle.path} reads {spec.slices} slices")
+            raise XAIExplainError(f"cycle-am generators read one slice or one volume: {bundle.path} reads "
+                                  f"{spec.slices} slices as channels")
         self.score = bundle.score_model()
         low, high = spec.hu_window
         # window scale v -> HU = low + v (high - low) -> the network's value
@@ -298,21 +310,27 @@ def straight_through_classifier_view(images: torch.Tensor) -> torch.Tensor:
 
 
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (N, C, H, W) images, ``sigma`` in pixels, edges reflected; 0: unchanged."""
+    """Separable Gaussian blur of (N, C, H, W) images or (N, C, D, H, W) volumes along every spatial axis,
+    ``sigma`` in pixels, edges reflected; 0: unchanged."""
     if sigma <= 0:
         return images
     radius = max(1, round(3 * sigma))
     taps = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
     kernel = torch.exp(-(taps / sigma) ** 2 / 2)
-    kernel = (kernel / kernel.sum()).repeat(images.shape[1], 1, 1, 1)
-    blurred = functional.pad(images, (radius, radius, radius, radius), mode="reflect")
-    blurred = functional.conv2d(blurred, kernel.view(-1, 1, 1, 2 * radius + 1), groups=images.shape[1])
-    return functional.conv2d(blurred, kernel.view(-1, 1, 2 * radius + 1, 1), groups=images.shape[1])
+    kernel = (kernel / kernel.sum()).repeat(images.shape[1], 1, 1)
+    spatial = images.dim() - 2
+    convolve = functional.conv3d if spatial == 3 else functional.conv2d
+    blurred = functional.pad(images, (radius, radius) * spatial, mode="reflect")
+    for axis in range(spatial):
+        shape = [2 * radius + 1 if a == axis else 1 for a in range(spatial)]
+        blurred = convolve(blurred, kernel.view(images.shape[1], 1, *shape), groups=images.shape[1])
+    return blurred
 
 
 def random_dihedral(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Each (C, H, W) image of a batch flipped left-right with probability 1/2, then turned by a random number
-    of quarter turns: one of the eight symmetries of the square, as the classifier saw in training. Drawn where
+    of quarter turns: one of the eight symmetries of the square, as the classifier saw in training (a volume's
+    in its axial planes, as the 3D classifier trains). Drawn where
     ``generator`` lives and chosen by indexing, so a GPU step waits for no per-image decision on the host."""
     flips = torch.rand(len(images), generator=generator, device=generator.device).to(images.device) < 0.5
     turns = torch.randint(0, 4, (len(images),), generator=generator, device=generator.device).to(images.device)

@@ -1,5 +1,5 @@
-"""SSIM and three-scale MS-SSIM (Wang et al. 2003) as cycle-am's losses and evaluation use them, on images in
-[0, 1] (``xaiexplain.models.cycle_am``)."""
+"""SSIM and three-scale MS-SSIM (Wang et al. 2003) as cycle-am's losses and evaluation use them, on images (or
+volumes) in [0, 1] (``xaiexplain.models.cycle_am``)."""
 from __future__ import annotations
 
 import torch
@@ -30,22 +30,31 @@ def ssim_per_image(x, y) -> torch.Tensor:
                 size_average=False)
 
 
-def ssim_and_contrast_structure(x, y) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image and channel (N, C): SSIM and its contrast-structure term, with the losses' Gaussian window
-    (valid convolution, as pytorch-msssim computes them) and constants, for images in [0, 1]."""
-    coordinates = torch.arange(SSIM_WINDOW, dtype=x.dtype, device=x.device) - SSIM_WINDOW // 2
+def _local_mean(images: torch.Tensor) -> torch.Tensor:
+    """The Gaussian window's weighted mean about each position (valid convolution, separable along each spatial
+    axis), of (N, C, H, W) images or (N, C, D, H, W) volumes. An axis shorter than the window is not smoothed,
+    as pytorch-msssim does (the third scale of a 16-plane volume has 4 planes)."""
+    coordinates = torch.arange(SSIM_WINDOW, dtype=images.dtype, device=images.device) - SSIM_WINDOW // 2
     gauss = torch.exp(-coordinates ** 2 / (2 * SSIM_SIGMA ** 2))
     gauss = gauss / gauss.sum()
-    window = (gauss[:, None] * gauss[None, :]).expand(x.shape[1], 1, SSIM_WINDOW, SSIM_WINDOW)
+    spatial = images.dim() - 2
+    convolve = functional.conv3d if spatial == 3 else functional.conv2d
+    channels = images.shape[1]
+    for axis, side in enumerate(images.shape[2:]):
+        if side >= SSIM_WINDOW:
+            shape = [SSIM_WINDOW if a == axis else 1 for a in range(spatial)]
+            images = convolve(images, gauss.view(1, 1, *shape).expand(channels, 1, *shape), groups=channels)
+    return images
 
-    def local_mean(image):
-        return functional.conv2d(image, window, groups=x.shape[1])
 
+def ssim_and_contrast_structure(x, y) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image and channel (N, C): SSIM and its contrast-structure term, with the losses' Gaussian window
+    (valid convolution, as pytorch-msssim computes them) and constants, for images (or volumes) in [0, 1]."""
     c1, c2 = SSIM_K[0] ** 2, SSIM_K[1] ** 2  # data range 1
-    mean_x, mean_y = local_mean(x), local_mean(y)
-    variance_x = local_mean(x * x) - mean_x ** 2
-    variance_y = local_mean(y * y) - mean_y ** 2
-    covariance = local_mean(x * y) - mean_x * mean_y
+    mean_x, mean_y = _local_mean(x), _local_mean(y)
+    variance_x = _local_mean(x * x) - mean_x ** 2
+    variance_y = _local_mean(y * y) - mean_y ** 2
+    covariance = _local_mean(x * y) - mean_x * mean_y
     contrast_structure = (2 * covariance + c2) / (variance_x + variance_y + c2)
     luminance = (2 * mean_x * mean_y + c1) / (mean_x ** 2 + mean_y ** 2 + c1)
     return (luminance * contrast_structure).flatten(2).mean(-1), contrast_structure.flatten(2).mean(-1)
@@ -54,14 +63,16 @@ def ssim_and_contrast_structure(x, y) -> tuple[torch.Tensor, torch.Tensor]:
 def ms_ssim_three_scales(x, y) -> torch.Tensor:
     """MS-SSIM (Wang et al. 2003) over three scales: pytorch-msssim's ``ms_ssim`` refuses images smaller
     than (window - 1) * 16 pixels because it assumes five scales; this is the same product of
-    contrast-structure terms and a last-scale SSIM at the three scales a 64 x 64 image has room for."""
+    contrast-structure terms and a last-scale SSIM at the three scales a 64 x 64 image has room for. Volumes
+    (N, C, D, H, W) are halved along every axis from scale to scale (3D MS-SSIM: ours, paper 1 is 2D)."""
     x, y = x.float(), y.float()
+    pool = functional.avg_pool3d if x.dim() == 5 else functional.avg_pool2d
     terms = []
     for level in range(len(MS_SSIM_WEIGHTS)):
         ssim_per_channel, contrast_structure = ssim_and_contrast_structure(x, y)
         if level < len(MS_SSIM_WEIGHTS) - 1:
             terms.append(torch.relu(contrast_structure))
-            x, y = functional.avg_pool2d(x, 2), functional.avg_pool2d(y, 2)
+            x, y = pool(x, 2), pool(y, 2)
     terms.append(torch.relu(ssim_per_channel))
     weights = x.new_tensor(MS_SSIM_WEIGHTS).view(-1, 1, 1)
     return torch.prod(torch.stack(terms) ** weights, dim=0).mean()
