@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from xaiexplain.apps.arguments import per_axis, positive_millimetres, positive_pixels
 from xaiexplain.devices import DEVICE_CHOICES
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.parallel import parse_shard, positive_workers
@@ -71,6 +72,14 @@ def add_dataset_command(commands) -> None:
     dataset.add_argument("--lung-patches", type=whole_number_from_0, default=None, metavar="N",
                          help="N nodule-free lung patches of each scan beside the nodules' (lung_patches.npz; "
                               "default 8, 0 for none)")
+    dataset.add_argument("--spatial-dims", type=int, choices=(2, 3), default=2,
+                         help="2 for axial patches (default), 3 for one volume per nodule about its consensus "
+                              "centroid, with the consensus as its 3D nodule_mask")
+    dataset.add_argument("--patch-size", type=per_axis(positive_pixels), default=None, metavar="D,H,W",
+                         help="with --spatial-dims 3: the volume's voxels, one or three values (depth,rows,columns; "
+                              "default 64)")
+    dataset.add_argument("--field-of-view-mm", type=per_axis(positive_millimetres), default=None, metavar="MM",
+                         help="with --spatial-dims 3: the millimetres it covers along z,y,x (default 45)")
     add_implausible_hu_argument(dataset)
     add_parallel_arguments(dataset)
 
@@ -90,7 +99,8 @@ def run_dataset(args, command_line: str) -> int:
     summary = build_lidc_patch_set(args.lidc_root, args.out, seed=args.seed, workers=args.workers, shard=args.shard,
                                    command=command_line, allow_implausible_hu=args.allow_implausible_hu,
                                    lung_patches=LUNG_PATCHES_PER_SCAN if args.lung_patches is None
-                                   else args.lung_patches)
+                                   else args.lung_patches, spatial_dims=args.spatial_dims, size=args.patch_size,
+                                   field_of_view_mm=args.field_of_view_mm)
     scans, source = summary["scans"], summary["source"]
     other = ", ".join(f"{count} {modality}" for modality, count in source["other_series"].items())
     print(f"{source['files']} files, {source['ct_series']} CT series"

