@@ -57,3 +57,14 @@ def per_axis(parse):
         return values[0] if len(values) == 1 else values
 
     return parse_axes
+
+
+def output_formats(text: str) -> tuple[str, ...]:
+    """``--format``: one or more of nrrd, dicom, nifti, separated by commas (NRRD is always written)."""
+    from xaiexplain.errors import XAIExplainError
+    from xaiexplain.io.output_formats import checked_formats
+
+    try:
+        return checked_formats(text)
+    except XAIExplainError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from xaiexplain.apps.arguments import (
     non_empty,
+    output_formats,
     parse_option,
     parse_point,
     per_axis,
@@ -149,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                "--method iterative:lrp --out explained/\n"
                "  xaiexplain explain --series scan/ --point -60.5,-20,-120 --method grad-cam --model my_bundle/ "
                "--out explained/\n"
+               "  xaiexplain explain --series scan/ --lidc --method saliency --format dicom,nifti --out explained/\n"
                "  xaiexplain explain --lidc-root ~/LIDC-IDRI --method grad-cam --out explained/ --workers 4\n"
                "  xaiexplain explain --lidc-root ~/LIDC-IDRI --method grad-cam --out explained/ --shard 2/8",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -164,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "layer; default block3)")
     explain.add_argument("--cycle-am", default=None, dest="cycle_am", type=non_empty,
                          help="cycle-am bundle folder or shipped name (the option generators; default demo-cycle-am)")
+    explain.add_argument("--format", action="append", type=output_formats, default=[], dest="formats",
+                         metavar="FORMATS", help="also write dicom (a Segmentation and a Parametric Map per method) "
+                                                 "and/or nifti: comma-separated or repeated (NRRD is always written)")
     explain.add_argument("--out", required=True, type=Path, help="output folder")
 
     add_dataset_command(commands)
@@ -327,7 +332,11 @@ def run_benchmark(args, command_line: str) -> int:
 def run_explain(args, command_line: str) -> int:
     from xaiexplain.io.explanation_files import write_series_explanation
 
+    formats = sorted({name for chosen in args.formats for name in chosen})
     if args.lidc_root:
+        if set(formats) - {"nrrd"}:
+            raise XAIExplainError("--format dicom and nifti are written for one series (--series) so far; "
+                                  "--lidc-root writes NRRD only")
         from xaiexplain.explainers.on_patches import prepare_methods
         from xaiexplain.explainers.on_series import load_series_classifier
 
@@ -344,7 +353,7 @@ def run_explain(args, command_line: str) -> int:
                                        series_uid=args.series_uid, use_lidc=args.lidc, points=args.point,
                                        half_height_mm=args.half_height_mm, options=explain_options(args),
                                        command=command_line, allow_gaps=args.allow_gaps, device=args.device,
-                                       allow_implausible_hu=args.allow_implausible_hu)
+                                       allow_implausible_hu=args.allow_implausible_hu, formats=formats)
     for warning in written["reference_warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     for row in written["nodules"]:
