@@ -82,19 +82,82 @@ def explanation_panel(patches_hu: np.ndarray, maps: dict[str, np.ndarray], path,
             axis.set_yticks([])
             axis.imshow(patches_hu[r], cmap="gray", vmin=level - width / 2, vmax=level + width / 2)
             if values is not None:
-                relative = np.clip(values[r] / scale, -1, 1)
-                if registry.get(method).map_kind.colour_map == "sequential":
-                    colours = plt.get_cmap("Greens")(0.35 + 0.65 * np.abs(relative))
-                else:
-                    colours = plt.get_cmap("RdBu_r")((relative + 1) / 2)
-                colours[..., 3] = np.clip(np.abs(relative) * 1.2, 0, 0.85)
-                axis.imshow(colours)
+                axis.imshow(overlay_colours(values[r] / scale, registry.get(method).map_kind.colour_map))
             if r == 0:
                 axis.set_title(method if values is None else column_title(method), fontsize=7)
             if c == 0:
                 axis.set_ylabel(row_titles[r], fontsize=7)
     if title:
         figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    return save_figure(figure, path, dpi=100)
+
+
+def overlay_colours(relative: np.ndarray, colour_map: str) -> np.ndarray:
+    """RGBA of a map on its display scale (``display_scale``: +/- 1), drawn over a CT as its kind says: a
+    diverging colour map centred at zero (red > 0, blue < 0) or, for "sequential" (unsigned) maps, green; the
+    opacity rising with |value|, so what carries no relevance shows the CT."""
+    plt = pyplot()
+    relative = np.clip(relative, -1, 1)
+    if colour_map == "sequential":
+        colours = plt.get_cmap("Greens")(0.35 + 0.65 * np.abs(relative))
+    else:
+        colours = plt.get_cmap("RdBu_r")((relative + 1) / 2)
+    colours[..., 3] = np.clip(np.abs(relative) * 1.2, 0, 0.85)
+    return colours
+
+
+VIEW_HALF_WIDTH_MM = 35.0
+VIEW_PIXEL_MM = 0.5
+
+
+def world_box(image, centre_lps, half_width_mm: float = VIEW_HALF_WIDTH_MM, pixel_mm: float = VIEW_PIXEL_MM,
+              linear: bool = True) -> np.ndarray:
+    """The cube of ``image`` (SimpleITK) about an LPS point, resampled onto world axes at ``pixel_mm``
+    (z, y, x), whatever the image's spacing and direction: the axial, coronal and sagittal planes through the
+    point are its middle planes. Outside the image: NaN."""
+    import SimpleITK as sitk
+
+    side = int(round(2 * half_width_mm / pixel_mm)) + 1
+    grid = sitk.Image([side] * 3, sitk.sitkFloat32)
+    grid.SetSpacing([pixel_mm] * 3)
+    grid.SetOrigin([float(c) - half_width_mm for c in centre_lps])
+    return sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), grid, sitk.Transform(),
+                                                sitk.sitkLinear if linear else sitk.sitkNearestNeighbor, float("nan"),
+                                                sitk.sitkFloat32))
+
+
+def orthogonal_views(ct, maps: dict, centre_lps, path, title: str, window=LUNG_WINDOW) -> Path:
+    """Rows: methods; columns: the axial, coronal and sagittal planes through ``centre_lps`` of a series (``ct``,
+    SimpleITK, HU) with each method's relevance volume (``maps``: method -> SimpleITK image in the series'
+    geometry) over it, in radiological convention: axial seen from the feet (the patient's right on the left),
+    coronal from the front, sagittal from the patient's left, head up; square pixels in mm."""
+    from xaiexplain.explainers import registry
+
+    plt = pyplot()
+    level, width = window
+
+    def planes(box):  # (z, y, x) on world LPS axes -> the three views, as radiologists look at them
+        middle = box.shape[0] // 2
+        return [box[middle], box[::-1, middle, :], box[::-1, :, middle]]
+
+    ct_planes = planes(world_box(ct, centre_lps))
+    figure, axes = plt.subplots(len(maps), 3, figsize=(6.6, 2.25 * len(maps) + 0.5), squeeze=False)
+    for r, (method, volume) in enumerate(maps.items()):
+        values = planes(world_box(volume, centre_lps))
+        scale = display_scale(np.nan_to_num(np.concatenate([v.ravel() for v in values])))
+        for c, (name, background, overlay) in enumerate(zip(("axial", "coronal", "sagittal"), ct_planes, values)):
+            axis = axes[r, c]
+            axis.set_xticks([])
+            axis.set_yticks([])
+            axis.imshow(np.nan_to_num(background, nan=-1024.0), cmap="gray", vmin=level - width / 2,
+                        vmax=level + width / 2)
+            axis.imshow(overlay_colours(np.nan_to_num(overlay) / scale, registry.get(method).map_kind.colour_map))
+            if r == 0:
+                axis.set_title(name, fontsize=8)
+            if c == 0:
+                axis.set_ylabel(column_title(method), fontsize=7)
+    figure.suptitle(title, fontsize=8)
     figure.tight_layout()
     return save_figure(figure, path, dpi=100)
 
