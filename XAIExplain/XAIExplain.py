@@ -88,6 +88,10 @@ class XAIExplainParameterNode:
     modelBundle: str = ""
     device: str = "cpu"
     overlayOpacity: float = 0.8
+    exportDicom: bool = False
+    exportNifti: bool = False
+    exportFolder: str = ""
+    addToDicomDatabase: bool = True
 
 
 class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -103,6 +107,7 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._logLinesShown = 0
         self._resultsVolumeId = None  # the volume whose explanation the Results section shows
         self._usableDevices = None  # what the worker's PyTorch reported, once asked
+        self._jobExport = None  # the export chosen when the running job was started
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -122,6 +127,12 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.timeout.connect(self._poll)
 
         self.ui.modelPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs | ctk.ctkPathLineEdit.Drives
+        self.ui.exportFolderLineEdit.filters = ctk.ctkPathLineEdit.Dirs | ctk.ctkPathLineEdit.Drives
+        from xaiexplain.slicer.environment import dicom_output_unavailable
+
+        if dicom_output_unavailable():  # macOS: dcmqi has no wheels there
+            self.ui.exportDicomCheckBox.enabled = False
+            self.ui.exportDicomCheckBox.toolTip = dicom_output_unavailable()
         # label maps are not of the selector's node type; the module's own volumes are hidden by id
         self.ui.inputVolumeSelector.showChildNodeTypes = False
 
@@ -130,6 +141,7 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.lidcRadioButton.toggled.connect(self._lidcToggled)
         self.ui.methodsList.itemChanged.connect(self._methodsChanged)
         self.ui.modelPathLineEdit.currentPathChanged.connect(self._modelBundleChanged)
+        self.ui.exportFolderLineEdit.currentPathChanged.connect(self._exportFolderChanged)
         self.ui.deviceComboBox.currentTextChanged.connect(self._deviceChanged)
         self.ui.findDevicesButton.clicked.connect(self.onFindDevices)
         self.ui.shownMethodComboBox.currentTextChanged.connect(self._showMethod)
@@ -239,6 +251,7 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.lidcRadioButton.checked = self._parameterNode.useLidcAnnotations
             self.ui.pointsRadioButton.checked = not self._parameterNode.useLidcAnnotations
             self.ui.modelPathLineEdit.currentPath = self._parameterNode.modelBundle
+            self.ui.exportFolderLineEdit.currentPath = self._parameterNode.exportFolder
             if self.ui.deviceComboBox.findText(self._parameterNode.device) < 0:
                 self.ui.deviceComboBox.addItem(self._parameterNode.device)  # checked by the worker
             self.ui.deviceComboBox.setCurrentText(self._parameterNode.device)
@@ -274,6 +287,10 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.modelBundle = path
             self._fillMethodList()  # grey out what the chosen model cannot serve
+
+    def _exportFolderChanged(self, path):
+        if self._parameterNode:
+            self._parameterNode.exportFolder = path
 
     def _deviceChanged(self, device):
         if self._parameterNode and device:
@@ -312,13 +329,14 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.ui.pointsSelector.enabled = not parameters.useLidcAnnotations
         self.ui.pointsPlaceWidget.enabled = not parameters.useLidcAnnotations
+        self.ui.exportToDatabaseCheckBox.enabled = parameters.exportDicom
         if self._job is not None:
             self.ui.applyButton.text = "Cancel"
             self.ui.applyButton.enabled = True
             return
         self.ui.applyButton.text = "Apply"
         problem = xs.apply_problem(parameters.inputVolume, parameters.nodulePoints, parameters.useLidcAnnotations,
-                                   parameters.methods.split(","))
+                                   parameters.methods.split(",")) or self.logic.exportChoice(parameters).problem()
         self.ui.applyButton.enabled = problem is None
         self.ui.applyButton.toolTip = problem or "Explain the classifier's decision for each nodule"
 
@@ -331,6 +349,7 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not self._installRequirements() or not self._deviceUsable():
                 return
             with slicer.util.WaitCursor():
+                self._jobExport = self.logic.exportChoice(self._parameterNode)
                 self._job = self.logic.start(self._parameterNode)
             self._logLinesShown = 0
             self.ui.progressBar.value = 0
@@ -431,6 +450,12 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             result = self.logic.showResults(job, self._parameterNode.overlayOpacity)
         self._resultsVolumeId = job.request.volume_id
         self._setStatus(f"{len(result.output.nodules)} nodule(s) explained")
+        if result.output.export:
+            self._setStatus(f"Exported {', '.join(job.request.export_formats)} into {result.output.export['folder']}.")
+        if self._jobExport is not None and self._jobExport.adds_to_database:
+            with slicer.util.WaitCursor():
+                added = self.logic.addToDicomDatabase(result.output)
+            self._setStatus(f"{len(added)} DICOM object(s) added to Slicer's DICOM database, beside the input series.")
         self.ui.resultsTableView.setMRMLTableNode(result.table)
         self.ui.shownMethodComboBox.blockSignals(True)
         self.ui.shownMethodComboBox.clear()
@@ -489,6 +514,8 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
             return False
         if not plan.needed:
             return True
+        for note in plan.notes:  # what this platform goes without: DICOM output on macOS
+            report(note)
         if confirm and not slicer.app.testingEnabled() and not slicer.util.confirmOkCancelDisplay(
                 "XAIExplain needs these Python packages, installed once (several minutes, needs the network): "
                 f"{plan.summary()}. Install them now?"):
@@ -562,17 +589,36 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
     def launch(command, environment):
         return slicer.util.launchConsoleProcess(command, useStartupEnvironment=False, updateEnvironment=environment)
 
+    @staticmethod
+    def exportChoice(parameters):
+        import xaiexplain.slicer as xs
+
+        return xs.ExportChoice(parameters.exportDicom, parameters.exportNifti, parameters.exportFolder,
+                               parameters.addToDicomDatabase)
+
     def start(self, parameters):
         """The panel's job: the request written, the worker started (returns at once)."""
         return self.startJob(parameters.inputVolume, "lidc" if parameters.useLidcAnnotations
                              else parameters.nodulePoints, parameters.methods.split(","),
-                             parameters.modelBundle or None, device=parameters.device)
+                             parameters.modelBundle or None, device=parameters.device,
+                             export=self.exportChoice(parameters))
 
-    def startJob(self, volumeNode, pointsOrLidc, methods, bundle=None, device="cpu", cycleAm=None):
+    def startJob(self, volumeNode, pointsOrLidc, methods, bundle=None, device="cpu", cycleAm=None, export=None):
         import xaiexplain.slicer as xs
 
-        request = xs.prepare(volumeNode, pointsOrLidc, list(methods), bundle, cycle_am=cycleAm, device=device)
+        request = xs.prepare(volumeNode, pointsOrLidc, list(methods), bundle, cycle_am=cycleAm, device=device,
+                             export=export, dicom_database=getattr(slicer, "dicomDatabase", None))
         return xs.ExplanationJob(request, self.launch, temporary_root=slicer.app.temporaryPath)
+
+    @staticmethod
+    def addToDicomDatabase(output):
+        """The worker's DICOM objects into Slicer's DICOM database, as Slicer's DICOM export does (copies)."""
+        from DICOMLib import DICOMUtils
+        import xaiexplain.slicer as xs
+
+        return xs.add_to_dicom_database(
+            xs.exported_dicom_files(output.export), lambda folder: DICOMUtils.importDicom(
+                folder, slicer.dicomDatabase, copyFiles=True), slicer.dicomDatabase, slicer.app.temporaryPath)
 
     @staticmethod
     def showResults(job, opacity=0.8):
@@ -581,13 +627,18 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
 
         return xs.show(job.request, job.results(), opacity=opacity)
 
-    def process(self, volumeNode, pointsOrLidc, methods=DEFAULT_METHODS, bundle=None, device="cpu", cycleAm=None):
+    def process(self, volumeNode, pointsOrLidc, methods=DEFAULT_METHODS, bundle=None, device="cpu", cycleAm=None,
+                export=None):
         """Explain and show, waiting for the worker (the GUI keeps drawing): for the console, scripts and
-        tests. Raises XAIExplainError with the worker's sentence."""
-        job = self.startJob(volumeNode, pointsOrLidc, methods, bundle, device, cycleAm)
+        tests; ``export``: an ``xaiexplain.slicer.ExportChoice``. Raises XAIExplainError with the worker's
+        sentence."""
+        job = self.startJob(volumeNode, pointsOrLidc, methods, bundle, device, cycleAm, export)
         try:
             job.wait(between=slicer.app.processEvents)
-            return self.showResults(job)
+            result = self.showResults(job)
+            if export is not None and export.adds_to_database:
+                self.addToDicomDatabase(result.output)
+            return result
         finally:
             job.close()
 

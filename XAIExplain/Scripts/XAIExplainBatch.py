@@ -9,19 +9,21 @@ Under plain Python with the xaiexplain library and slicer-core installed:
 For each series folder it writes OUT/<PatientID>_<SeriesInstanceUID>/ holding scene.mrml (open it in
 Slicer: the relevance overlay, evidence outlines, counterfactuals and results table are set up), the NRRD,
 .seg.nrrd, TSV and JSON files it references (relative to scene.mrml, so the folder can be moved), and
-nodules.json. Each series' folder is written whole or not at all; files already in OUT survive. One bad
-series never stops the others. Exit status 0 when every series worked; otherwise 1, with one line per
-failed series on stderr (2 for a bad command line, 130 or 143 when interrupted).
+nodules.json; with --format dicom,nifti also the DICOM objects and NIfTI files `xaiexplain explain --format`
+writes (the same names and UIDs). Each series' folder is written whole or not at all; files already in OUT
+survive. One bad series never stops the others. Exit status 0 when every series worked; otherwise 1, with one
+line per failed series on stderr (2 for a bad command line, 130 or 143 when interrupted).
 """
-import argparse
 import sys
 from pathlib import Path
 
 
 def parse_arguments(argv, parse_point):
     from xaiexplain.apps.archive_commands import add_implausible_hu_argument
+    from xaiexplain.apps.arguments import output_formats
+    from xaiexplain.apps.cli import ArgumentParser  # a bad command line is one line, as the command line's
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="XAIExplainBatch.py", description=__doc__.split("\n\n")[0],
         epilog="Points are LPS millimetres, as in the xaiexplain command line and DICOM; without --point the "
                "LIDC annotations of each series are used (found by its SeriesInstanceUID).")
@@ -41,6 +43,10 @@ def parse_arguments(argv, parse_point):
     parser.add_argument("--allow-gaps", action="store_true", dest="allow_gaps",
                         help="explain series with missing slices on interpolated ones (recorded in nodules.json)")
     add_implausible_hu_argument(parser)
+    parser.add_argument("--format", action="append", type=output_formats, default=[], dest="formats",
+                        metavar="FORMATS", help="also write dicom (a Segmentation and a Parametric Map per method) "
+                                                "and/or nifti, as xaiexplain explain --format: comma-separated or "
+                                                "repeated (the scene's images are NRRD)")
     return parser.parse_args(argv)
 
 
@@ -80,7 +86,8 @@ def run(argv) -> int:
                                                       arguments.model, arguments.cycle_am, arguments.device,
                                                       series_instance_uid=series_uid, allow_gaps=arguments.allow_gaps,
                                                       allow_implausible_hu=arguments.allow_implausible_hu,
-                                                      written_by_this_run=written)
+                                                      written_by_this_run=written,
+                                                      formats=[f for chosen in arguments.formats for f in chosen])
                 print(f"{folder}: {scene_file}")
             except XAIExplainError as error:
                 failures.append(f"{folder}: {error}")

@@ -126,7 +126,7 @@ def run_dataset(args, command_line: str) -> int:
     return 0
 
 
-def run_archive_explain(args, options: dict, command_line: str) -> int:
+def run_archive_explain(args, options: dict, command_line: str, formats=()) -> int:
     from xaiexplain.io.archive_explanation import explain_archive
 
     if args.series or args.series_uid or args.lidc or args.point:
@@ -134,7 +134,8 @@ def run_archive_explain(args, options: dict, command_line: str) -> int:
                               "leave out --series, --series-uid, --lidc and --point")
     summary = explain_archive(args.lidc_root, args.out, args.method, model=args.model, options=options,
                               workers=args.workers, shard=args.shard, device=args.device, allow_gaps=args.allow_gaps,
-                              allow_implausible_hu=args.allow_implausible_hu, command=command_line)
+                              allow_implausible_hu=args.allow_implausible_hu, command=command_line,
+                              formats=formats)
     failed = [result for result in summary["series"] if result["status"] == "failed"]
     counts = {status: sum(r["status"] == status for r in summary["series"]) for status in ("explained", "kept")}
     part = f"part {summary['shard']}: " if summary["shard"] else ""

@@ -151,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  xaiexplain explain --series scan/ --point -60.5,-20,-120 --method grad-cam --model my_bundle/ "
                "--out explained/\n"
                "  xaiexplain explain --series scan/ --lidc --method saliency --format dicom,nifti --out explained/\n"
-               "  xaiexplain explain --lidc-root ~/LIDC-IDRI --method grad-cam --out explained/ --workers 4\n"
+               "  xaiexplain explain --lidc-root ~/LIDC-IDRI --method grad-cam --format dicom --out explained/ "
+               "--workers 4\n"
                "  xaiexplain explain --lidc-root ~/LIDC-IDRI --method grad-cam --out explained/ --shard 2/8",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_series_arguments(explain, required=False)
@@ -334,16 +335,13 @@ def run_explain(args, command_line: str) -> int:
 
     formats = sorted({name for chosen in args.formats for name in chosen})
     if args.lidc_root:
-        if set(formats) - {"nrrd"}:
-            raise XAIExplainError("--format dicom and nifti are written for one series (--series) so far; "
-                                  "--lidc-root writes NRRD only")
         from xaiexplain.explainers.on_patches import prepare_methods
         from xaiexplain.explainers.on_series import load_series_classifier
 
         options = explain_options(args)
         # the classifier, Grad-CAM's layer and cycle-am's generators checked before the archive is read
         prepare_methods(load_series_classifier(args.model), args.method, options)
-        return run_archive_explain(args, options, command_line)
+        return run_archive_explain(args, options, command_line, formats)
     if not args.series or not (args.lidc or args.point):
         raise XAIExplainError("say what to explain: --series DIR with --lidc or --point X,Y,Z, or --lidc-root DIR")
     if args.workers > 1 or args.shard:

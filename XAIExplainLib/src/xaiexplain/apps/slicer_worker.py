@@ -2,8 +2,9 @@
 
     PythonSlicer -m xaiexplain.apps.slicer_worker JOB_FOLDER      (any Python with the library works too)
 
-It reads ``JOB_FOLDER/request``, writes one JSON progress line per step on stdout, and writes
-``JOB_FOLDER/results`` whole when it has finished (``xaiexplain.slicer.job_files`` describes the files and
+It reads ``JOB_FOLDER/request``, writes one JSON progress line per step on stdout, writes the export the
+request asks for (``xaiexplain.slicer.job_exports``: DICOM, NIfTI), and writes ``JOB_FOLDER/results`` whole
+when it has finished (``xaiexplain.slicer.job_files`` describes the files and
 lines). Exit status 0 with the results; 2 with one sentence on an ``error`` line for a user's error (a
 missing bundle, a series without LIDC annotations); 1 for a defect (the traceback is logged); a signal's
 status when interrupted. It ends itself when the process that started it is gone (the panel killed the
@@ -81,13 +82,18 @@ def watch_slicer(job_folder) -> None:
 def run(job_folder) -> int:
     from xaiexplain.errors import XAIExplainError
     from xaiexplain.termination import interrupted_exit_status
+    from xaiexplain.slicer.job_exports import plan_export, write_export
     from xaiexplain.slicer.job_files import EXIT_USER_ERROR, read_request, write_results
     from xaiexplain.slicer.request import compute
 
     try:
         request = read_request(job_folder)
+        export = plan_export(job_folder, request)  # refused before the models run, not after
         output = compute(request, progress=lambda fraction, message: emit("progress", fraction=round(fraction, 4),
                                                                            message=message))
+        if export is not None:
+            emit("progress", fraction=0.96, message=f"exporting {', '.join(export.formats)} into {export.folder}")
+            output.export = write_export(export, request, output)
         emit("progress", fraction=0.97, message="writing the results")
         write_results(job_folder, output)
     except XAIExplainError as error:

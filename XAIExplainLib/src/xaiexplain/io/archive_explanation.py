@@ -2,8 +2,9 @@
 
 Every CT series of the download tree that the LIDC readers annotated is explained as ``xaiexplain explain
 --series ... --lidc`` explains one, into ``OUT/<PatientID>_<SeriesInstanceUID>/`` (the batch script's
-folder name). A series whose folder already holds the explanation with the same methods, options and model
-is kept, so a rerun does only what is missing; ``--shard K/N`` explains one part of the series (the same
+folder name), in the formats asked for (``--format dicom,nifti`` as for one series). A series whose folder
+already holds the explanation with the same methods, options and model, in every format asked for, is kept,
+so a rerun does only what is missing; ``--shard K/N`` explains one part of the series (the same
 part on every machine) and writes no summary; a run without ``--shard`` explains what is still missing and
 writes ``OUT/nodules.csv``, one row per nodule and method: the readers' label and ratings, the
 classifier's probability and decision, and where the evidence for the decision peaks against the readers'
@@ -31,7 +32,9 @@ from xaiexplain.io.explanation_files import (
     recorded_options,
     write_series_explanation,
 )
+from xaiexplain.io.dicom_outputs import check_dicom_writer
 from xaiexplain.io.files import check_output_folder, make_folders, output_set, remove_empty_folders
+from xaiexplain.io.output_formats import DICOM, NRRD, checked_formats
 from xaiexplain.models.bundles import DEFAULT_CLASSIFIER, load_bundle
 from xaiexplain.parallel import Shard, map_in_workers
 from xaiexplain.slicer.scene_files import series_output_name
@@ -78,11 +81,12 @@ class _SeriesTask:
     allow_gaps: bool
     command: str
     allow_implausible_hu: bool = False
+    formats: tuple[str, ...] = (NRRD,)
 
 
 def _is_done(folder: Path, task: _SeriesTask) -> bool:
     """Whether ``folder`` holds this task's explanation (same methods, options and model, of the LIDC
-    annotations, written by ``explain``), whole."""
+    annotations, written by ``explain``, in every format asked for), whole."""
     try:
         written = read_json(folder / SERIES_MANIFEST)
     except (OSError, XAIExplainError):
@@ -91,7 +95,9 @@ def _is_done(folder: Path, task: _SeriesTask) -> bool:
             and _of_lidc_annotations(written)
             and written.get("series_instance_uid") == task.series.series_instance_uid
             and written.get("methods") == list(task.methods) and written.get("model") == task.model
-            and written.get("options") == recorded_options(dict(task.options)))
+            and written.get("options") == recorded_options(dict(task.options))
+            # written before formats were recorded: NRRD only
+            and set(task.formats) <= set(written.get("formats", [NRRD])))
 
 
 def _of_lidc_annotations(written: dict) -> bool:
@@ -113,7 +119,8 @@ def _explain_series(task: _SeriesTask) -> dict:
         write_series_explanation(task.series.folder, folder, list(task.methods), model=task.model,
                                  series_uid=task.series.series_instance_uid, use_lidc=True,
                                  options=dict(task.options), command=task.command, allow_gaps=task.allow_gaps,
-                                 device=task.device, allow_implausible_hu=task.allow_implausible_hu)
+                                 device=task.device, allow_implausible_hu=task.allow_implausible_hu,
+                                 formats=task.formats)
     except XAIExplainError as error:
         return {"series": task.series.output_name, "status": "failed", "reason": str(error)}
     except OSError as error:
@@ -127,12 +134,17 @@ def _explain_series(task: _SeriesTask) -> dict:
 
 def explain_archive(root, out, methods, model=None, options: dict | None = None, workers: int = 1,
                     shard: Shard | None = None, device: str = "auto", allow_gaps: bool = False,
-                    progress: bool = True, command: str = "", allow_implausible_hu: bool = False) -> dict:
+                    progress: bool = True, command: str = "", allow_implausible_hu: bool = False,
+                    formats=None) -> dict:
     """Explain (``shard``: one part of) the annotated series of the download under ``root`` into ``out``;
-    returns the summary (``archive.json``; without ``shard`` also written, with ``nodules.csv``)."""
+    returns the summary (``archive.json``; without ``shard`` also written, with ``nodules.csv``). ``formats``:
+    each series' as ``write_series_explanation`` takes them (NRRD always; DICOM, NIfTI)."""
     started = time.time()
     options = dict(options or {})
     split_options(methods, options)  # unknown methods and options end here, before anything is read
+    formats = checked_formats(formats)
+    if DICOM in formats:
+        check_dicom_writer()  # no dcmqi here: one sentence, not one failure per series
     select_device(device)  # --device cuda on a machine without a GPU ends here
     model = str(load_bundle(model or DEFAULT_CLASSIFIER).path)
     check_output_folder(out, ARCHIVE_MANIFEST, EXPLAIN_OWNER)
@@ -141,11 +153,12 @@ def explain_archive(root, out, methods, model=None, options: dict | None = None,
         raise XAIExplainError(f"{root} holds no CT series that the LIDC readers annotated")
     mine = shard.take(every) if shard else every
     tasks = [_SeriesTask(series, str(out), tuple(methods), model, tuple(sorted(options.items())), device, allow_gaps,
-                         command, allow_implausible_hu=allow_implausible_hu) for series in mine]
+                         command, allow_implausible_hu=allow_implausible_hu, formats=formats) for series in mine]
     made = make_folders(out)  # here, not by the first series: a run that writes nothing leaves no empty --out
     try:
         results = map_in_workers(_explain_series, tasks, workers, "series", progress, unit="series")
         summary = {"root": str(root), "methods": list(methods), "model": model, "options": recorded_options(options),
+                   "formats": list(formats),
                    "shard": str(shard) if shard else None, "series_in_archive": len(every), "series": results,
                    "command": command, "library_version": __version__}
         if shard is None:

@@ -14,6 +14,7 @@ Linux and Windows; elsewhere ``--format dicom`` is refused in one sentence."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.metadata
 import json
 import os
@@ -117,6 +118,48 @@ def dicom_source(ct, folder) -> DicomSource:
                        frame_of_reference_uid=found["FrameOfReferenceUID"][0])
 
 
+def dicom_source_of_files(files, image: sitk.Image, what: str) -> DicomSource:
+    """The references of a series given as its DICOM ``files`` (Slicer's DICOM database lists a loaded volume's
+    files, which may lie among other series' files), for the objects of ``image`` (``what``: its name in a
+    sentence), which must lie on the series' grid: its frames are matched to the slices by position. One sentence
+    refuses missing files, a series ``read_series`` refuses, and another grid."""
+    from xaiexplain.data.series import read_series
+
+    files = [Path(path) for path in files]
+    missing = [path for path in files if not path.is_file()] or ([] if files else ["no file is listed"])
+    if missing:
+        raise XAIExplainError(f"the DICOM files of {what} are not there ({shown_path(missing[0])}), so no DICOM "
+                              "object can reference its series")
+    with tempfile.TemporaryDirectory(prefix="xaiexplain-source-") as temporary:
+        linked = {}
+        for n, path in enumerate(files):  # exactly these files, under names of our own
+            linked[Path(temporary) / f"{n:06d}.dcm"] = path
+            link_or_copy(path, Path(temporary) / f"{n:06d}.dcm")
+        # the grid is compared, not the values: read_series' checks of gaps and CT numbers do not apply
+        ct = read_series(temporary, allow_gaps=True, allow_implausible_hu=True)
+        source = dicom_source(ct, temporary)
+    difference = grid_difference(image, ct.image)
+    if difference:
+        raise XAIExplainError(f"{what} is not on the grid of its DICOM series ({difference}), so DICOM objects of it "
+                              "could not reference the series' slices; export NIfTI, or explain the series as loaded")
+    try:
+        folder = Path(os.path.commonpath([path.parent for path in files]))
+    except ValueError:  # on several drives
+        folder = files[0].parent
+    return dataclasses.replace(source, folder=folder, files=tuple(linked[Path(f)] for f in source.files))
+
+
+def grid_difference(image: sitk.Image, reference: sitk.Image) -> str | None:
+    """How ``image``'s voxel grid differs from ``reference``'s (size, spacing, origin, axes), or None."""
+    if image.GetSize() != reference.GetSize():
+        return f"{'x'.join(map(str, image.GetSize()))} voxels, not {'x'.join(map(str, reference.GetSize()))}"
+    for name, tolerance in (("Spacing", 1e-3), ("Origin", 1e-2), ("Direction", 1e-4)):
+        mine, theirs = (np.asarray(getattr(i, f"Get{name}")()) for i in (image, reference))
+        if not np.allclose(mine, theirs, atol=tolerance):
+            return f"its {name.lower()} is {np.round(mine, 4).tolist()}, the series' {np.round(theirs, 4).tolist()}"
+    return None
+
+
 def dcmqi_version() -> str | None:
     try:
         return importlib.metadata.version("dcmqi")
@@ -167,7 +210,7 @@ class DicomWriter:
         self.source_folder = temporary / "source"
         self.source_folder.mkdir()
         for n, path in enumerate(source.files):
-            _link(path, self.source_folder / f"{n:06d}.dcm")
+            link_or_copy(path, self.source_folder / f"{n:06d}.dcm")
 
     def segmentation(self, method, labels: sitk.Image, target: Path, options: dict) -> None:
         """The Segmentation of ``method``'s (a registry Method) label image, which must hold a label
@@ -268,7 +311,7 @@ def dicom_writer(source: DicomSource, identity: tuple[str, ...], model: str):
         yield DicomWriter(source, Path(temporary), tuple(identity), model)
 
 
-def _link(path: Path, link: Path) -> None:
+def link_or_copy(path: Path, link: Path) -> None:
     """``link`` to the source file ``path``: a symbolic link, else a hard link, else a copy (Windows without the
     right to make links); the source is never written."""
     try:

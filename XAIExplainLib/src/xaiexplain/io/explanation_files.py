@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 from xaiexplain import __version__
 from xaiexplain.data.nodule_sites import lidc_sites, point_sites
-from xaiexplain.data.patches import PatchStack, VolumePatch
+from xaiexplain.data.patches import DEFAULT_HALF_HEIGHT_MM, PatchStack, VolumePatch
 from xaiexplain.data.series import read_series
 from xaiexplain.devices import select_device
 from xaiexplain.explainers import registry
@@ -23,7 +23,7 @@ from xaiexplain.io import dicom_outputs
 from xaiexplain.io.figures import explanation_panel
 from xaiexplain.io.files import OutputSet, output_set, safe_name
 from xaiexplain.io.nifti_outputs import nifti_name, write_nifti
-from xaiexplain.io.output_formats import DICOM, NIFTI, checked_formats
+from xaiexplain.io.output_formats import DICOM, NIFTI, NRRD, checked_formats
 from xaiexplain.models.bundles import DEFAULT_CLASSIFIER
 
 SERIES_MANIFEST = "nodules.json"
@@ -70,15 +70,11 @@ def write_series_explanation(series_folder, out, methods, model=None, series_uid
     ct = read_series(series_folder, series_uid, allow_gaps=allow_gaps, allow_implausible_hu=allow_implausible_hu)
     source = dicom_outputs.dicom_source(ct, series_folder) if DICOM in formats else None
     sites = lidc_sites(ct, with_masks=True) if use_lidc else point_sites(ct.image, points or [], half_height_mm)
-    # what the DICOM objects' UIDs are made of: the same explanation of the same series, the same UIDs
-    identity = (ct.series_instance_uid, f"xaiexplain {__version__}", str(bundle.path),
-                json.dumps(recorded, sort_keys=True),
-                json.dumps("lidc" if use_lidc else [list(map(float, p)) for p in points or []] + [half_height_mm]))
+    identity = explanation_identity(ct.series_instance_uid, bundle.path, recorded, None if use_lidc else points or [],
+                                    half_height_mm)
     with output_set(out, SERIES_MANIFEST, owner=EXPLAIN_OWNER) as written:  # checks out before computing
         result = explain_series(ct, sites, bundle, methods, progress=progress, method_options=method_options)
-        with (dicom_outputs.dicom_writer(source, identity, Path(bundle.path).name) if source is not None
-              else contextlib.nullcontext()) as dicom:
-            files = write_images(written, result, methods, formats, dicom, recorded)
+        files = write_copies(written, result, methods, formats, source, identity, Path(bundle.path).name, recorded)
         for n, (site, stack) in enumerate(zip(result.sites, result.stacks) if panels else ()):
             row = result.nodules[n]
             shown, titles = panel_rows(stack, row)
@@ -100,19 +96,43 @@ def write_series_explanation(series_folder, out, methods, model=None, series_uid
     return written.manifest_data, result
 
 
+def explanation_identity(series_instance_uid: str, model, recorded: dict, points, half_height_mm: float
+                         = DEFAULT_HALF_HEIGHT_MM) -> tuple[str, ...]:
+    """What an explanation's DICOM objects' UIDs are made of, so that the same explanation of the same series
+    gets the same UIDs from ``explain``, the batch script and the Slicer panel: the series, the library's
+    version, the model's path, the options as recorded, and the nodules (``points`` None: the LIDC
+    annotations; else the LPS points and the half height of their slices)."""
+    nodules = "lidc" if points is None else [list(map(float, p)) for p in points] + [half_height_mm]
+    return (series_instance_uid, f"xaiexplain {__version__}", str(model), json.dumps(recorded, sort_keys=True),
+            json.dumps(nodules))
+
+
+def write_copies(written: OutputSet, result, methods, formats, source, identity, model_name: str,
+                 options: dict) -> dict:
+    """``write_images`` with a ``DicomWriter`` of ``source`` (a ``DicomSource``) when ``formats`` holds DICOM;
+    ``result`` may be a SeriesExplanation or the Slicer bridge's ExplanationOutput."""
+    with (dicom_outputs.dicom_writer(source, identity, model_name) if DICOM in formats
+          else contextlib.nullcontext()) as dicom:
+        return write_images(written, result, methods, formats, dicom, options)
+
+
 def write_images(written: OutputSet, result, methods, formats, dicom, options: dict) -> dict:
-    """Each method's relevance and labels, and cycle-am's counterfactuals, in ``formats`` (NRRD always; NIfTI;
-    DICOM through ``dicom``, a ``DicomWriter``); returns the manifest's ``files``: per method its NRRD names under
+    """Each method's relevance and labels, and cycle-am's counterfactuals, in ``formats`` (NRRD; NIfTI; DICOM
+    through ``dicom``, a ``DicomWriter``); returns the manifest's ``files``: per method its NRRD names under
     ``relevance`` and ``labels`` and the others under ``<kind>_nifti`` and ``<kind>_dicom`` (null: a label image
-    without any label, which no DICOM Segmentation can hold); ``counterfactual_<side>[_nifti|_dicom]``."""
+    without any label, which no DICOM Segmentation can hold); ``counterfactual_<side>[_nifti|_dicom]``. The
+    batch script leaves NRRD out of ``formats``: its scene stores those images itself."""
     files = {}
     for method in methods:
         record = registry.get(method)
-        named = files[method] = {kind: f"{kind}_{record.file_name}.nrrd" for kind in ("relevance", "labels")}
+        named = files[method] = {}
         for kind, images in (("relevance", result.relevance), ("labels", result.labels)):
-            sitk.WriteImage(images[method], str(written.path(named[kind])), useCompression=True)
+            nrrd = f"{kind}_{record.file_name}.nrrd"
+            if NRRD in formats:
+                named[kind] = nrrd
+                sitk.WriteImage(images[method], str(written.path(nrrd)), useCompression=True)
             if NIFTI in formats:
-                named[f"{kind}_nifti"] = nifti_name(named[kind])
+                named[f"{kind}_nifti"] = nifti_name(nrrd)
                 write_nifti(images[method], written.path(named[f"{kind}_nifti"]))
         if dicom is not None:
             named["relevance_dicom"] = f"relevance_{record.file_name}.dcm"
@@ -124,10 +144,11 @@ def write_images(written: OutputSet, result, methods, formats, dicom, options: d
                                    {name: value for name, value in options.items() if name in record.defaults})
     for name, image in result.counterfactuals.items():
         stem = f"counterfactual_{name}"
-        files[stem] = f"{stem}.nrrd"
-        sitk.WriteImage(image, str(written.path(files[stem])), useCompression=True)
+        if NRRD in formats:
+            files[stem] = f"{stem}.nrrd"
+            sitk.WriteImage(image, str(written.path(files[stem])), useCompression=True)
         if NIFTI in formats:
-            files[f"{stem}_nifti"] = nifti_name(files[stem])
+            files[f"{stem}_nifti"] = nifti_name(f"{stem}.nrrd")
             write_nifti(image, written.path(files[f"{stem}_nifti"]))
         if dicom is not None:
             files[f"{stem}_dicom"] = f"{stem}.dcm"

@@ -23,7 +23,8 @@ From Slicer's Python console::
 The work is split in three: ``prepare`` reads the scene and checks the request, ``compute`` runs the
 models and touches no MRML, ``show`` writes the nodes. ``explain_volume_node`` does all three in this
 process. The module panel runs ``compute`` in a separate process instead (``ExplanationJob``: a request
-folder in, progress lines and a results folder out; see ``job_files``).
+folder in, progress lines and a results folder out; see ``job_files``), which also exports the explanation as
+DICOM and NIfTI on request (``exports.ExportChoice``), the DICOM objects then added to Slicer's DICOM database.
 
 Importing this package imports nothing but the standard library: the names below load their modules on
 first use, so that ``xaiexplain.slicer.environment`` can check and install requirements before anything
@@ -42,6 +43,7 @@ _NAMES = {
     "methods": ["map_kind", "method_names", "method_table", "refused_methods"],
     "job_files": ["read_request", "read_results", "write_request", "write_results"],
     "job": ["ExplanationJob", "usable_devices"],
+    "exports": ["ExportChoice", "add_to_dicom_database", "exported_dicom_files", "source_series_files"],
     "scene_files": ["explain_series_folder", "load_scene", "save_scene", "series_output_name"],
 }
 _MODULE_OF = {name: module for module, names in _NAMES.items() for name in names}

@@ -9,6 +9,8 @@
   else missing is installed by pip with a constraints file that holds those four at their installed
   versions, so that no dependency of a new package can replace them.
 - Whether a package that is already imported was upgraded, so that Slicer must restart: ``loaded_upgrades``.
+- DICOM output needs dcmqi, whose wheels are for Linux and Windows: installed there like the rest, and
+  elsewhere (macOS) ``dicom_output_unavailable`` is the one sentence that says so.
 
 This module imports only the standard library (and ``packaging``, which Slicer ships) and parses under
 Python 3.9, so that it runs before anything is installed, and on an unsupported Slicer says so instead of
@@ -26,6 +28,17 @@ SUPPORTED_SLICER = (5, 10)
 SUPPORTED_PYTHON = (3, 12)
 TORCH = "torch"
 SLICER_OWN = ("SimpleITK", "pydicom", "numpy")  # never installed or replaced
+DCMQI_PLATFORMS = ("linux", "win32")  # where dcmqi, which writes the DICOM objects, has wheels
+
+
+def dicom_output_unavailable(platform: str | None = None) -> str | None:
+    """The sentence saying that DICOM output cannot be written on ``platform`` (``sys.platform``), or None."""
+    platform = platform or sys.platform
+    if platform.startswith(DCMQI_PLATFORMS):
+        return None
+    system = "macOS" if platform == "darwin" else platform
+    return (f"DICOM output is unavailable on {system}: dcmqi, which writes the DICOM objects, has wheels for Linux "
+            "and Windows only (NRRD and NIfTI are written).")
 
 
 def unsupported_slicer(slicer_version, python_version=None) -> str | None:
@@ -72,6 +85,7 @@ class InstallPlan:
     pip_requirements: list[str]
     problems: list[str]
     installed: dict[str, str | None] = field(default_factory=dict)  # normalized name -> version, before
+    notes: list[str] = field(default_factory=list)  # what this platform goes without (DICOM output on macOS)
 
     @property
     def needed(self) -> bool:
@@ -88,16 +102,18 @@ class InstallPlan:
         return ", ".join(names)
 
 
-def install_plan(requirements: list[str], version_of=installed_version) -> InstallPlan:
+def install_plan(requirements: list[str], version_of=installed_version, platform: str | None = None) -> InstallPlan:
     """Which of ``requirements`` are missing or too old, by ``version_of(name)`` (the installed version
-    or None)."""
+    or None), on ``platform`` (``sys.platform``; its markers decide, e.g. dcmqi's)."""
     from packaging.requirements import Requirement
 
     own = {normalized(name) for name in SLICER_OWN}
     torch_requirement, to_install, problems, installed = None, [], [], {}
+    platform = platform or sys.platform
+    unavailable = dicom_output_unavailable(platform)
     for text in requirements:
         requirement = Requirement(text)
-        if requirement.marker is not None and not requirement.marker.evaluate():
+        if requirement.marker is not None and not requirement.marker.evaluate({"sys_platform": platform}):
             continue
         name = normalized(requirement.name)
         version = installed[name] = version_of(requirement.name)
@@ -111,7 +127,7 @@ def install_plan(requirements: list[str], version_of=installed_version) -> Insta
                             f"Slicer {'.'.join(map(str, SUPPORTED_SLICER))} or later.")
         else:
             to_install.append(text)
-    return InstallPlan(torch_requirement, to_install, problems, installed)
+    return InstallPlan(torch_requirement, to_install, problems, installed, [unavailable] if unavailable else [])
 
 
 def constraints(version_of=installed_version) -> str:

@@ -3,11 +3,15 @@
 A job folder (a temporary folder the panel made) holds two output sets, each whole or absent:
 
 - ``request/``: ``volume.nrrd`` (the CT, float32 HU, LPS geometry) and ``request.json`` (points in LPS mm
-  or the SeriesInstanceUID for the LIDC annotations, methods, options, bundles, device, and the id of
-  Slicer's process, which the worker watches), written by the panel before it starts the worker;
+  or the SeriesInstanceUID for the LIDC annotations, methods, options, bundles, device, the export: its
+  formats, folder and the series' DICOM files, and the id of Slicer's process, which the worker watches),
+  written by the panel before it starts the worker;
 - ``results/``: per method ``relevance_<method>.nrrd`` and ``labels_<method>.nrrd`` (the CT's geometry),
   ``counterfactual_<side>.nrrd`` for cycle-am (each in its own geometry), ``consensus.nrrd`` for LIDC
-  series, and ``results.json`` (the per-nodule rows), written by the worker when it has finished.
+  series, and ``results.json`` (the per-nodule rows, the model, and the export's folder and files), written by
+  the worker when it has finished;
+- ``export/``: the export when the request names no folder (DICOM objects for Slicer's DICOM database), an
+  ``explain --out`` folder as any export folder is (``job_exports``), written before ``results/``.
 
 While it works, the worker writes one JSON object per line on stdout, each with the key ``"xaiexplain"``:
 ``{"xaiexplain": "started", "pid": ...}``, ``{"xaiexplain": "progress", "fraction": ..., "message": ...}``,
@@ -27,10 +31,11 @@ import SimpleITK as sitk
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.io.files import json_text, output_set
 from xaiexplain.io.json_input import read_json
+from xaiexplain.io.output_formats import DICOM, checked_formats
 from xaiexplain.slicer.request import ExplanationOutput, ExplanationRequest
 
 PROTOCOL = 1
-REQUEST, RESULTS = "request", "results"
+REQUEST, RESULTS, EXPORT = "request", "results", "export"
 REQUEST_MANIFEST, RESULTS_MANIFEST = "request.json", "results.json"
 VOLUME = "volume.nrrd"
 LINE_KEY = "xaiexplain"
@@ -46,7 +51,9 @@ def write_request(job_folder, request: ExplanationRequest, slicer_pid: int | Non
             "methods": list(request.methods),
             "points_lps": None if request.points_lps is None else np.asarray(request.points_lps, float).tolist(),
             "series_instance_uid": request.series_instance_uid, "classifier": request.classifier,
-            "cycle_am": request.cycle_am, "device": request.device, "options": dict(request.options)}
+            "cycle_am": request.cycle_am, "device": request.device, "options": dict(request.options),
+            "export_formats": None if request.export_formats is None else list(request.export_formats),
+            "export_folder": request.export_folder, "source_files": [str(f) for f in request.source_files]}
     try:
         json_text(data)
     except TypeError:
@@ -102,16 +109,26 @@ def read_request(job_folder) -> ExplanationRequest:
              ("classifier", "cycle_am", "series_instance_uid")}
     if points is None and texts["series_instance_uid"] is None:
         raise XAIExplainError(f"{manifest} gives neither points nor the series_instance_uid of the LIDC annotations")
+    formats = field("export_formats", lambda v: v is None or (isinstance(v, list) and all(isinstance(f, str) for f in v)),
+                    "null (no export) or a list of format names")
+    export_folder = field("export_folder", name_or_none, "a folder or null")
+    source_files = field("source_files", lambda v: v is None or (isinstance(v, list) and all(
+        isinstance(f, str) and f for f in v)), "a list of the series' DICOM files")
+    formats = None if formats is None else checked_formats(formats)
+    if formats and DICOM in formats and not source_files:
+        raise XAIExplainError(f"{manifest} asks for DICOM objects but lists no DICOM files of the series")
     return ExplanationRequest(volume_id=str(data.get("volume_id")), volume_name=str(data.get("volume_name")),
                               image=_read_image(folder / VOLUME, sitk.sitkFloat32), methods=methods,
                               points_lps=None if points is None else np.array(points, float),
-                              device=device, options=parse_options(methods, options), **texts)
+                              device=device, options=parse_options(methods, options), export_formats=formats,
+                              export_folder=export_folder, source_files=list(source_files or []), **texts)
 
 
 # -- results ------------------------------------------------------------------------------------------------
 
 def write_results(job_folder, output: ExplanationOutput) -> Path:
-    """Write ``output`` into ``job_folder/results`` (one output set); returns that folder."""
+    """Write ``output`` into ``job_folder/results`` (one output set); returns that folder. Its ``export``, written
+    already, is named by its folder and files."""
     from xaiexplain.explainers.registry import method_file_name
 
     folder = _new_results_folder(job_folder)
@@ -128,7 +145,7 @@ def write_results(job_folder, output: ExplanationOutput) -> Path:
             files["consensus"] = "consensus.nrrd"
             sitk.WriteImage(output.consensus, str(written.path(files["consensus"])), useCompression=False)
         written.manifest_data = {"protocol": PROTOCOL, "files": files, "nodules": output.nodules,
-                                 "lidc_nodules": output.lidc_nodules}
+                                 "lidc_nodules": output.lidc_nodules, "model": output.model, "export": output.export}
     return folder
 
 
@@ -152,7 +169,10 @@ def read_results(job_folder) -> ExplanationOutput:
         files = data["files"]
         groups = {kind: dict(files[kind]) for kind in ("relevance", "labels", "counterfactuals")}
         nodules, lidc_nodules, consensus = data["nodules"], data["lidc_nodules"], files["consensus"]
-    except (KeyError, TypeError, ValueError):
+        export = data.get("export")
+        if export is not None and not (isinstance(export.get("folder"), str) and isinstance(export.get("files"), dict)):
+            raise TypeError
+    except (KeyError, TypeError, ValueError, AttributeError):
         raise XAIExplainError(f"{manifest} is not the results manifest of this library") from None
 
     def image(name) -> sitk.Image:
@@ -165,7 +185,7 @@ def read_results(job_folder) -> ExplanationOutput:
     return ExplanationOutput(**{kind: {key: image(name) for key, name in names.items()}
                                 for kind, names in groups.items()},
                              nodules=nodules, consensus=image(consensus) if consensus else None,
-                             lidc_nodules=lidc_nodules)
+                             lidc_nodules=lidc_nodules, model=str(data.get("model") or ""), export=export)
 
 
 def _manifest(path: Path, what: str) -> dict:

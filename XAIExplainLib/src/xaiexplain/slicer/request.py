@@ -38,12 +38,31 @@ class ExplanationRequest:
     cycle_am: str | None = None  # cycle-am bundle name or folder; None: the shipped one
     device: str = "cpu"
     options: dict = field(default_factory=dict)
+    # the export besides the results (``exports.ExportChoice``): None, or the formats (NRRD first) written into
+    # export_folder (None: the job folder, for Slicer's DICOM database only); DICOM objects reference the
+    # series' files, source_files
+    export_formats: tuple[str, ...] | None = None
+    export_folder: str | None = None
+    source_files: list[str] = field(default_factory=list)
 
     @property
     def uses_generators(self) -> bool:
         from xaiexplain.explainers import registry
 
         return any("generators" in registry.get(m).defaults for m in self.methods)
+
+    def recorded_options(self) -> dict:
+        return recorded_options_of(self.methods, self.options, self.cycle_am)
+
+
+def recorded_options_of(methods, options: dict, cycle_am=None) -> dict:
+    """The options as ``explain`` records them (the DICOM objects' UIDs are made of them): cycle-am's bundle
+    among them as ``generators`` where a method takes it."""
+    from xaiexplain.explainers import registry
+    from xaiexplain.io.explanation_files import recorded_options
+
+    takes_generators = any("generators" in registry.get(m).defaults for m in methods)
+    return recorded_options({**options, **({"generators": str(cycle_am)} if cycle_am and takes_generators else {})})
 
 
 @dataclass
@@ -59,6 +78,8 @@ class ExplanationOutput:
     consensus: sitk.Image | None = None
     # per annotated nodule: name, center_lps, nodule_index, readers, label, malignancy (median rating)
     lidc_nodules: list[dict] = field(default_factory=list)
+    model: str = ""  # the classifier bundle's folder
+    export: dict | None = None  # what the worker exported: {"folder": ..., "files": nodules.json's files}
 
 
 @dataclass
@@ -115,10 +136,12 @@ def _points_from(points, volume_node) -> np.ndarray:
 
 
 def prepare(volume_node, points_or_lidc, methods, bundle=None, scene=None, cycle_am=None, device: str = "cpu",
-            series_instance_uid: str | None = None, **options) -> ExplanationRequest:
+            series_instance_uid: str | None = None, export=None, dicom_database=None, **options) -> ExplanationRequest:
     """Check a request and copy what it needs from the scene. Raises XAIExplainError with one sentence
     for a missing volume, an empty point list, a point outside the volume or an unknown method or option;
-    the scene is left as it was. Bundles are named, not loaded: ``compute`` loads them."""
+    the scene is left as it was. Bundles are named, not loaded: ``compute`` loads them. ``export``: an
+    ``exports.ExportChoice``; for DICOM the volume's files are looked up in ``dicom_database`` (default
+    ``slicer.dicomDatabase``)."""
     from xaiexplain.data.patches import check_point_inside
     from xaiexplain.slicer.methods import check_methods_and_options
 
@@ -145,7 +168,24 @@ def prepare(volume_node, points_or_lidc, methods, bundle=None, scene=None, cycle
     return ExplanationRequest(volume_id=volume_node.GetID(), volume_name=volume_node.GetName(), image=image,
                               methods=methods, points_lps=points_lps, series_instance_uid=series_instance_uid,
                               classifier=None if bundle is None else str(bundle),
-                              cycle_am=None if cycle_am is None else str(cycle_am), device=device, options=options)
+                              cycle_am=None if cycle_am is None else str(cycle_am), device=device, options=options,
+                              **_export_fields(volume_node, export, dicom_database))
+
+
+def _export_fields(volume_node, export, dicom_database) -> dict:
+    """The request's export fields for ``export`` (an ``exports.ExportChoice`` or None), checked."""
+    from xaiexplain.io.output_formats import DICOM
+    from xaiexplain.slicer.exports import source_series_files
+
+    if export is None or export.formats is None:
+        return {}
+    problem = export.problem()
+    if problem:
+        raise XAIExplainError(problem.rstrip("."))
+    if DICOM in export.formats and dicom_database is None:
+        dicom_database = getattr(slicer_module(), "dicomDatabase", None)
+    return {"export_formats": export.formats, "export_folder": export.folder.strip() or None,
+            "source_files": source_series_files(volume_node, dicom_database) if DICOM in export.formats else []}
 
 
 def compute(request: ExplanationRequest, progress=None) -> ExplanationOutput:
@@ -202,7 +242,8 @@ def compute(request: ExplanationRequest, progress=None) -> ExplanationOutput:
     report(0.95, "explained")
     return ExplanationOutput(relevance=dict(series.relevance), labels=dict(series.labels),
                              counterfactuals=dict(series.counterfactuals), nodules=series.nodules,
-                             consensus=consensus, lidc_nodules=[_lidc_nodule(site) for site in sites])
+                             consensus=consensus, lidc_nodules=[_lidc_nodule(site) for site in sites],
+                             model=str(classifier.path))
 
 
 def _lidc_nodule(site) -> dict:

@@ -101,17 +101,24 @@ def series_output_name(patient_id: str, series_instance_uid: str) -> str:
 def explain_series_folder(series_folder, out_root, methods, points_lps=None, bundle=None, cycle_am=None,
                           device: str = "cpu", series_instance_uid: str | None = None, progress=None,
                           allow_gaps: bool = False, written_by_this_run: dict | None = None,
-                          allow_implausible_hu: bool = False) -> Path:
+                          allow_implausible_hu: bool = False, formats=None) -> Path:
     """Read a DICOM series, explain it in a new scene and save that scene with its NRRD files and
     ``nodules.json`` into ``out_root/<patient>_<SeriesInstanceUID>`` (one output set: whole or absent).
     ``points_lps``: nodule locations in LPS mm, as the ``xaiexplain`` command line takes them; None for the
     LIDC annotations. ``written_by_this_run`` (folder name -> series folder) makes a batch refuse a second
-    series that would write the same folder. Returns the scene file."""
+    series that would write the same folder. ``formats``: also DICOM and NIfTI, as ``explain --format`` writes
+    them (the same names and UIDs), beside the scene. Returns the scene file."""
     from xaiexplain import __version__
     from xaiexplain.data.series import read_series
+    from xaiexplain.io import dicom_outputs
+    from xaiexplain.io.output_formats import DICOM, NRRD, checked_formats
 
     slicer = slicer_module()
+    formats = checked_formats(formats)
+    if DICOM in formats:
+        dicom_outputs.check_dicom_writer()
     ct = read_series(series_folder, series_instance_uid, allow_gaps=allow_gaps, allow_implausible_hu=allow_implausible_hu)
+    source = dicom_outputs.dicom_source(ct, series_folder) if DICOM in formats else None  # before computing
     name = series_output_name(ct.patient_id, ct.series_instance_uid)
     if written_by_this_run is not None:
         if name in written_by_this_run:
@@ -130,9 +137,26 @@ def explain_series_folder(series_folder, out_root, methods, points_lps=None, bun
         display.SetWindowLevel(1500.0, -550.0)  # lung window
         points = "lidc" if points_lps is None else [lps_to_ras(p) for p in points_lps]
         result = explain_volume_node(volume, points, methods, bundle, scene, cycle_am, device, progress=progress)
+        # the scene stores the NRRD images under its nodes' names; the copies in the other formats as explain's
+        copies = _write_copies(written, result, ct, source, [f for f in formats if f != NRRD], points_lps, cycle_am)
         written.manifest_data = {
             "series_folder": str(series_folder), "patient_id": ct.patient_id,
             "series_instance_uid": ct.series_instance_uid, "methods": list(result.relevance),
             "library_version": __version__, "scene": "scene.mrml", "slice_gaps_mm": [list(g) for g in ct.gaps],
-            "nodules": result.output.nodules}
+            "formats": list(formats), "files": copies, "nodules": result.output.nodules}
     return written.folder / "scene.mrml"
+
+
+def _write_copies(written, result, ct, source, formats, points_lps, cycle_am) -> dict:
+    """The explanation's DICOM and NIfTI files, with the UIDs ``explain`` gives the same explanation."""
+    from xaiexplain.io.explanation_files import explanation_identity, write_copies
+    from xaiexplain.slicer.request import recorded_options_of
+
+    if not formats:
+        return {}
+    methods = list(result.relevance)
+    recorded = recorded_options_of(methods, {}, cycle_am)
+    points = None if points_lps is None else [list(map(float, p)) for p in points_lps]
+    identity = explanation_identity(ct.series_instance_uid, result.output.model, recorded, points)
+    return write_copies(written, result.output, methods, formats, source, identity, Path(result.output.model).name,
+                        recorded)
