@@ -310,3 +310,9 @@ def test_evaluate_cycle_am_measures_3d_counterfactuals_on_a_3d_set(volume_genera
     assert evaluation["nodules"] == evaluation["patches"] >= 2  # one volume per nodule
     for name, entry in evaluation["per_nodule"]["ssim"].items():
         assert 0 < entry["mean"] <= 1, name
+
+
+def test_the_slicer_batch_script_explains_with_the_trained_3d_classifier(volume_classifier, tmp_path):
+    from helpers import assert_batch_script_explains
+
+    assert_batch_script_explains(volume_classifier, "integrated-gradients", tmp_path)
