@@ -125,7 +125,7 @@ def volume_views(series_folder, out: Path, path: Path, scan: str, command: str =
     orthogonal_views(read_series(series_folder).image, {m: result.relevance[m] for m in VOLUME_METHODS},
                      row["center_lps"], path,
                      f"{scan} phantom, {row['name']} (readers: {(row.get('lidc') or {}).get('label') or 'no label'}): "
-                     f"the 3D classifier's p(malignant) {row['probability']:.2f}; each method's 3D map in the series")
+                     f"the 3D classifier's p(malignant) {row['probability']:.2f}\neach method's 3D map in the series' grid")
     return summary
 
 
