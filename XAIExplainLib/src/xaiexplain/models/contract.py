@@ -69,6 +69,14 @@ class InputSpec:
     hu_range: tuple[float, float] | None = None  # clipping range when it is wider than the window (generators)
 
     @classmethod
+    def volume_axes(cls, size, field_of_view_mm, slices: int = 1) -> tuple[tuple, tuple]:
+        """A volume's (depth, rows, columns) voxels and millimetres along z, y, x, checked as a contract's
+        (one number: a cube); one sentence when they are not a volume's."""
+        spec = cls.from_config({"spatial_dims": 3, "patch_size": size, "field_of_view_mm": field_of_view_mm,
+                                "slices": slices})
+        return tuple(spec.patch_size), tuple(spec.field_of_view_mm)
+
+    @classmethod
     def from_config(cls, spec: dict) -> "InputSpec":
         if not isinstance(spec, dict):
             raise XAIExplainError(f"input must be a JSON object, not {spec!r}")

@@ -285,9 +285,7 @@ def build_lidc_patch_set(root, out, seed: int = 0, workers: int = 1, shard: Shar
     if spatial_dims == 3:
         from xaiexplain.models.contract import InputSpec  # its checks of a volume's axes (torch: only here)
 
-        spec = InputSpec.from_config({"spatial_dims": 3, "patch_size": size or PATCH_SIZE,
-                                      "field_of_view_mm": field_of_view_mm or FIELD_OF_VIEW_MM})
-        volume = (tuple(spec.patch_size), tuple(spec.field_of_view_mm))
+        volume = InputSpec.volume_axes(size or PATCH_SIZE, field_of_view_mm or FIELD_OF_VIEW_MM)
     elif size is not None or field_of_view_mm is not None:
         raise XAIExplainError(f"a size and field of view are a volume's (spatial dims 3); axial patches are "
                               f"{PATCH_SIZE} px across {FIELD_OF_VIEW_MM:g} mm")

@@ -138,9 +138,7 @@ def render_patch_set(out_dir, seed: int = 0, patient_ids: list[str] | None = Non
     if spatial_dims == 3:
         from xaiexplain.models.contract import InputSpec  # its checks of a volume's axes (torch: only here)
 
-        spec = InputSpec.from_config({"spatial_dims": 3, "patch_size": size, "field_of_view_mm": field_of_view_mm,
-                                      "slices": slices})
-        size, field_of_view_mm = spec.patch_size, spec.field_of_view_mm
+        size, field_of_view_mm = InputSpec.volume_axes(size, field_of_view_mm, slices)
     started = time.time()
     lidc.nodule_table(progress=progress)  # build the cache with a progress bar on the first run
     labelled_series = labelled_scans(patient_ids)
