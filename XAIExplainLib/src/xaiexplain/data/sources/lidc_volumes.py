@@ -37,7 +37,7 @@ def region_slices(planes, centre_z: float, depth_mm: float) -> np.ndarray:
     return order[first:last + 1]
 
 
-def region_image(planes, slices: np.ndarray, layers=None) -> sitk.Image:
+def slices_as_volume(planes, slices: np.ndarray, layers=None) -> sitk.Image:
     """The series' ``slices`` (or ``layers``, one array per slice on the slices' grid) as one 3D image in the
     world; UnevenSlices when they are unevenly spaced."""
     images = [planes(int(n))[0] for n in slices]
@@ -72,9 +72,9 @@ def nodule_volume(planes, nodule: lidc.LidcNodule, geometry: ScanGeometry, world
             drawn = consensus.mask[depth]
             layer[i0:i0 + drawn.shape[0], j0:j0 + drawn.shape[1]] = drawn
         layers.append(layer)
-    image = extract_volume(region_image(planes, slices), centre, size, field_of_view_mm, sitk.sitkLinear,
+    image = extract_volume(slices_as_volume(planes, slices), centre, size, field_of_view_mm, sitk.sitkLinear,
                            OUTSIDE_HU).patches
-    mask = extract_volume(region_image(planes, slices, layers), centre, size, field_of_view_mm,
+    mask = extract_volume(slices_as_volume(planes, slices, layers), centre, size, field_of_view_mm,
                           sitk.sitkNearestNeighbor, 0.0).patches > 0.5
     return {"images": image[None], "nodule_mask": mask[None], "center_lps": centre[None].astype(np.float32)}
 
@@ -84,7 +84,7 @@ def lung_volume_cutter(planes, size, field_of_view_mm):
     def cut(_, centre_lps) -> np.ndarray:
         slices = region_slices(planes, float(centre_lps[2]), float(field_of_view_mm[0]))
         try:
-            return extract_volume(region_image(planes, slices), centre_lps, size, field_of_view_mm,
+            return extract_volume(slices_as_volume(planes, slices), centre_lps, size, field_of_view_mm,
                                   sitk.sitkLinear, OUTSIDE_HU).patches
         except (UnevenSlices, PatchError):  # not about this centre (uneven slices, the scan's end): another draw
             return np.full(tuple(size), OUTSIDE_HU, np.float32)
