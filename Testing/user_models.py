@@ -26,6 +26,22 @@ def save_weights(module, path):
     return path
 
 
+def monai_densenet_bundle(folder, spatial_dims: int = 2, input_spec: dict | None = None):
+    """A small MONAI DenseNet (seeded weights) as a bundle in ``folder``, through ``make_bundle``; skipped
+    where MONAI is absent."""
+    import pytest
+    import torch
+    from xaiexplain.models.making import make_bundle
+
+    monai = pytest.importorskip("monai.networks.nets")
+    arguments = {"spatial_dims": spatial_dims, "in_channels": 1, "out_channels": 2, "init_features": 8,
+                 "growth_rate": 4, "block_config": [2, 2], "bn_size": 2}
+    torch.manual_seed(0)
+    save_weights(monai.DenseNet(**arguments), folder / "densenet.safetensors")
+    return make_bundle(folder / "bundle", monai="DenseNet", arguments=arguments,
+                       weights=folder / "densenet.safetensors", input_spec=input_spec)
+
+
 def module_bundle(folder, source: str, class_name: str, arguments=None, **contract):
     """A bundle of the class ``class_name`` of the Python ``source`` (written as a file, as a user gives it),
     weights from its own initialization (seed 0)."""

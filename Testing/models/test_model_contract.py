@@ -10,7 +10,7 @@ from torch import nn
 
 import xaiexplain
 from helpers import assert_deep_taylor_conserves_layer_by_layer, assert_one_line_error, xaiexplain as run_cli
-from user_models import USER_MODEL, module_bundle, nodule_patches, save_weights
+from user_models import USER_MODEL, module_bundle, monai_densenet_bundle, nodule_patches
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.explainers import lrp, registry
 from xaiexplain.models.contract import OutputSpec
@@ -108,13 +108,7 @@ def test_the_bundle_command_says_which_methods_the_model_allows(tmp_path):
 
 
 def test_a_monai_network_is_explained_by_every_method_it_allows(tmp_path):
-    monai = pytest.importorskip("monai.networks.nets")
-    arguments = {"spatial_dims": 2, "in_channels": 1, "out_channels": 2, "init_features": 8, "growth_rate": 4,
-                 "block_config": [2, 2], "bn_size": 2}
-    torch.manual_seed(0)
-    save_weights(monai.DenseNet(**arguments), tmp_path / "densenet.safetensors")
-    bundle = make_bundle(tmp_path / "bundle", monai="DenseNet", arguments=arguments,
-                         weights=tmp_path / "densenet.safetensors")
+    bundle = monai_densenet_bundle(tmp_path)
     patches = nodule_patches(2)
     allowed = [name for name in registry.base_methods() if name != "cycle-am" and not registry.get(name).refusal(bundle)]
     assert {"saliency", "integrated-gradients", "grad-cam", "guided-backprop"} <= set(allowed)

@@ -222,16 +222,9 @@ def test_integrated_gradients_on_volumes_runs_fewer_at_once_and_gives_the_same_m
 
 def test_a_monai_3d_network_is_explained_by_every_method_it_allows(tmp_path):
     """The issue's obvious test: a MONAI network with spatial_dims=3 through the contract."""
-    from user_models import save_weights
-    from xaiexplain.models.making import make_bundle
+    from user_models import monai_densenet_bundle
 
-    monai = pytest.importorskip("monai.networks.nets")
-    arguments = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "init_features": 8, "growth_rate": 4,
-                 "block_config": [2, 2], "bn_size": 2}
-    torch.manual_seed(0)
-    save_weights(monai.DenseNet(**arguments), tmp_path / "densenet.safetensors")
-    bundle = make_bundle(tmp_path / "bundle", monai="DenseNet", arguments=arguments,
-                         weights=tmp_path / "densenet.safetensors", input_spec=VOLUME_SPEC)
+    bundle = monai_densenet_bundle(tmp_path, spatial_dims=3, input_spec=VOLUME_SPEC)
     assert bundle.input.spatial_dims == 3
     volumes = nodule_volumes()
     allowed = [m for m in registry.base_methods() if m != "cycle-am" and not registry.get(m).refusal(bundle)]
