@@ -69,16 +69,19 @@ USER_MODEL = textwrap.dedent('''
             return x + self.act(self.conv(x))
 
     class UserNet(nn.Module):
-        """Three neighbouring slices in, a dict with one logit out."""
-        def __init__(self, width=8):
+        """Three neighbouring slices in, a dict with one logit out: from every feature of the last block
+        (head "dense", for patches of input_size) or from their means over the patch (head "mean")."""
+        def __init__(self, width=8, head="dense", input_size=96):
             super().__init__()
             self.stem = nn.Sequential(nn.Conv2d(3, width, 3, stride=2, padding=1), nn.ReLU())
             self.blocks = nn.Sequential(Residual(width), nn.MaxPool2d(2), Residual(width))
-            self.head = nn.Linear(width, 1)
+            self.pooled = head == "mean"
+            self.head = nn.Linear(width if self.pooled else width * (input_size // 4) ** 2, 1)
 
         def forward(self, x):
             features = self.blocks(self.stem(x))
-            return {"logit": self.head(features.mean(dim=(2, 3))), "features": features}
+            summary = features.mean(dim=(2, 3)) if self.pooled else features.flatten(1)
+            return {"logit": self.head(summary), "features": features}
 ''')
 
 
