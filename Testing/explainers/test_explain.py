@@ -191,6 +191,49 @@ def test_loop_with_a_made_up_classifier_stops_exactly_when_told():
 
 
 
+
+def _lung_with_a_disc(shape):
+    rows, columns = np.mgrid[:shape[-2], :shape[-1]]
+    image = np.random.default_rng(0).normal(-850, 20, shape).astype(np.float32)
+    image[..., (rows - 12) ** 2 + (columns - 20) ** 2 < 16] = 40
+    return image
+
+
+def test_algorithm_1_on_neighbouring_slices_inpaints_each_channel_where_its_own_map_is_high():
+    """A 2.5D patch (three slices as channels) with a nodule in every channel and a map that puts the evidence
+    in channel 0 only: Otsu over all channels at once marks it there, and only channel 0 is inpainted."""
+    images = _lung_with_a_disc((1, 3, 32, 32))
+
+    def attribute(batch):
+        maps = np.zeros_like(batch)
+        maps[:, 0] = np.maximum(batch[:, 0] + 850, 0)  # evidence: channel 0's brightness above lung
+        return maps
+
+    result = iterative.augment_evidence(images, attribute, lambda b: np.ones(len(b)), 0.5, max_iterations=2)
+    [only] = result.passes[0]
+    assert only.mask.shape == (3, 32, 32) and only.mask[0].any() and not only.mask[1:].any()
+    np.testing.assert_array_equal(only.inpainted[1:], images[0, 1:])
+    assert only.inpainted[0][only.mask[0]].max() < -500  # the disc filled from the lung around it
+    assert result.augmented.shape == (1, 3, 32, 32)
+
+
+def test_algorithm_1_on_neighbouring_slices_inpaints_an_in_plane_map_in_every_channel():
+    """An in-plane map (Grad-CAM's for a 2.5D model, (H, W)) is binarized once and inpainted in every channel;
+    the augmented map keeps the method's shape, also when no image is at or above the threshold."""
+    images = _lung_with_a_disc((1, 3, 32, 32))
+
+    def attribute(batch):
+        return np.maximum(batch[:, 1] + 850, 0)  # (N, H, W)
+
+    result = iterative.augment_evidence(images, attribute, lambda b: np.ones(len(b)), 0.5, max_iterations=2)
+    [only] = result.passes[0]
+    assert only.mask.shape == (32, 32) and only.mask.any()
+    assert all(only.inpainted[c][only.mask].max() < -500 for c in range(3))
+    np.testing.assert_array_equal(only.inpainted[:, ~only.mask], images[0][:, ~only.mask])
+    assert result.augmented.shape == (1, 32, 32)
+    none = iterative.augment_evidence(images, attribute, lambda b: np.zeros(len(b)), 0.5)
+    assert none.augmented.shape == (1, 32, 32) and not none.augmented.any() and none.iterations.tolist() == [0]
+
 @pytest.mark.parametrize("method", ["saliency", "grad-cam", "lrp"])
 def test_algorithm_1_works_on_non_negative_evidence_for_the_decision(bundle, held_out, method):
     """M_t is the map reduced to evidence for the positive decision (positive part of evidence, magnitude

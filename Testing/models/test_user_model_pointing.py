@@ -76,7 +76,8 @@ def malignant_patches_called_malignant(bundle, patches):
     return images[called], arrays["nodule_mask"][called]
 
 
-@pytest.mark.parametrize("method", ["saliency", "integrated-gradients", "grad-cam"])
+@pytest.mark.parametrize("method", ["saliency", "integrated-gradients", "grad-cam", "grad-cam-signed",
+                                    "iterative:saliency", "iterative:grad-cam", "iterative:grad-cam-signed"])
 def test_a_trained_users_module_points_at_the_nodule_far_above_chance(trained, method):
     """On every patch of a malignant nodule the model calls malignant (about 90): a one-sided binomial test
     of the hits against the chance of a hit."""
@@ -102,7 +103,8 @@ def test_with_the_logit_from_the_features_means_saliency_points_into_the_lung(pa
 
 def test_the_benchmark_measures_the_users_2_5d_module_on_its_neighbouring_slices(trained, tmp_path):
     """Held-out patches with three slices as channels (96 px / 60 mm); localization on the patch's own slice,
-    deletion and insertion over every channel; what a 2.5D model cannot serve skipped with the reason."""
+    deletion and insertion over every channel; Algorithm 1 on them; what a 2.5D model cannot serve skipped with
+    the reason."""
     from xaiexplain.evaluate.benchmark import held_out_patches, run_benchmark
 
     bundle, _ = trained
@@ -110,10 +112,13 @@ def test_the_benchmark_measures_the_users_2_5d_module_on_its_neighbouring_slices
     assert data["images"].shape == (4, 3, 96, 96) and data["nodule_mask"].shape == (4, 96, 96)
     assert data["lung_images"].shape[1:] == (3, 96, 96)
     summary = run_benchmark(tmp_path / "out", quick=True, model=bundle.path, progress=False, data=data,
-                            methods=["saliency", "integrated-gradients", "grad-cam", "iterative:saliency", "lrp"])
-    assert set(summary["methods"]) == {"saliency", "integrated-gradients", "grad-cam"}
-    assert summary["skipped"]["iterative:saliency"].endswith("it reads 3 slices as channels")
+                            methods=["saliency", "integrated-gradients", "grad-cam", "iterative:grad-cam", "lrp",
+                                     "cycle-am"])
+    assert set(summary["methods"]) == {"saliency", "integrated-gradients", "grad-cam", "iterative:grad-cam"}
+    assert summary["skipped"]["cycle-am"].endswith("it reads 3 slices as channels")
     assert "GELU" in summary["skipped"]["lrp"]
+    iterative = summary["methods"]["iterative:grad-cam"]
+    assert iterative["iterations_mean"] >= 1 and 0 <= iterative["ended_below_threshold"] <= summary["decided_malignant"]
     assert summary["reference_check"]["nodule_free_lung_patches"]["median_probability"] < bundle.threshold
     assert summary["decided_malignant"] >= 1
     for method, entry in summary["methods"].items():

@@ -11,6 +11,12 @@ Volumes (a 3D model's input, (D, H, W)): Otsu's threshold over the whole volume,
 inpainted with the same Navier-Stokes method plane by plane in the axial plane (OpenCV's is 2D). That
 choice is ours (paper 2 is 2D): it keeps the paper's inpainting where a nodule is seen as a radiologist sees
 it, and fills each plane from the lung around the nodule in that plane.
+
+Neighbouring slices as channels (a 2.5D model's input, (S, H, W)): the same, with the channels as the planes. A
+method that gives each channel its own map (gradients) is binarized over all channels at once and each channel
+inpainted where its own map is high; an in-plane map (Grad-CAM's, (H, W)) is binarized once and inpainted in
+every channel, since the evidence it locates lies across the neighbouring slices at that place. The augmented
+map has the method's own shape.
 """
 from __future__ import annotations
 
@@ -30,15 +36,15 @@ class IterationPass:
     """One pass t for one image: its map, the binarized mask, the inpainted image and the new prediction."""
 
     t: int
-    relevance: np.ndarray  # M_t (H, W), or (D, H, W) for a volume
+    relevance: np.ndarray  # M_t (H, W); (D, H, W) for a volume; (S, H, W) or (H, W) for neighbouring slices
     mask: np.ndarray  # B_t, its shape, bool
-    inpainted: np.ndarray  # I_t after inpainting, its shape, HU
+    inpainted: np.ndarray  # I_t after inpainting, the image's shape, HU
     probability: float  # prediction on the inpainted image
 
 
 @dataclass
 class IterativeResult:
-    augmented: np.ndarray  # (N, H, W) or (N, D, H, W)
+    augmented: np.ndarray  # (N, *M_t's shape)
     initial_probability: np.ndarray  # (N,)
     final_probability: np.ndarray  # (N,)
     passes: list[list[IterationPass]] = field(default_factory=list)  # per image
@@ -57,7 +63,10 @@ def binarize(relevance: np.ndarray) -> np.ndarray:
 
 def inpaint(image_hu: np.ndarray, mask: np.ndarray, radius: int = INPAINT_RADIUS) -> np.ndarray:
     """Navier-Stokes inpainting of the masked pixels (OpenCV); the others are returned unchanged. A volume
-    (D, H, W) is inpainted plane by plane (axial)."""
+    (D, H, W) or neighbouring slices (S, H, W) are inpainted plane by plane (axial); a mask of one plane (H, W)
+    on every plane."""
+    if mask.ndim < image_hu.ndim:  # an in-plane mask on every plane
+        mask = np.broadcast_to(mask, image_hu.shape)
     if image_hu.ndim == 3:
         return np.stack([inpaint(plane, plane_mask, radius) if plane_mask.any() else plane.astype(np.float32)
                          for plane, plane_mask in zip(image_hu, mask)])
@@ -67,18 +76,20 @@ def inpaint(image_hu: np.ndarray, mask: np.ndarray, radius: int = INPAINT_RADIUS
 
 def augment_evidence(patches_hu: np.ndarray, attribute, predict, threshold: float, max_iterations: int = MAX_ITERATIONS,
                      decay: float = DECAY, radius: int = INPAINT_RADIUS) -> IterativeResult:
-    """Algorithm 1 for a batch of HU patches (N, H, W) or volumes (N, D, H, W).
+    """Algorithm 1 for a batch of HU patches (N, H, W), neighbouring slices (N, S, H, W) or volumes (N, D, H, W).
 
     ``attribute(patches_hu) -> maps`` and ``predict(patches_hu) -> probabilities`` work on batches."""
     images = np.array(patches_hu, dtype=np.float32, copy=True)
     probability = np.asarray(predict(images), float)
     initial = probability.copy()
-    augmented = np.zeros_like(images)
+    augmented = None  # the method's maps' shape: an in-plane map of neighbouring slices is (N, H, W)
     passes: list[list[IterationPass]] = [[] for _ in range(len(images))]
     t = 1
     running = np.flatnonzero(probability >= threshold)
     while len(running) and t < max_iterations:
         maps = attribute(images[running])
+        if augmented is None:
+            augmented = np.zeros((len(images), *maps.shape[1:]), np.float32)
         for n, index in enumerate(running):
             mask = binarize(maps[n])
             images[index] = inpaint(images[index], mask, radius)
@@ -91,5 +102,8 @@ def augment_evidence(patches_hu: np.ndarray, attribute, predict, threshold: floa
             passes[index][-1].probability = float(new_probability[n])
         running = running[new_probability >= threshold]
         t += 1
+    if augmented is None:  # no image at or above the threshold: no pass and no evidence, in the method's shape
+        augmented = np.zeros((len(images), *attribute(images[:1]).shape[1:]) if len(images) else images.shape,
+                             np.float32)
     return IterativeResult(augmented=augmented, initial_probability=initial, final_probability=probability,
                            passes=passes)

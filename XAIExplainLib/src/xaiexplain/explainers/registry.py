@@ -270,7 +270,7 @@ def _iterative(base: Method) -> Method:
                   defaults=MappingProxyType({**base.defaults, **ITERATIVE_DEFAULTS}),
                   ranges=MappingProxyType({**base.ranges, **ITERATIVE_RANGES}), needs=base.needs,
                   figure_rank=base.figure_rank + 100, prepare=base.prepare,
-                  requires=tuple(dict.fromkeys(base.requires + ("one slice",))),
+                  requires=base.requires,
                   randomization_not_applicable=base.randomization_not_applicable)
 
 

@@ -306,8 +306,6 @@ REQUIREMENTS = {
     "ReLU activations": "ReLU activations only",
     "layer chain": "a chain of layers the LRP rules cover",
     "DeepLIFT chain": "a chain of layers DeepLIFT's rules cover",
-    "one slice": "one slice per patch, not neighbouring slices as channels (Algorithm 1 inpaints what the model "
-                 "reads)",
     "one image": "one slice or one volume per patch, not neighbouring slices as channels (the generators are 2D "
                  "or 3D)",
 }
@@ -320,10 +318,10 @@ def requirement_reasons(network: nn.Module, contract: Contract, spatial: list[st
     from xaiexplain.explainers.lrp import linear_output_reason
 
     spec = contract.input
-    one_slice = f"it reads {spec.slices} slices as channels" if spec.slices != 1 else None
+    slices_as_channels = f"it reads {spec.slices} slices as channels" if spec.slices != 1 else None
     if is_torchscript(network):
         reason = "a TorchScript model takes no hooks and its layers cannot be traced"
-        return {**{name: reason for name in REQUIREMENTS}, "one slice": one_slice, "one image": one_slice}
+        return {**{name: reason for name in REQUIREMENTS}, "one image": slices_as_channels}
     chain = layer_chain(network, contract.output)
     chain_reason = chain.reason or linear_output_reason(contract.output)
     max_pools = [path for path, module in chain.layers if isinstance(module, DEEP_LIFT_REFUSED)]
@@ -340,6 +338,5 @@ def requirement_reasons(network: nn.Module, contract: Contract, spatial: list[st
         "layer chain": chain_reason,
         "DeepLIFT chain": chain_reason or (f"there is no DeepLIFT rule for max pooling at {max_pools[0]}"
                                            if max_pools else None),
-        "one slice": one_slice,
-        "one image": one_slice,
+        "one image": slices_as_channels,
     }
