@@ -79,6 +79,8 @@ def _study(folder, seed, initial, augmented, replicates):
               "relative_change_bootstrap": froc_bootstrap.summary(np.array(replicates))}
     (folder / "froc.json").write_text(json.dumps({
         "seed": seed, "date": f"2026-01-0{seed + 1}", "detection_radius_px": 2.432, "called_positive": 10,
+        "command": f"xaiexplain-train froc-study --seed {seed} --images 600 --out s{seed}", "images": 600,
+        "seconds": 900.0 + seed, "classifier_metrics": {"validation_auc": 0.9 + seed / 100},
         "test_images": 20, "candidate_rule": "every local maximum above zero", "paired_negatives": 420,
         "normalisation": {"between_passes": "none"},
         "premise": {"removal": "rendered again", "images": 8, "called_negative": 8, "share": 1.0, "target": 0.9,
@@ -108,8 +110,24 @@ def test_froc_summary_combines_seeds_with_intervals(tmp_path):
     assert "Over all 3 (seed, method) configurations" in text and "15 configurations" in text
     assert "every local maximum above zero" in text and "8 of 8 (100.0 %) / 8 of 8 (100.0 %) / 8 of 8" in text
     assert "met in 3 of 3 seeds; removal: rendered again." in text
+    # how each seed's study was run, from its froc.json
+    assert "Images rendered per seed: 600 / 600 / 600; the classifiers' best validation AUC: 0.900 / 0.910 / 0.920" in text
+    assert "seconds per seed (rendering, training and the five methods): 900 / 901 / 902" in text
+    assert "`xaiexplain-train froc-study --seed 2 --images 600 --out s2`." in text
     assert train_main(["froc-summary", str(tmp_path / "nothing"), "--out", str(tmp_path / "s2")]) == 2
 
+
+
+def test_froc_summary_reads_the_images_of_a_study_that_did_not_record_them_from_its_data_set(tmp_path):
+    studies = _three_studies(tmp_path)
+    for folder in studies:
+        manifest = json.loads((Path(folder) / "froc.json").read_text())
+        del manifest["images"]
+        (Path(folder) / "froc.json").write_text(json.dumps(manifest))
+        (Path(folder) / "data").mkdir()
+        (Path(folder) / "data" / "dataset.json").write_text(json.dumps({"images": 810, "paired_negatives": 210}))
+    assert train_main(["froc-summary", *studies, "--out", str(tmp_path / "summary")]) == 0
+    assert "Images rendered per seed: 600 / 600 / 600;" in (tmp_path / "summary" / "froc-summary.md").read_text()
 
 def test_froc_summary_puts_its_table_into_the_readme_between_the_markers(tmp_path, capsys):
     studies = _three_studies(tmp_path)

@@ -101,6 +101,7 @@ def test_froc_study_command_writes_table_and_plot(froc_study):
         assert 0 <= curve["sensitivity_at_10_fp"] <= 1
     assert result["called_positive"] >= 1 and (study / "froc.png").stat().st_size > 0
     assert "froc-study" in result["command"] and result["paired_negatives"] > 0
+    assert result["images"] == 40  # the images of the data set it reused, not the --images default (1200)
 
 
 def test_froc_study_checks_the_premise_on_images_without_their_lesions(froc_study):

@@ -88,6 +88,11 @@ def premise_check(bundle, removed_hu: np.ndarray, removal: str) -> dict:
             "probability_after_removal_median": float(np.median(after)) if len(after) else None}
 
 
+def rendered_images(data_summary: dict) -> int:
+    """The multi-lesion images a study's data set was rendered with (its paired negatives not counted)."""
+    return int(data_summary["images"]) - int(data_summary.get("paired_negatives", 0))
+
+
 def evaluate(classifier, data: Path, methods=METHODS, progress: bool = True, cap: int | None = None,
              bootstrap_samples: int = froc_bootstrap.BOOTSTRAP_SAMPLES, seed: int = 0) -> dict:
     bundle = load_bundle(classifier)
@@ -107,7 +112,8 @@ def evaluate(classifier, data: Path, methods=METHODS, progress: bool = True, cap
                             summary["lesions_removed"])
     images, lesions = images[positive], arrays["lesion_labels"][test][positive]
     weights = froc_bootstrap.resample_weights(len(images), bootstrap_samples, seed)
-    result = {"test_images": int(len(test)), "called_positive": int(positive.sum()),
+    result = {"images": rendered_images(summary), "test_images": int(len(test)),
+              "called_positive": int(positive.sum()),
               "truly_positive_among_them": int(truly_positive.sum()),
               "lesions": int(sum(len(np.setdiff1d(np.unique(l), [0])) for l in lesions)),
               "threshold": bundle.threshold, "detection_radius_px": detection_radius_px(images.shape[-1]),

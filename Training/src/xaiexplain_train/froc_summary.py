@@ -17,7 +17,7 @@ from xaiexplain.errors import XAIExplainError
 from xaiexplain.io.files import atomic_path, output_set
 
 from . import froc_bootstrap
-from .froc_study import PAPER_2_RELATIVE_CHANGE, PAPER_2_SPREAD, interval_text, percent
+from .froc_study import PAPER_2_RELATIVE_CHANGE, PAPER_2_SPREAD, interval_text, percent, rendered_images
 
 README_START = "<!-- froc-summary:start -->"
 README_END = "<!-- froc-summary:end -->"
@@ -47,7 +47,10 @@ def summarize(study_folders, out: Path, command: str = "", readme: Path | None =
         manifest = Path(folder) / "froc.json"
         if not manifest.is_file():
             raise XAIExplainError(f"{folder} holds no froc.json: run xaiexplain-train froc-study --out {folder} first")
-        runs.append(json.loads(manifest.read_text()))
+        run = json.loads(manifest.read_text())
+        if "images" not in run and (Path(folder) / "data" / "dataset.json").is_file():  # a study before it recorded them
+            run["images"] = rendered_images(json.loads((Path(folder) / "data" / "dataset.json").read_text()))
+        runs.append(run)
     if readme is not None:
         readme_text(Path(readme), "")  # refused before anything is written when it has no markers
     methods = [m for m in runs[0]["methods"] if all(m in run["methods"] for run in runs)]
@@ -76,6 +79,8 @@ def summarize(study_folders, out: Path, command: str = "", readme: Path | None =
         "candidate_rule": [run.get("candidate_rule", "up to 40 local maxima per map") for run in runs],
         "normalisation": [run.get("normalisation") for run in runs],
         "premise": [run.get("premise") for run in runs],
+        "runs": [{"command": run.get("command"), "images": run.get("images"), "seconds": run.get("seconds"),
+                  "validation_auc": (run.get("classifier_metrics") or {}).get("validation_auc")} for run in runs],
         "paired_negatives": [run.get("paired_negatives", 0) for run in runs],
         "bootstrap": runs[0].get("bootstrap"),
         "methods": table,
@@ -117,6 +122,15 @@ def _premises(premises: list[dict | None]) -> str:
             f"in {met} of {len(premises)} seeds; removal: {_stated_once([p['removal'] for p in checked])}.")
 
 
+def _runs(runs: list[dict]) -> str:
+    """How each seed's study was run: the images it rendered, its classifier, its time and command."""
+    commands = "; ".join(f"`{r['command']}`" for r in runs if r["command"]) or "not recorded"
+    return (f"Images rendered per seed: {_per_seed([r['images'] for r in runs], 'd')}; the classifiers' best "
+            f"validation AUC: {_per_seed([r['validation_auc'] for r in runs])}; seconds per seed (rendering, "
+            f"training and the five methods): {_per_seed([r['seconds'] for r in runs], '.0f')}. Study commands: "
+            f"{commands}.")
+
+
 def summary_markdown(summary: dict, runs: list[dict]) -> str:
     lines = ["| method | SE/10 FPs initial (per seed) | augmented (per seed) | relative change per seed "
              "[95 % interval] | over seeds: mean +/- sd [95 % interval] | mean iterations |",
@@ -137,6 +151,7 @@ def summary_markdown(summary: dict, runs: list[dict]) -> str:
     return "\n".join(lines) + (
         f"\n\n{len(runs)} seeds ({', '.join(str(s) for s in summary['seeds'])}); test images called positive: "
         f"{positives}; paired negatives in training: {_per_seed(summary['paired_negatives'], 'd')}. {premises}\n\n"
+        f"{_runs(summary['runs'])}\n\n"
         f"Candidates: {_stated_once(summary['candidate_rule'])}; detection radius "
         f"{summary['detection_radius_px']:.1f} px (1.9 % of the image side, as paper 2 for AMD). Normalisation: "
         f"{_stated_once(summary['normalisation'])}. Intervals: per seed, "
