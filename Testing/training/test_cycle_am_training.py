@@ -282,3 +282,27 @@ def test_paper_1_protocol_end_to_end(tiny_patch_set, tmp_path):
     ssim = result["per_nodule"]["ssim"]
     assert set(ssim) == {"x, G+(x)", "x, G-(x)", "x, G+(x), on the CT range", "x, G-(x), on the CT range"}
     assert "SSIM(x, G-(x), on the CT range)" in (out / "evaluation.md").read_text()
+
+
+# Issue 25, item 4: the benchmark names a bundle's prior, and prints cycle-am with and without such a prior side
+# by side when it is given both bundles (before: one cycle-am bundle per run).
+def test_the_benchmark_measures_generators_with_and_without_a_prior_side_by_side(tiny_runs, tiny_patch_set, tmp_path):
+    train("--data", tiny_patch_set, "--out", tmp_path / "prior", "--steps", 2, "--context-l1-factor", 3)
+    out = tmp_path / "benchmark"
+    result = subprocess.run([sys.executable, "-m", "xaiexplain.apps.cli", "benchmark", "--nodules", "2", "--method",
+                             "cycle-am", "--cycle-am", str(tiny_runs / "whole"), "--compare-cycle-am",
+                             str(tmp_path / "prior"), "--out", str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "benchmark.json").read_text())
+    row = f"cycle-am ({tmp_path / 'prior'}, context_l1_factor 3)"
+    assert list(summary["methods"]) == ["cycle-am", row]
+    assert summary["cycle_am_context_l1_factor"] == 1.0
+    assert summary["compared_cycle_am"][row]["context_l1_factor"] == 3.0
+    plain, with_prior = summary["methods"]["cycle-am"], summary["methods"][row]
+    assert plain["measured_patches"] == with_prior["measured_patches"]
+    assert "counterfactuals" in with_prior and with_prior["ratio_to_two_generator_passes"] > 0
+    table = (out / "benchmark.md").read_text()
+    assert f"| {row} |" in table and f"Counterfactual validity of {row}:" in table
+    assert f"{row}: the generators of {tmp_path / 'prior'}, for the same classifier, trained with " \
+           "context_l1_factor 3, a prior that knows where the nodule is" in table
+    assert (out / "localization.png").stat().st_size > 10_000

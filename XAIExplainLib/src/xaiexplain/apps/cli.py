@@ -191,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     benchmark.add_argument("--method", action="append", help="only these methods (repeatable; default all)")
     benchmark.add_argument("--model", type=non_empty, help="classifier bundle folder or shipped name (default demo-classifier)")
     benchmark.add_argument("--cycle-am", type=non_empty, help="cycle-am bundle (default demo-cycle-am)")
+    benchmark.add_argument("--compare-cycle-am", type=non_empty, action="append", default=[], metavar="BUNDLE",
+                           help="another cycle-am bundle for the same classifier (one trained with a prior, say), "
+                                "measured as a cycle-am row of its own (repeatable)")
     benchmark.add_argument("--seed", type=parse_seed, default=0, help="patch-set split and randomization seed")
     benchmark.add_argument("--out", required=True, type=Path, help="output folder")
 
@@ -324,7 +327,7 @@ def run_benchmark(args, command_line: str) -> int:
     if args.nodules is not None and args.nodules < 1:
         raise XAIExplainError("--nodules must be at least 1")
     summary = measure(args.out, quick=args.quick, methods=args.method, model=args.model, cycle_am=args.cycle_am,
-                      nodules=args.nodules, seed=args.seed, command=command_line)
+                      nodules=args.nodules, seed=args.seed, command=command_line, compare_cycle_am=args.compare_cycle_am)
     print(markdown_report(summary))
     print(f"wrote {args.out / 'benchmark.md'}, benchmark.json and plots ({summary['seconds']} s)")
     return 0

@@ -220,9 +220,19 @@ def machine() -> str:
             f"torch {torch.__version__} with {torch.get_num_threads()} threads, Python {platform.python_version()}")
 
 
+def compared_row(generators: Bundle) -> str:
+    """The table row of a further cycle-am bundle: its name and the prior it was trained with, if any."""
+    factor = generators.config.get("provenance", {}).get("context_l1_factor")
+    prior = "" if factor in (None, 1, 1.0) else f", context_l1_factor {factor:g}"
+    return f"cycle-am ({shown_name(generators.path)}{prior})"
+
+
 def run_benchmark(out, quick: bool = False, methods=None, model=None, cycle_am=None, nodules: int | None = None,
-                  seed: int = 0, progress: bool = True, command: str = "", data: dict | None = None) -> dict:
-    """``data``: the ``held_out_patches`` to use when the caller has them already."""
+                  seed: int = 0, progress: bool = True, command: str = "", data: dict | None = None,
+                  compare_cycle_am=()) -> dict:
+    """``data``: the ``held_out_patches`` to use when the caller has them already. ``compare_cycle_am``:
+    further cycle-am bundles for the same classifier (one trained with a prior, say), each measured as a row of
+    its own beside cycle-am's."""
     started = time.time()
     bundle = load_bundle(model) if model else load_bundle()
     spec = bundle.input
@@ -256,6 +266,10 @@ def run_benchmark(out, quick: bool = False, methods=None, model=None, cycle_am=N
             except XAIExplainError as refusal:
                 skipped.update({m: str(refusal) for m in needing_generators})
                 methods = [m for m in methods if m not in skipped]
+        compared = {}
+        for other in compare_cycle_am:  # refused in one sentence before anything is measured
+            other_generators = generators_for(bundle, other)
+            compared[compared_row(other_generators)] = other_generators
         random_bundle = randomized(bundle, seed)
         targets, reference_passes = cost_targets()
         randomization_patches = QUICK_RANDOMIZATION_PATCHES if quick else FULL_RANDOMIZATION_PATCHES
@@ -265,17 +279,23 @@ def run_benchmark(out, quick: bool = False, methods=None, model=None, cycle_am=N
             from tqdm import tqdm
 
             iterator = tqdm(methods, desc="benchmark", unit="method", file=sys.stderr)
-        for method in iterator:
-            takes_generators = "generators" in registry.get(method).defaults
-            results[method] = measure_method(method, bundle, data, decisions, random_bundle, randomization_patches,
-                                             reference, {"generators": generators} if takes_generators else {})
-            if "counterfactuals" in results[method]:
-                seconds = results[method]["seconds_per_patch"] * len(images)
-                results[method]["ratio_to_two_generator_passes"] = seconds / generator_reference
+        runs = [(method, method, generators if "generators" in registry.get(method).defaults else None)
+                for method in iterator] + [(row, "cycle-am", other) for row, other in compared.items()]
+        for row, method, row_generators in runs:
+            results[row] = measure_method(method, bundle, data, decisions, random_bundle, randomization_patches,
+                                          reference, {} if row_generators is None else {"generators": row_generators})
+            if "counterfactuals" in results[row]:
+                seconds = results[row]["seconds_per_patch"] * len(images)
+                results[row]["ratio_to_two_generator_passes"] = seconds / (
+                    generator_reference if row_generators is generators else
+                    generator_forward_seconds(row_generators, bundle, images))
         summary = {
             "command": command, "library_version": __version__, "machine": machine(), "quick": quick, "seed": seed,
             "model": str(bundle.path), "cycle_am": str(generators.path) if generators else None,
             "cycle_am_context_l1_factor": generators.config["provenance"].get("context_l1_factor") if generators else None,
+            "compared_cycle_am": {row: {"path": str(other.path),
+                                        "context_l1_factor": other.config["provenance"].get("context_l1_factor")}
+                                  for row, other in compared.items()},
             "reference_check": references.reference_check(bundle.predict, bundle.threshold, data.get("lung_images"),
                                                           bundle.patch_shape),
             "method_references": {m: c.to_json() for m in methods

@@ -20,6 +20,12 @@ TABLE_HEADER = ("method", "explained", "passes", "ended below T", "mask / pass",
                 "ms / patch", "x input gradient", "peak MB added")
 
 
+def row_method(row: str) -> str:
+    """The registry's method of a table row (a compared cycle-am bundle's row, "cycle-am (name, ...)", is
+    cycle-am's)."""
+    return row.split(" (")[0]
+
+
 def table_rows(summary: dict) -> list[list[str]]:
     """The benchmark table's cells, one row per method, in TABLE_HEADER's order."""
     rows = []
@@ -121,13 +127,20 @@ def markdown_report(summary: dict) -> str:
 
 
 def prior_lines(summary: dict) -> list[str]:
-    """A note when the cycle-am bundle was trained with a prior that knows where the nodule is."""
+    """A note for each cycle-am bundle trained with a prior that knows where the nodule is."""
+    lines = []
     factor = summary.get("cycle_am_context_l1_factor")
-    if factor in (None, 1, 1.0):
-        return []
-    return [f"The cycle-am bundle was trained with context_l1_factor {factor:g}: changes at the patch's centre cost "
-            f"less, a prior that tells the generators where the nodule is, so cycle-am's localization measures the "
-            f"prior as much as the method.", ""]
+    if factor not in (None, 1, 1.0):
+        lines += [f"The cycle-am bundle was trained with context_l1_factor {factor:g}: changes at the patch's centre "
+                  f"cost less, a prior that tells the generators where the nodule is, so cycle-am's localization "
+                  f"measures the prior as much as the method.", ""]
+    for row, compared in summary.get("compared_cycle_am", {}).items():
+        factor = compared["context_l1_factor"]
+        prior = ("with no prior that knows where the nodule is" if factor in (None, 1, 1.0) else
+                 f"with context_l1_factor {factor:g}, a prior that knows where the nodule is")
+        lines += [f"{row}: the generators of {compared['path']}, for the same classifier, trained {prior}; measured "
+                  f"on the same patches as cycle-am's row.", ""]
+    return lines
 
 
 def reference_lines(summary: dict) -> list[str]:
@@ -157,7 +170,7 @@ def write_outputs(written, summary: dict) -> None:
     for kind in ("deletion", "insertion"):
         curves = {method: (entry["curve_fractions"], entry[f"{kind}_curve"])
                   for method, entry in summary["methods"].items() if f"{kind}_curve" in entry
-                  and not registry.get(method).is_iterative}
+                  and not registry.get(row_method(method)).is_iterative}
         if curves:
             line_plot(curves, written.path(f"{kind}_curves.png"), "share of pixels " + ("removed" if kind == "deletion"
                                                                                 else "restored"),
@@ -180,7 +193,8 @@ def _bar_plot(summary: dict, path: Path) -> None:
         values = [value(summary["methods"][m]) or 0.0 for m in methods]
         axis.bar(np.arange(len(methods)) + n * width, values, width, label=name)
     axis.set_xticks(np.arange(len(methods)) + 0.4 - width / 2)
-    axis.set_xticklabels([registry.get(m).file_name for m in methods], rotation=60, ha="right", fontsize=7)
+    axis.set_xticklabels([m if m != row_method(m) else registry.get(m).file_name for m in methods], rotation=60,
+                         ha="right", fontsize=7)
     axis.set_ylim(0, 1)
     axis.legend(fontsize=7, ncol=4)
     axis.set_title("Localization on the nodule and insertion AUC (held-out phantom nodules)", fontsize=9)
