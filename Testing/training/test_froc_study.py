@@ -112,7 +112,7 @@ def test_froc_summary_combines_seeds_with_intervals(tmp_path):
     assert "met in 3 of 3 seeds; removal: rendered again." in text
     # how each seed's study was run, from its froc.json
     assert "Images rendered per seed: 600 / 600 / 600; the classifiers' best validation AUC: 0.900 / 0.910 / 0.920" in text
-    assert "seconds per seed (rendering, training and the five methods): 900 / 901 / 902" in text
+    assert "seconds each study ran (rendering and training where it did them, and the methods): 900 / 901 / 902" in text
     assert "`xaiexplain-train froc-study --seed 2 --images 600 --out s2`." in text
     assert train_main(["froc-summary", str(tmp_path / "nothing"), "--out", str(tmp_path / "s2")]) == 2
 

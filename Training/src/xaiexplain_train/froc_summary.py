@@ -126,9 +126,9 @@ def _runs(runs: list[dict]) -> str:
     """How each seed's study was run: the images it rendered, its classifier, its time and command."""
     commands = "; ".join(f"`{r['command']}`" for r in runs if r["command"]) or "not recorded"
     return (f"Images rendered per seed: {_per_seed([r['images'] for r in runs], 'd')}; the classifiers' best "
-            f"validation AUC: {_per_seed([r['validation_auc'] for r in runs])}; seconds per seed (rendering, "
-            f"training and the five methods): {_per_seed([r['seconds'] for r in runs], '.0f')}. Study commands: "
-            f"{commands}.")
+            f"validation AUC: {_per_seed([r['validation_auc'] for r in runs])}; seconds each study ran (rendering "
+            f"and training where it did them, and the methods): {_per_seed([r['seconds'] for r in runs], '.0f')}. "
+            f"Study commands: {commands}.")
 
 
 def summary_markdown(summary: dict, runs: list[dict]) -> str:

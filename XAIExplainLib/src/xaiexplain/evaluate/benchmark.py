@@ -274,13 +274,12 @@ def run_benchmark(out, quick: bool = False, methods=None, model=None, cycle_am=N
         targets, reference_passes = cost_targets()
         randomization_patches = QUICK_RANDOMIZATION_PATCHES if quick else FULL_RANDOMIZATION_PATCHES
         results = {}
-        iterator = methods
+        runs = [(method, method, generators if "generators" in registry.get(method).defaults else None)
+                for method in methods] + [(row, "cycle-am", other) for row, other in compared.items()]
         if progress:
             from tqdm import tqdm
 
-            iterator = tqdm(methods, desc="benchmark", unit="method", file=sys.stderr)
-        runs = [(method, method, generators if "generators" in registry.get(method).defaults else None)
-                for method in iterator] + [(row, "cycle-am", other) for row, other in compared.items()]
+            runs = tqdm(runs, desc="benchmark", unit="method", file=sys.stderr)
         for row, method, row_generators in runs:
             results[row] = measure_method(method, bundle, data, decisions, random_bundle, randomization_patches,
                                           reference, {} if row_generators is None else {"generators": row_generators})
