@@ -74,6 +74,12 @@ def test_benchmark_of_another_classifier_skips_cycle_am_with_a_note(tmp_path):
     assert list(summary["methods"]) == ["saliency"] and "trained against another classifier" in summary["skipped"]["cycle-am"]
     assert "Skipped cycle-am: the cycle-am bundle demo-cycle-am was trained against another classifier" in \
         (out / "benchmark.md").read_text()
+    # generators asked for by name for a comparison row: refused in one sentence, nothing written
+    refused = subprocess.run([sys.executable, "-m", "xaiexplain.apps.cli", "benchmark", "--nodules", "2", "--method",
+                              "saliency", "--model", str(other), "--compare-cycle-am", "demo-cycle-am", "--out",
+                              str(tmp_path / "compared")], capture_output=True, text=True)
+    assert refused.returncode != 0 and "trained against another classifier" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "compared").exists()
 
 
 def test_the_report_names_a_prior_of_the_generators():

@@ -239,6 +239,10 @@ def run_benchmark(out, quick: bool = False, methods=None, model=None, cycle_am=N
     if not spec.is_square:
         raise XAIExplainError(f"the benchmark renders square patches; {shown_name(bundle.path)} reads "
                               f"{' x '.join(map(str, bundle.patch_shape))} (other input specs: not yet)")
+    compared = {}
+    for other in compare_cycle_am:  # generators of another classifier: refused in one sentence, before anything
+        other_generators = generators_for(bundle, other)
+        compared[compared_row(other_generators)] = other_generators
     with output_set(out, "benchmark.json") as written:  # checks that out is writable before measuring
         methods = list(methods or all_methods())
         count = nodules or (QUICK_NODULES if quick else FULL_NODULES)
@@ -266,10 +270,6 @@ def run_benchmark(out, quick: bool = False, methods=None, model=None, cycle_am=N
             except XAIExplainError as refusal:
                 skipped.update({m: str(refusal) for m in needing_generators})
                 methods = [m for m in methods if m not in skipped]
-        compared = {}
-        for other in compare_cycle_am:  # refused in one sentence before anything is measured
-            other_generators = generators_for(bundle, other)
-            compared[compared_row(other_generators)] = other_generators
         random_bundle = randomized(bundle, seed)
         targets, reference_passes = cost_targets()
         randomization_patches = QUICK_RANDOMIZATION_PATCHES if quick else FULL_RANDOMIZATION_PATCHES
