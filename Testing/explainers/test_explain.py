@@ -11,6 +11,7 @@ from xaiexplain.data.patch_set import held_out_patients, load_patch_set
 from xaiexplain.data.sources.phantom_patches import render_patch_set
 from xaiexplain.errors import XAIExplainError
 from xaiexplain.explainers import iterative, registry
+from user_models import nodule_patches
 
 CLASSIFIER_ONLY_METHODS = [m for m in registry.base_methods() if "generators" not in registry.get(m).needs]
 
@@ -192,17 +193,10 @@ def test_loop_with_a_made_up_classifier_stops_exactly_when_told():
 
 
 
-def _lung_with_a_disc(shape):
-    rows, columns = np.mgrid[:shape[-2], :shape[-1]]
-    image = np.random.default_rng(0).normal(-850, 20, shape).astype(np.float32)
-    image[..., (rows - 12) ** 2 + (columns - 20) ** 2 < 16] = 40
-    return image
-
-
 def test_algorithm_1_on_neighbouring_slices_inpaints_each_channel_where_its_own_map_is_high():
     """A 2.5D patch (three slices as channels) with a nodule in every channel and a map that puts the evidence
     in channel 0 only: Otsu over all channels at once marks it there, and only channel 0 is inpainted."""
-    images = _lung_with_a_disc((1, 3, 32, 32))
+    images = nodule_patches(1, size=32, slices=3)
 
     def attribute(batch):
         maps = np.zeros_like(batch)
@@ -220,7 +214,7 @@ def test_algorithm_1_on_neighbouring_slices_inpaints_each_channel_where_its_own_
 def test_algorithm_1_on_neighbouring_slices_inpaints_an_in_plane_map_in_every_channel():
     """An in-plane map (Grad-CAM's for a 2.5D model, (H, W)) is binarized once and inpainted in every channel;
     the augmented map keeps the method's shape, also when no image is at or above the threshold."""
-    images = _lung_with_a_disc((1, 3, 32, 32))
+    images = nodule_patches(1, size=32, slices=3)
 
     def attribute(batch):
         return np.maximum(batch[:, 1] + 850, 0)  # (N, H, W)

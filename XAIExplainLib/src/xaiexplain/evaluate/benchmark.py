@@ -283,6 +283,7 @@ def run_benchmark(out, quick: bool = False, methods=None, model=None, cycle_am=N
         for row, method, row_generators in runs:
             results[row] = measure_method(method, bundle, data, decisions, random_bundle, randomization_patches,
                                           reference, {} if row_generators is None else {"generators": row_generators})
+            results[row]["method"] = method  # a compared cycle-am bundle's row is named after its bundle
             if "counterfactuals" in results[row]:
                 seconds = results[row]["seconds_per_patch"] * len(images)
                 results[row]["ratio_to_two_generator_passes"] = seconds / (

@@ -20,12 +20,6 @@ TABLE_HEADER = ("method", "explained", "passes", "ended below T", "mask / pass",
                 "ms / patch", "x input gradient", "peak MB added")
 
 
-def row_method(row: str) -> str:
-    """The registry's method of a table row (a compared cycle-am bundle's row, "cycle-am (name, ...)", is
-    cycle-am's)."""
-    return row.split(" (")[0]
-
-
 def table_rows(summary: dict) -> list[list[str]]:
     """The benchmark table's cells, one row per method, in TABLE_HEADER's order."""
     rows = []
@@ -170,7 +164,7 @@ def write_outputs(written, summary: dict) -> None:
     for kind in ("deletion", "insertion"):
         curves = {method: (entry["curve_fractions"], entry[f"{kind}_curve"])
                   for method, entry in summary["methods"].items() if f"{kind}_curve" in entry
-                  and not registry.get(row_method(method)).is_iterative}
+                  and not registry.get(entry["method"]).is_iterative}
         if curves:
             line_plot(curves, written.path(f"{kind}_curves.png"), "share of pixels " + ("removed" if kind == "deletion"
                                                                                 else "restored"),
@@ -193,8 +187,8 @@ def _bar_plot(summary: dict, path: Path) -> None:
         values = [value(summary["methods"][m]) or 0.0 for m in methods]
         axis.bar(np.arange(len(methods)) + n * width, values, width, label=name)
     axis.set_xticks(np.arange(len(methods)) + 0.4 - width / 2)
-    axis.set_xticklabels([m if m != row_method(m) else registry.get(m).file_name for m in methods], rotation=60,
-                         ha="right", fontsize=7)
+    axis.set_xticklabels([registry.get(m).file_name if summary["methods"][m]["method"] == m else m for m in methods],
+                         rotation=60, ha="right", fontsize=7)
     axis.set_ylim(0, 1)
     axis.legend(fontsize=7, ncol=4)
     axis.set_title("Localization on the nodule and insertion AUC (held-out phantom nodules)", fontsize=9)
