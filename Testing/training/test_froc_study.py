@@ -160,7 +160,11 @@ def test_the_readme_holds_the_markers_and_documents_five_seeds():
     assert seeds and len(seeds.group(1).split()) >= 5
     summary_command = next(line for line in section.splitlines() if line.startswith("xaiexplain-train froc-summary"))
     assert summary_command.count("out/froc/seed-") >= 5 and "--readme README.md" in summary_command
-    assert "stale" in text[text.index(README_START):text.index(README_END)].lower()
+    # issue 25, item 7: the table is the command's, from at least five seeds (before: a stale table of three)
+    block = text[text.index(README_START):text.index(README_END)]
+    assert "stale" not in block.lower() and block.count("`xaiexplain-train froc-study --seed") >= 5
+    assert re.search(r"\*Written by `xaiexplain-train froc-summary` on \d{4}-\d{2}-\d{2} from the studies run on", block)
+    assert re.search(r"\n5 seeds \(0, 1, 2, 3, 4\)", block) and "met in 5 of 5 seeds" in block
 
 
 def test_froc_study_refuses_a_data_set_rendered_otherwise(tmp_path, capsys):
