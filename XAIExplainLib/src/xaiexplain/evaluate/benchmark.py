@@ -36,7 +36,7 @@ from xaiexplain import __version__
 from xaiexplain.data.patch_set import held_out_patients, labelled_scans, load_lung_patches, load_patch_set
 from xaiexplain.data.sources.phantom_patches import render_patch_set
 from xaiexplain.evaluate import faithfulness, localization
-from xaiexplain.evaluate.benchmark_report import write_outputs
+from xaiexplain.evaluate.benchmark_report import knows_the_nodule, write_outputs
 from xaiexplain.evaluate.cost import (
     FAST_METHOD_REPEATS,
     REPEAT_BELOW_SECONDS,
@@ -220,10 +220,15 @@ def machine() -> str:
             f"torch {torch.__version__} with {torch.get_num_threads()} threads, Python {platform.python_version()}")
 
 
+def context_l1_factor(generators: Bundle | None):
+    """The context factor a cycle-am bundle was trained with, as it records it (None: not recorded)."""
+    return None if generators is None else generators.config.get("provenance", {}).get("context_l1_factor")
+
+
 def compared_row(generators: Bundle) -> str:
     """The table row of a further cycle-am bundle: its name and the prior it was trained with, if any."""
-    factor = generators.config.get("provenance", {}).get("context_l1_factor")
-    prior = "" if factor in (None, 1, 1.0) else f", context_l1_factor {factor:g}"
+    factor = context_l1_factor(generators)
+    prior = f", context_l1_factor {factor:g}" if knows_the_nodule(factor) else ""
     return f"cycle-am ({shown_name(generators.path)}{prior})"
 
 
@@ -240,7 +245,7 @@ def run_benchmark(out, quick: bool = False, methods=None, model=None, cycle_am=N
         raise XAIExplainError(f"the benchmark renders square patches; {shown_name(bundle.path)} reads "
                               f"{' x '.join(map(str, bundle.patch_shape))} (other input specs: not yet)")
     compared = {}
-    for other in compare_cycle_am:  # generators of another classifier: refused in one sentence, before anything
+    for other in compare_cycle_am:  # generators of another classifier: one sentence, before any work or output
         other_generators = generators_for(bundle, other)
         compared[compared_row(other_generators)] = other_generators
     with output_set(out, "benchmark.json") as written:  # checks that out is writable before measuring
@@ -292,9 +297,8 @@ def run_benchmark(out, quick: bool = False, methods=None, model=None, cycle_am=N
         summary = {
             "command": command, "library_version": __version__, "machine": machine(), "quick": quick, "seed": seed,
             "model": str(bundle.path), "cycle_am": str(generators.path) if generators else None,
-            "cycle_am_context_l1_factor": generators.config["provenance"].get("context_l1_factor") if generators else None,
-            "compared_cycle_am": {row: {"path": str(other.path),
-                                        "context_l1_factor": other.config["provenance"].get("context_l1_factor")}
+            "cycle_am_context_l1_factor": context_l1_factor(generators),
+            "compared_cycle_am": {row: {"path": str(other.path), "context_l1_factor": context_l1_factor(other)}
                                   for row, other in compared.items()},
             "reference_check": references.reference_check(bundle.predict, bundle.threshold, data.get("lung_images"),
                                                           bundle.patch_shape),

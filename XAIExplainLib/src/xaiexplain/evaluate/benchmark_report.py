@@ -120,18 +120,24 @@ def markdown_report(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def knows_the_nodule(context_l1_factor) -> bool:
+    """Whether generators trained with this context factor had a prior that knows where the nodule is (1, or
+    none recorded: the same L1 weight everywhere)."""
+    return context_l1_factor not in (None, 1, 1.0)
+
+
 def prior_lines(summary: dict) -> list[str]:
     """A note for each cycle-am bundle trained with a prior that knows where the nodule is."""
     lines = []
     factor = summary.get("cycle_am_context_l1_factor")
-    if factor not in (None, 1, 1.0):
+    if knows_the_nodule(factor):
         lines += [f"The cycle-am bundle was trained with context_l1_factor {factor:g}: changes at the patch's centre "
                   f"cost less, a prior that tells the generators where the nodule is, so cycle-am's localization "
                   f"measures the prior as much as the method.", ""]
     for row, compared in summary.get("compared_cycle_am", {}).items():
         factor = compared["context_l1_factor"]
-        prior = ("with no prior that knows where the nodule is" if factor in (None, 1, 1.0) else
-                 f"with context_l1_factor {factor:g}, a prior that knows where the nodule is")
+        prior = (f"with context_l1_factor {factor:g}, a prior that knows where the nodule is"
+                 if knows_the_nodule(factor) else "with no prior that knows where the nodule is")
         lines += [f"{row}: the generators of {compared['path']}, for the same classifier, trained {prior}; measured "
                   f"on the same patches as cycle-am's row.", ""]
     return lines
