@@ -288,3 +288,37 @@ def test_the_flips_and_turns_are_chosen_on_the_device_as_one_loop_over_images_ch
     one_by_one = torch.stack([torch.rot90(image.flip(-1) if flip else image, int(turn), dims=(-2, -1))
                               for image, flip, turn in zip(images, flips, turns)])
     assert torch.equal(cycle_am.random_dihedral(images, torch.Generator().manual_seed(3)), one_by_one)
+
+
+def test_read_shifted_an_image_moves_whole_with_its_edges_repeated():
+    """``random_shift`` moves each image by its own draw, as a crop of the image padded by repeating its edge
+    rows and columns (how the classifier's training shifted patches); volumes move in their axial planes."""
+    images = torch.rand(32, 2, 3, 9, 10)
+    moved = cycle_am.random_shift(images, 3, torch.Generator().manual_seed(5))
+    rows, columns = torch.randint(-3, 4, (2, 32), generator=torch.Generator().manual_seed(5))
+    padded = np.pad(images.numpy(), ((0, 0),) * 3 + ((3, 3),) * 2, mode="edge")
+    for k in range(32):
+        expected = padded[k, :, :, 3 - rows[k]:3 - rows[k] + 9, 3 - columns[k]:3 - columns[k] + 10]
+        np.testing.assert_array_equal(moved[k].numpy(), expected)
+    assert len({(int(r), int(c)) for r, c in zip(rows, columns)}) > 20  # each image its own move
+    assert torch.equal(cycle_am.random_shift(images, 0, torch.Generator()), images)
+
+
+def test_read_shifted_a_change_at_one_place_pays_only_sometimes():
+    """With ``shifts`` a classifier that looks at one pixel is reached from each of the 13 x 13 places within
+    6 px of it, each in about one read of 169: a change tuned to one place of the patch (G-'s context blobs)
+    pays there only when the draw brings it back."""
+    looked_at = (20, 40)
+    one_pixel = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64 * 64, 2, bias=False))
+    with torch.no_grad():
+        one_pixel[1].weight.zero_()
+        one_pixel[1].weight[MALIGNANT, looked_at[0] * 64 + looked_at[1]] = 1.0
+    score = DecisionScore(one_pixel, OutputSpec())
+    change = torch.full((4096, 1, 64, 64), 0.5, requires_grad=True)
+    cycle_am.activation_maximization_loss(score, change, MALIGNANT, shift_px=6,
+                                          shifts=torch.Generator().manual_seed(2)).backward()
+    reached = change.grad[:, 0] != 0
+    assert reached.sum(dim=(1, 2)).eq(1).all()  # every read looks at one place of the change
+    places = reached.any(dim=0).nonzero()
+    assert len(places) == 169 and places.min(dim=0).values.tolist() == [14, 34]
+    assert reached[:, looked_at[0], looked_at[1]].float().mean().item() == pytest.approx(1 / 169, abs=0.004)

@@ -143,7 +143,8 @@ def test_two_processes_with_torchrun(tiny_patch_set, tmp_path):
     assert config["provenance"]["processes"] == 2 and config["kind"] == "cycle-am"
     # the defaults: G- alone reads through the 1 px blur; the similarity's L1 weighted 20, the same everywhere (no
     # prior that knows where the nodule is); the identity loss 60; the floor loss 200 over 4 px; the
-    # discriminators judge three scales; the output clamped to the CT range
+    # discriminators judge three scales; the output clamped to the CT range; the classifier reads each generated
+    # image flipped, turned and moved by up to 6 px
     assert config["provenance"]["activation_blur_px"] == {"G+": 0.0, "G-": 1.0}
     assert config["provenance"]["similarity_l1_weight"] == 20.0 and config["provenance"]["context_l1_factor"] == 1.0
     assert config["arguments"]["output_range"] == pytest.approx([-24 / 1400, 4071 / 1400])
@@ -151,6 +152,7 @@ def test_two_processes_with_torchrun(tiny_patch_set, tmp_path):
     assert config["provenance"]["floor_weight"] == 200.0 and config["provenance"]["floor_radius_px"] == 4
     assert config["provenance"]["discriminator_scales"] == [1, 2, 3]
     assert config["provenance"]["activation_read_flipped_and_turned"] is True
+    assert config["provenance"]["activation_read_shifted_px"] == 6
 
 
 def test_activation_blur_takes_one_width_for_both_generators_or_one_each():
@@ -162,6 +164,17 @@ def test_activation_blur_takes_one_width_for_both_generators_or_one_each():
     for wrong in ("1,2,3", "-1"):
         with pytest.raises(argparse.ArgumentTypeError):
             _blur(wrong)
+
+
+def test_the_activation_shift_is_a_whole_number_of_pixels():
+    import argparse
+
+    from xaiexplain_train.cli import _pixels
+
+    assert _pixels("0") == 0 and _pixels("6") == 6
+    for wrong in ("-1", "2.5", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _pixels(wrong)
 
 
 def test_discriminator_scales_are_distinct_encoder_stages_from_one_to_three():

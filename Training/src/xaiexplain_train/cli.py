@@ -106,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the classifier reads generated images as they are (paper 1) in the activation-"
                             "maximization loss; by default it reads each flipped and turned at random, so that a "
                             "change at one place of the patch (a blob in a corner) does not pay")
+    cycle.add_argument("--activation-shift", dest="activation_shift_px", type=_pixels, default=None, metavar="PX",
+                       help="the classifier reads each generated image moved by up to PX px along each in-plane axis, at "
+                            "random, in the activation-maximization loss, so that a change tuned to one place of the "
+                            "patch pays only sometimes (default 6, xaiexplain.models.cycle_am.ACTIVATION_SHIFT_PX; 0: "
+                            "read in place, as paper 1)")
     cycle.add_argument("--discriminator-scales", type=_scales, default=None, metavar="STAGES",
                        help="the encoder stages whose patch outputs the pair discriminators judge, from 1 (half "
                             "resolution) to 3 (default 1,2,3, xaiexplain.models.cycle_am.DISCRIMINATOR_SCALES: "
@@ -255,6 +260,13 @@ def _scales(text: str) -> tuple[int, ...]:
     return values
 
 
+def _pixels(text: str) -> int:
+    """A whole number of pixels, 0 or more."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number of pixels, 0 or more")
+    return int(text)
+
+
 def _blur(text: str) -> tuple[float, float]:
     """SIGMA for both generators, or SIGMA_PLUS,SIGMA_MINUS."""
     values = tuple(float(v) for v in text.split(","))
@@ -266,7 +278,7 @@ def _blur(text: str) -> tuple[float, float]:
 # cycle-am options whose defaults live in the library (xaiexplain.models.cycle_am); None on the command line
 # leaves them to CycleAMSettings
 CYCLE_AM_DEFAULTS_IN_THE_LIBRARY = ("similarity_l1_weight", "context_l1_factor", "identity_weight", "floor_weight",
-                                    "discriminator_scales")
+                                    "discriminator_scales", "activation_shift_px")
 
 
 def _add_protocol_arguments(parser, seventy_thirty: str) -> None:

@@ -16,7 +16,8 @@ that many pixels in the activation-maximization loss (``cycle_am.activation_maxi
 checkered pixel patterns that a 1 px blur undoes (p(G-(x)) 0.18, through the blur 0.51), while G+'s changes
 held (0.89 -> 0.90); a trial blurring for both removed the checkers but cut G+'s flip rate from 0.71 to
 0.42 (README). ``activation_symmetries`` lets the classifier read each generated image flipped and turned at
-random, so that a change in one corner of the patch (G-'s blob) does not pay. ``identity_weight`` adds
+random, so that a change in one corner of the patch (G-'s blob) does not pay, and ``activation_shift_px``
+moves each read by up to that many pixels, so that a change tuned to one place of the patch pays only sometimes. ``identity_weight`` adds
 CycleGAN's identity loss, weighted per image by the classifier's probability of the generator's class on x
 (``cycle_am.identity_loss``), so that G- leaves patches already called benign alone (and G+ malignant ones).
 ``floor_weight`` keeps each generated pixel no darker than the darkest of the input around it
@@ -66,6 +67,7 @@ class CycleAMSettings:
     floor_weight: float = cycle_am.FLOOR_WEIGHT  # 0: none, as in paper 1 (cycle_am.floor_loss)
     activation_blur: tuple[float, float] = (0.0, 1.0)  # px for (G+, G-); 0: unblurred, as in paper 1
     activation_symmetries: bool = True  # the classifier reads G(x) flipped and turned at random; False: paper 1
+    activation_shift_px: int = cycle_am.ACTIVATION_SHIFT_PX  # ... and moved by up to this many px; 0: paper 1
     widths: tuple[int, ...] = cycle_am.PAPER_WIDTHS
     discriminator_scales: tuple[int, ...] = cycle_am.DISCRIMINATOR_SCALES  # encoder stages the PatchGANs read
     slices: str = "all"  # or "central": one patch per nodule (paper 1)
@@ -97,7 +99,7 @@ def training_step(networks: dict, classifier: nn.Module, optimisers: dict, x_a, 
                   device: torch.device, similarity_kind: str = "l1+dssim",
                   similarity_l1_weight: float = cycle_am.SIMILARITY_L1_WEIGHT,
                   activation_blur: tuple[float, float] = (0.0, 0.0),
-                  activation_symmetries: bool = False, identity_weight: float = 0.0,
+                  activation_symmetries: bool = False, activation_shift_px: int = 0, identity_weight: float = 0.0,
                   floor_weight: float = 0.0, context_l1_factor: float = 1.0) -> dict[str, torch.Tensor]:
     """One batch: the discriminators, then both generators (eq. 4 for G+ and, mirrored, for G-). The losses
     come back as detached tensors on the device: reading them (``.item()``) waits for the device, so the
@@ -139,11 +141,12 @@ def training_step(networks: dict, classifier: nn.Module, optimisers: dict, x_a, 
                     for generated in (generated_plus, generated_minus))
         adversarial = (frozen_plus(x_b, generated_plus, generator, fake_is_real=True)
                        + frozen_minus(x_b, generated_minus, generator, fake_is_real=True))
-        symmetries = generator if activation_symmetries else None
+        reads = {"symmetries": generator if activation_symmetries else None, "shift_px": activation_shift_px,
+                 "shifts": generator if activation_shift_px else None}
         activation = (cycle_am.activation_maximization_loss(classifier, generated_plus, MALIGNANT, activation_blur[0],
-                                                            symmetries)
+                                                            **reads)
                       + cycle_am.activation_maximization_loss(classifier, generated_minus, 1 - MALIGNANT,
-                                                              activation_blur[1], symmetries))
+                                                              activation_blur[1], **reads))
         generator_loss = cycle + similarity + identity + floor + adversarial + activation
     optimisers["generators"].zero_grad(set_to_none=True)
     generator_loss.backward()
@@ -238,6 +241,7 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
                                similarity_kind=settings.similarity, similarity_l1_weight=settings.similarity_l1_weight,
                                activation_blur=settings.activation_blur,
                                activation_symmetries=settings.activation_symmetries,
+                               activation_shift_px=settings.activation_shift_px,
                                identity_weight=settings.identity_weight, floor_weight=settings.floor_weight,
                                context_l1_factor=settings.context_l1_factor)
         for name in LOSS_NAMES:
@@ -302,6 +306,7 @@ def train_cycle_am(settings: CycleAMSettings, progress: bool = True) -> dict | N
             "discriminator_scales": list(settings.discriminator_scales),
             "activation_blur_px": dict(zip(("G+", "G-"), settings.activation_blur)),
             "activation_read_flipped_and_turned": settings.activation_symmetries,
+            "activation_read_shifted_px": settings.activation_shift_px,
             "train_patches": int(len(train_index)),
             "library_version": xaiexplain.__version__, "torch_version": torch.__version__,
             "python": platform.python_version(), "device": describe(device), "processes": world,
