@@ -17,8 +17,9 @@ checkered pixel patterns that a 1 px blur undoes (p(G-(x)) 0.18, through the blu
 held (0.89 -> 0.90); a trial blurring for both removed the checkers but cut G+'s flip rate from 0.71 to
 0.42 (README). ``activation_symmetries`` lets the classifier read each generated image flipped and turned at
 random, so that a change in one corner of the patch (G-'s blob) does not pay, and ``activation_shift_px``
-moves each read by up to that many pixels, so that a change tuned to one place of the patch pays only sometimes. ``identity_weight`` adds
-CycleGAN's identity loss, weighted per image by the classifier's probability of the generator's class on x
+moves each read by up to that many pixels, so that a change tuned to one place of the patch pays only
+sometimes. ``identity_weight`` adds CycleGAN's identity loss, weighted per image by the classifier's
+probability of the generator's class on x
 (``cycle_am.identity_loss``), so that G- leaves patches already called benign alone (and G+ malignant ones).
 ``floor_weight`` keeps each generated pixel no darker than the darkest of the input around it
 (``cycle_am.floor_loss``), so that G- does not ring nodules with pixels darker than the lung.
